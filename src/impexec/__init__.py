@@ -1,0 +1,31 @@
+"""impexec: a concurrent.futures.Executor whose workers run anywhere, over ZeroMQ."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._context import Context
+from ._errors import (
+    BrokenClusterError,
+    ImpexecError,
+    SerializationError,
+    WorkerLostError,
+    WorkerStartError,
+)
+from ._executor import ClusterExecutor
+from ._scheduler import Statistics
+from .launchers import Launcher, LocalWorkers
+
+__all__ = [
+    "BrokenClusterError",
+    "ClusterExecutor",
+    "Context",
+    "ImpexecError",
+    "Launcher",
+    "LocalWorkers",
+    "SerializationError",
+    "Statistics",
+    "WorkerLostError",
+    "WorkerStartError",
+    "__version__",
+]

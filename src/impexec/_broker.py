@@ -1,0 +1,491 @@
+"""The broker thread: owns the ROUTER socket, turns frames into Scheduler calls, resolves futures.
+
+Threading model (the only thread that touches the broker's sockets is this one)::
+
+    caller threads ── submit: Task → inbox deque (+ a wake-up byte if the broker sleeps) ──┐
+    launcher thread ─ worker exited / start failed → inbox (as a command) ─────────────────┤
+                                                                                            ▼
+    broker thread:  poll(ROUTER, wake-up) → verify+decode → Scheduler → encode+sign → ROUTER
+                    set_result / set_exception on futures (their callbacks run here)
+
+This follows CPython's ``_ExecutorManagerThread`` and its ``_ThreadWakeup``: other
+threads never touch the socket, they append to a deque and poke a socketpair. Unlike
+CPython, the caller thread pickles (so ``submit`` can raise naming the culprit) and no
+feeder thread copies payloads again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import zmq
+
+from . import __version__
+from ._errors import ProtocolError, SerializationError, WorkerLostError, WorkerStartError
+from ._protocol import Flag, Kind, decode, encode
+from ._scheduler import Scheduler, Statistics, Task, WorkerRecord
+from ._serialize import get_serializer
+
+logger = logging.getLogger(__name__)
+
+#: Messages read from the ROUTER per poll wake-up before other work gets a turn.
+RECV_BATCH = 512
+#: Largest message (bytes) a peer may send; bigger ones make ZeroMQ drop the peer.
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024**3
+#: Heartbeat socket of a worker: its routing id is the worker id plus this suffix.
+HB_SUFFIX = b"h"
+WORKER_ID_SIZE = 16
+#: Warn at most this often (seconds) about dropped frames from one source.
+DROP_LOG_INTERVAL = 5.0
+
+
+class Broker(threading.Thread):
+    """Runs the scheduler against real sockets; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        scheduler: Scheduler,
+        key: bytes,
+        session: bytes,
+        address: str,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        welcome_extra: dict[str, Any],
+        initializer_frames: list[Any] | None = None,
+        initializer_serializer: int = 0,
+        curve_secret: bytes | None = None,
+        on_worker_joined: Callable[[WorkerRecord], None] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ):
+        super().__init__(name="impexec-broker", daemon=True)
+        self.scheduler = scheduler
+        self._key = key
+        self._session = session
+        self._hb_interval = heartbeat_interval
+        self._hb_timeout = heartbeat_timeout
+        self._welcome = welcome_extra
+        self._init_frames = initializer_frames
+        self._init_ser = initializer_serializer
+        self._on_joined = on_worker_joined
+        self._seq = 0
+        self._inbox: deque[Any] = deque()
+        self._sleeping = False
+        self._stop_when_idle = False
+        self._stopping = False
+        self.stopped = threading.Event()
+        self.idle_event = threading.Event()
+        self.crash: BaseException | None = None
+        self.start_error: WorkerStartError | None = None
+        self._contexts: dict[int, tuple[list[Any], int]] = {}  # ctx_id → (setup frames, ser)
+        self._last_seq: dict[bytes, int] = {}
+        self._seen_workers: set[bytes] = set()
+        self._tags: dict[str, bytes] = {}  # launcher tag → worker id
+        self.connected_tags: set[str] = set()  # read by the launcher thread
+        self.ever_connected_tags: set[str] = set()
+        self._dropped_log: dict[str, float] = {}
+
+        self._zctx = zmq.Context()
+        self._router = self._zctx.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router.setsockopt(zmq.SNDHWM, 0)
+        self._router.setsockopt(zmq.RCVHWM, 0)
+        self._router.setsockopt(zmq.MAXMSGSIZE, max_message_size)
+        if curve_secret is not None:
+            self._router.setsockopt(zmq.CURVE_SERVER, 1)
+            self._router.setsockopt(zmq.CURVE_SECRETKEY, curve_secret)
+        if address.endswith(":0") or address.endswith(":*"):
+            base = address.rsplit(":", 1)[0]
+            port = self._router.bind_to_random_port(base)
+            self.address = f"{base}:{port}"
+        else:
+            self._router.bind(address)
+            self.address = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._poller = zmq.Poller()
+        self._poller.register(self._router, zmq.POLLIN)
+        self._poller.register(self._wake_r.fileno(), zmq.POLLIN)
+
+    # -- called from other threads -----------------------------------------------------
+    def enqueue(self, item: Any) -> None:
+        """Hand a Task (or a zero-argument callable to run here) to the broker thread."""
+        self._inbox.append(item)
+        if self._sleeping:
+            self._sleeping = False
+            try:
+                self._wake_w.send(b"\0")
+            except (BlockingIOError, OSError):
+                pass  # a wake-up is already pending, or we are closing
+
+    def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run *fn* on the broker thread and return its result (or raise its error)."""
+        fut: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        if self.stopped.is_set():
+            return fn()  # no broker any more: state is no longer shared
+        self.enqueue(run)
+        return fut.result(timeout)
+
+    def stop_when_idle(self) -> None:
+        """Finish every open task, then tell workers to leave and end the thread."""
+        def mark() -> None:
+            self._stop_when_idle = True
+
+        self.enqueue(mark)
+
+    def statistics(self, timeout: float = 10.0) -> Statistics:
+        return self.call(self.scheduler.statistics, timeout)  # type: ignore[no-any-return]
+
+    def register_context(self, ctx_id: int, frames: list[Any], ser: int) -> None:
+        self.enqueue(lambda: self._contexts.__setitem__(ctx_id, (frames, ser)))
+
+    # -- the thread --------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the executor turns this into BrokenClusterError
+            logger.critical("impexec broker thread died", exc_info=True)
+            self.crash = exc
+        finally:
+            self._teardown()
+
+    def _loop(self) -> None:
+        sched = self.scheduler
+        next_house = time.monotonic() + self._hb_interval
+        while True:
+            if self._inbox:
+                self._drain_inbox()
+            if sched.n_pending:
+                self._dispatch()
+            now = time.monotonic()
+            if now >= next_house:
+                self._housekeeping(now)
+                next_house = now + self._hb_interval
+            if sched.idle():
+                self.idle_event.set()
+                if self._stop_when_idle:
+                    return
+            else:
+                self.idle_event.clear()
+            self._sleeping = True
+            if self._inbox:
+                self._sleeping = False
+                continue
+            timeout = max(0.0, next_house - time.monotonic())
+            events = dict(self._poller.poll(timeout * 1000))
+            self._sleeping = False
+            if events.get(self._wake_r.fileno()):
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            if events.get(self._router):
+                self._receive()
+
+    def _drain_inbox(self) -> None:
+        inbox, submit = self._inbox, self.scheduler.submit
+        while inbox:
+            item = inbox.popleft()
+            if isinstance(item, Task):
+                submit(item)
+            else:
+                item()
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _send(self, ident: bytes, frames: list[Any]) -> bool:
+        try:
+            self._router.send_multipart([ident, *frames], copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return False  # the peer is gone; heartbeats will tell
+            raise
+
+    def _dispatch(self) -> None:
+        batches: dict[bytes, list[Any]] = {}
+        key, session = self._key, self._session
+        for a in self.scheduler.assign(_claim):
+            task = a.task
+            frames = task.frames
+            flags = task.flags
+            if a.with_setup:
+                setup = self._contexts.get(task.ctx_id)
+                if setup is None:  # closed meanwhile: should not happen, fail loudly
+                    self._finish(a.worker.ident, task, False, RuntimeError("context is closed"))
+                    continue
+                frames = [*setup[0], *frames]
+                flags |= Flag.HAS_SETUP
+            msg = encode(
+                key, Kind.TASK, session, self._next_seq(), task_id=task.id, ctx_id=task.ctx_id,
+                aux=task.attempts, flags=flags, serializer=task.ser, frames=frames,
+            )
+            batches.setdefault(a.worker.ident, []).extend(msg)
+        for ident, frames in batches.items():
+            self._send(ident, frames)
+
+    def _finish(self, ident: bytes, task: Task, ok: bool, value: Any) -> None:
+        done = self.scheduler.complete(ident, task.id, ok=ok)
+        if done is not None:
+            _resolve(done.future, ok, value)
+
+    # -- receiving ---------------------------------------------------------------------
+    def _receive(self) -> None:
+        router = self._router
+        for _ in range(RECV_BATCH):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            ident = frames[0].bytes
+            try:
+                for msg in decode(self._key, frames[1:], None):
+                    self._handle(ident, msg)
+            except ProtocolError as exc:
+                self._dropped(ident, str(exc))
+
+    def _dropped(self, ident: bytes, why: str) -> None:
+        now = time.monotonic()
+        src = ident.hex()[:12]
+        if now - self._dropped_log.get(src, 0.0) >= DROP_LOG_INTERVAL:
+            self._dropped_log[src] = now
+            logger.warning("dropped a message from peer %s: %s", src, why)
+
+    def _handle(self, ident: bytes, msg: Any) -> None:
+        kind = msg.kind
+        if kind == Kind.READY:
+            self._on_ready(ident, msg)
+            return
+        if kind == Kind.STATUS or kind == Kind.STOP_WORKERS:
+            if msg.session != self._session:
+                raise ProtocolError("status request from another session")
+            self._on_status(ident, kind)
+            return
+        if msg.session != self._session:
+            raise ProtocolError("message from another session (another executor, or a replay)")
+        last = self._last_seq.get(ident, 0)
+        if msg.seq <= last:
+            raise ProtocolError(f"replayed or reordered message (seq {msg.seq} <= {last})")
+        self._last_seq[ident] = msg.seq
+        now = time.monotonic()
+        is_hb = len(ident) == WORKER_ID_SIZE + len(HB_SUFFIX) and ident.endswith(HB_SUFFIX)
+        wid = ident[:WORKER_ID_SIZE] if is_hb else ident
+        w = self.scheduler.seen(wid, now)
+        if kind == Kind.HEARTBEAT:
+            if w is None:
+                self._send(ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq()))
+            else:
+                self._send(ident, encode(self._key, Kind.HEARTBEAT, self._session, self._next_seq()))
+        elif kind == Kind.RESULT:
+            self._on_result(wid, msg)
+            if w is None:  # a worker we declared lost: its late result is taken, it goes
+                self._send(ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq()))
+        elif kind == Kind.GOODBYE:
+            reason = (msg.json() or {}).get("reason", "")
+            if w is not None:
+                logger.info("worker %s is leaving (%s)", w.name, reason)
+                self.scheduler.drain_worker(wid)
+                self._release_drained(w)
+        elif kind == Kind.START_FAILED:
+            text = (msg.json() or {}).get("error", "")
+            name = w.name if w else ident.hex()
+            logger.error("worker %s could not start: %s", name, text)
+            self._note_start_failure(WorkerStartError(f"worker {name} failed to start", text))
+            if w is not None:
+                self._forget(w, lost=False)
+        else:
+            raise ProtocolError(f"unexpected {kind.name} from a worker")
+
+    def _on_ready(self, ident: bytes, msg: Any) -> None:
+        info = msg.json() or {}
+        if len(ident) != WORKER_ID_SIZE or info.get("worker") != ident.hex():
+            raise ProtocolError("READY whose worker id does not match its socket")
+        if ident in self._seen_workers:
+            raise ProtocolError("READY from a worker id seen before (replay)")
+        self._seen_workers.add(ident)
+        self._last_seq[ident] = msg.seq
+        name = f"{info.get('host', '?')}:{info.get('pid', '?')}"
+        tag = str(info.get("tag") or "")
+        w = self.scheduler.add_worker(ident, name, time.monotonic(), tag=tag, info=info)
+        if tag:
+            self._tags[tag] = ident
+            self.connected_tags.add(tag)
+            self.ever_connected_tags.add(tag)
+        welcome = {
+            **self._welcome,
+            "worker": ident.hex(),
+            "session": self._session.hex(),
+            "heartbeat_interval": self._hb_interval,
+            "heartbeat_timeout": self._hb_timeout,
+        }
+        frames: list[Any] = [json.dumps(welcome).encode()]
+        flags = 0
+        if self._init_frames is not None:
+            frames += self._init_frames
+            flags = Flag.HAS_SETUP
+        self._send(ident, encode(self._key, Kind.WELCOME, self._session, self._next_seq(),
+                                 flags=flags, serializer=self._init_ser, frames=frames))
+        logger.info("worker %s joined (tag %s, python %s)", name, tag or "-", info.get("python", "?"))
+        self.start_error = None
+        if self._on_joined is not None:
+            self._on_joined(w)
+
+    def _on_status(self, ident: bytes, kind: Kind) -> None:
+        if kind == Kind.STOP_WORKERS:
+            for w in list(self.scheduler.workers.values()):
+                self._send(w.ident, encode(self._key, Kind.DRAIN, self._session, self._next_seq()))
+                self.scheduler.drain_worker(w.ident)
+                self._release_drained(w)
+        stats = self.scheduler.statistics().as_dict()
+        stats["workers_list"] = [
+            {"name": w.name, "tag": w.tag, "held": len(w.assigned), "completed": w.completed,
+             "draining": w.draining}
+            for w in list(self.scheduler.workers.values())[:1000]
+        ]
+        stats["address"] = self.address
+        stats["version"] = __version__
+        self._send(ident, encode(self._key, Kind.STATUS_REPLY, self._session, self._next_seq(),
+                                 frames=[json.dumps(stats).encode()]))
+
+    def _on_result(self, wid: bytes, msg: Any) -> None:
+        if msg.flags & Flag.NEED_SETUP:
+            self.scheduler.needs_setup(wid, msg.task_id)
+            return
+        ok = bool(msg.flags & Flag.OK)
+        task = self.scheduler.complete(wid, msg.task_id, ok=ok, run_s=msg.aux / 1e6)
+        w = self.scheduler.workers.get(wid)
+        if w is not None and w.draining:
+            self._release_drained(w)
+        if task is None:
+            logger.debug("dropped a duplicate or late result for task %d", msg.task_id)
+            return
+        # verified above (decode checks the HMAC before we get here): safe to unpickle
+        try:
+            value = get_serializer(msg.serializer).loads(msg.frames)
+        except Exception as exc:
+            ok = False
+            value = SerializationError(
+                f"the {'result' if msg.flags & Flag.OK else 'exception'} of the task could not "
+                f"be deserialized on the client: {type(exc).__name__}: {exc}"
+            )
+            value.__cause__ = exc
+        _resolve(task.future, ok, value)
+
+    # -- worker loss -------------------------------------------------------------------
+    def _release_drained(self, w: WorkerRecord) -> None:
+        if w.draining and not w.assigned:
+            self._send(w.ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq()))
+            self._forget(w, lost=False)
+
+    def _forget(self, w: WorkerRecord, *, lost: bool) -> None:
+        for lt in self.scheduler.remove_worker(w.ident, lost=lost):
+            names = ", ".join(lt.task.lost_on)
+            _resolve(lt.task.future, False, WorkerLostError(
+                f"the task's worker was lost on each of its {lt.attempts} attempts "
+                f"(max_retries={self.scheduler.max_retries}; workers: {names}); the task "
+                "probably kills its worker (crash, os._exit, out of memory)",
+                attempts=lt.attempts, workers=tuple(lt.task.lost_on),
+            ))
+        if w.tag:
+            self.connected_tags.discard(w.tag)
+            self._tags.pop(w.tag, None)
+
+    def worker_lost(self, ident: bytes, why: str) -> None:
+        """Broker thread: declare a worker lost and requeue its work."""
+        w = self.scheduler.workers.get(ident)
+        if w is None:
+            return
+        logger.warning("worker %s lost (%s); %d task(s) go back to the queue", w.name, why, len(w.assigned))
+        # if it is only stopped, it learns on waking that it is no longer wanted
+        self._send(ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq()))
+        self._send(ident + HB_SUFFIX, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq()))
+        self._forget(w, lost=True)
+
+    def tag_exited(self, tag: str, why: str) -> None:
+        """Broker thread: a launcher saw the process behind *tag* exit."""
+        ident = self._tags.get(tag)
+        if ident is not None:
+            self.worker_lost(ident, why)
+
+    def _note_start_failure(self, err: WorkerStartError) -> None:
+        self.start_error = err
+
+    def fail_open_tasks(self, err: BaseException) -> None:
+        """Broker thread: no worker can start: every open future fails with *err*."""
+        for t in self.scheduler.fail_all():
+            _resolve(t.future, False, err)
+
+    def _housekeeping(self, now: float) -> None:
+        for w in self.scheduler.expire(now):
+            self.worker_lost(w.ident, f"no heartbeat for {now - w.last_seen:.1f} s")
+
+    # -- context and shutdown commands (broker thread) ---------------------------------
+    def drop_context(self, ctx_id: int) -> None:
+        self._contexts.pop(ctx_id, None)
+        for w in self.scheduler.drop_context(ctx_id):
+            self._send(w.ident, encode(self._key, Kind.DROP_CONTEXT, self._session,
+                                       self._next_seq(), ctx_id=ctx_id))
+
+    def cancel_pending(self) -> None:
+        for t in self.scheduler.cancel_pending():
+            t.future.cancel()
+
+    def _teardown(self) -> None:
+        try:
+            for ident in list(self.scheduler.workers):
+                # main socket only: the worker finishes its loop and exits cleanly
+                self._send(ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq()))
+        except Exception:  # closing anyway
+            logger.debug("could not say goodbye to every worker", exc_info=True)
+        err = self.crash
+        if err is not None:
+            from ._errors import BrokenClusterError
+
+            broken = BrokenClusterError(f"the impexec broker thread died: {err!r}")
+            for t in self.scheduler.fail_all():
+                _resolve(t.future, False, broken)
+            while self._inbox:
+                item = self._inbox.popleft()
+                if isinstance(item, Task):
+                    _resolve(item.future, False, broken)
+        # give ZeroMQ a moment to flush the SHUTDOWNs, then close
+        self._router.close(linger=200)
+        self._wake_r.close()
+        self._wake_w.close()
+        self._zctx.term()
+        self.stopped.set()
+        self.idle_event.set()
+
+
+def _claim(task: Task) -> bool:
+    return bool(task.future.set_running_or_notify_cancel())
+
+
+def _resolve(future: Any, ok: bool, value: Any) -> None:
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    except Exception:  # cancelled or already resolved (InvalidStateError): first one wins
+        logger.debug("future already resolved", exc_info=True)

@@ -1,0 +1,427 @@
+"""ClusterExecutor: the concurrent.futures.Executor users hold.
+
+The caller's thread serializes each task (so ``submit`` can name what does not pickle)
+and hands it to the broker thread; a launcher thread starts, watches and replaces
+workers. See docs/internals.md for the life of a task.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import itertools
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future
+from pathlib import Path
+from typing import Any
+
+from ._broker import Broker
+from ._connection import ConnectionInfo, parse_key
+from ._context import Context
+from ._errors import BrokenClusterError, WorkerStartError
+from ._mapping import (
+    check_buffersize,
+    chunks,
+    default_buffersize,
+    input_length,
+    ordered,
+    plan_chunksize,
+    unordered,
+)
+from ._protocol import Flag
+from ._scheduler import DEFAULT_MAX_CONTEXTS, Scheduler, Statistics, Task
+from ._serialize import FunctionCache, get_serializer, serialization_error
+from .launchers.base import Launcher
+from .launchers.local import LocalWorkers
+
+logger = logging.getLogger("impexec")
+
+#: Seconds launchers get at shutdown to see their workers leave before killing them.
+STOP_TIMEOUT = 10.0
+
+_live: weakref.WeakSet[ClusterExecutor] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    # An executor that was never shut down must not keep the interpreter (or cluster
+    # jobs) alive: cancel what has not been sent and stop the workers.
+    for ex in list(_live):
+        try:
+            ex.shutdown(wait=True, cancel_futures=True)
+        except Exception:  # interpreter is exiting; nothing more to do
+            logger.debug("shutdown at exit failed", exc_info=True)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ClusterExecutor(Executor):
+    """An Executor whose workers run anywhere and talk to it over ZeroMQ.
+
+    Args:
+        workers: an int (that many :class:`LocalWorkers`), a :class:`Launcher`, a list of
+            launchers, or None (no workers yet; they join with ``impexec-worker``).
+        address: where the broker binds, e.g. ``"tcp://0.0.0.0:5555"``; default: loopback
+            on a free port.
+        advertise: host name or address workers should dial, when it is not the bind
+            address (default: the bind address, or this host's name for a wildcard bind).
+        max_retries: attempts beyond the first for a task whose worker vanished.
+        heartbeat_interval: seconds between heartbeats (both directions).
+        heartbeat_timeout: seconds of silence after which a worker (or, seen from a
+            worker, the broker) counts as gone.
+        serializer: "cloudpickle" (default), "dill" or "pickle".
+        initializer: callable run once in every worker process at its start.
+        initargs: arguments of ``initializer``.
+        key: the HMAC key (bytes or hex text); default: random for this executor.
+        encrypt: encrypt traffic with CurveZMQ.
+        prefetch: tasks a worker may hold beyond the one it runs; default: adaptive
+            (1 for long tasks, more for very short ones).
+        max_contexts: contexts a worker keeps set up at once (least recently used evicted).
+    """
+
+    def __init__(
+        self,
+        workers: int | Launcher | Sequence[Launcher] | None = None,
+        *,
+        address: str | None = None,
+        advertise: str | None = None,
+        max_retries: int = 3,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 10.0,
+        serializer: str = "cloudpickle",
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        key: bytes | str | None = None,
+        encrypt: bool = False,
+        prefetch: int | None = None,
+        max_contexts: int = DEFAULT_MAX_CONTEXTS,
+    ):
+        if heartbeat_interval <= 0 or heartbeat_timeout <= heartbeat_interval:
+            raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
+        if max_contexts < 1:
+            raise ValueError("max_contexts must be >= 1")
+        self._ser = get_serializer(serializer)
+        self._fncache = FunctionCache(self._ser)
+        self._launchers = self._make_launchers(workers)
+        init_frames = None
+        if initializer is not None:
+            init_frames = [self._dumps_once(initializer, (initializer, tuple(initargs)),
+                                            "the initializer")]
+        self._key = parse_key(key) if key is not None else os.urandom(32)
+        session = os.urandom(8)
+        bind = address or "tcp://127.0.0.1:0"
+        curve_secret = client_public = client_secret = server_public = None
+        if encrypt:
+            from ._security import curve_keypair
+
+            server_public, curve_secret = curve_keypair()
+            client_public, client_secret = curve_keypair()
+        self._scheduler = Scheduler(max_retries=max_retries, heartbeat_timeout=heartbeat_timeout,
+                                    prefetch=prefetch, max_contexts=max_contexts)
+        self._start_error: WorkerStartError | None = None
+        self._broker = Broker(
+            scheduler=self._scheduler, key=self._key, session=session, address=bind,
+            heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
+            welcome_extra={"max_contexts": max_contexts},
+            initializer_frames=init_frames, initializer_serializer=self._ser.code,
+            curve_secret=curve_secret, on_worker_joined=self._on_worker_joined,
+        )
+        host = self._broker.address.split("://", 1)[1].rsplit(":", 1)[0]
+        port = self._broker.address.rsplit(":", 1)[1]
+        if advertise is None and host in ("0.0.0.0", "*", "[::]", "::"):
+            advertise = socket.gethostname()
+        dial = f"tcp://{advertise or host}:{port}"
+        if not encrypt and not _is_loopback(host):
+            logger.warning(
+                "impexec broker bound to %s without encrypt=True: anyone who can reach this "
+                "port can read the tasks and results in transit (they cannot inject work "
+                "without the key); use encrypt=True or an SSH tunnel on untrusted networks",
+                self._broker.address,
+            )
+        self._conn = ConnectionInfo(
+            address=dial, key=self._key, session=session,
+            server_key=server_public.decode() if server_public else None,
+            client_public=client_public.decode() if client_public else None,
+            client_secret=client_secret.decode() if client_secret else None,
+        )
+        self._ids = itertools.count(1)
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._tmpdir = Path(tempfile.mkdtemp(prefix="impexec-"))
+        self.connection_file_path = self._conn.write(self._tmpdir / "connection.json")
+        self._broker.start()
+        self._launcher_thread = threading.Thread(target=self._watch_launchers,
+                                                 name="impexec-launchers", daemon=True)
+        for launcher in self._launchers:
+            launcher.start(_Host(self, launcher))
+        self._launcher_thread.start()
+        _live.add(self)
+
+    @staticmethod
+    def _make_launchers(workers: Any) -> list[Launcher]:
+        if workers is None:
+            return []
+        if isinstance(workers, bool):
+            raise TypeError("workers must be an int, a Launcher, a list of launchers or None")
+        if isinstance(workers, int):
+            return [LocalWorkers(workers)] if workers else []
+        if isinstance(workers, Launcher):
+            return [workers]
+        launchers = list(workers)
+        for launcher in launchers:
+            if not isinstance(launcher, Launcher):
+                raise TypeError(f"not a Launcher: {launcher!r}")
+        return launchers
+
+    # -- serialization ---------------------------------------------------------------------
+    def _dumps_once(self, fn: Any, obj: Any, label: str) -> bytes:
+        """Pickle *obj* into one self-contained frame; errors name the culprit."""
+        import io
+
+        try:
+            out = io.BytesIO()
+            self._ser._pickler(out, protocol=5).dump(obj)
+            return out.getvalue()
+        except Exception as exc:
+            raise serialization_error(self._ser, [(label, fn), (f"the arguments of {label}", obj)],
+                                      exc) from exc
+
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if self._broker.crash is not None or self._broker.stopped.is_set():
+            raise BrokenClusterError(f"the impexec broker thread died: {self._broker.crash!r}")
+        if self._start_error is not None:
+            raise self._start_error
+
+    def _enqueue(self, task: Task) -> Future[Any]:
+        with self._shutdown_lock:
+            self._check_open()
+            self._broker.enqueue(task)
+        return task.future  # type: ignore[no-any-return]
+
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                ctx_id: int = 0) -> Future[Any]:
+        self._check_open()
+        ser = self._ser
+        try:
+            fn_frame = self._fncache.dumps(fn)
+            frames = ser.dumps((args, kwargs))
+        except Exception as exc:
+            named = [("the callable", fn), *((f"argument {i}", a) for i, a in enumerate(args)),
+                     *((f"keyword argument {k!r}", v) for k, v in kwargs.items())]
+            raise serialization_error(ser, named, exc) from exc
+        return self._enqueue(Task(next(self._ids), [fn_frame, *frames], Future(), ctx_id,
+                                  ser=ser.code))
+
+    def _submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes, chunk: list[tuple[Any, ...]],
+                      ctx_id: int = 0) -> Future[Any]:
+        self._check_open()
+        ser = self._ser
+        try:
+            frames = ser.dumps(chunk)
+        except Exception as exc:
+            named = [(f"the arguments {args!r:.60}", args) for args in chunk]
+            raise serialization_error(ser, named, exc) from exc
+        return self._enqueue(Task(next(self._ids), [fn_frame, *frames], Future(), ctx_id,
+                                  flags=Flag.CHUNK, ser=ser.code, items=len(chunk)))
+
+    # -- the Executor interface ------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Schedule ``fn(*args, **kwargs)`` on a worker and return its Future.
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`.
+            SerializationError: ``fn`` or an argument cannot be serialized (named).
+            WorkerStartError: no worker could be started (the launchers gave up).
+        """
+        return self._submit(fn, args, kwargs)
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int | str = 1, buffersize: int | None = None) -> Iterator[Any]:
+        """Return an iterator of ``fn`` over the inputs, in input order.
+
+        Args:
+            fn: the callable.
+            *iterables: its arguments, consumed lazily.
+            timeout: seconds from this call after which ``next()`` raises TimeoutError.
+            chunksize: calls per dispatched task: an int (1 = fully dynamic), ``"static"``
+                (one chunk per worker; the inputs need a length) or ``"auto"``.
+            buffersize: chunks in flight or read ahead at most (default: a few per worker,
+                at least 64), so huge or infinite inputs run in bounded memory.
+        """
+        return self._map(fn, iterables, timeout, chunksize, buffersize, None, ordered=True)
+
+    def map_unordered(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int | str = 1,
+                      buffersize: int | None = None, timeout: float | None = None) -> Iterator[Any]:
+        """Like :meth:`map`, but yield results in the order they complete."""
+        return self._map(fn, iterables, timeout, chunksize, buffersize, None, ordered=False)
+
+    def _map(self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], timeout: float | None,
+             chunksize: int | str, buffersize: int | None, ctx: Context | None, *,
+             ordered: bool) -> Iterator[Any]:
+        check_buffersize(buffersize)
+        self._check_open()
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        n_workers = self.worker_count()
+        size = plan_chunksize(chunksize, input_length(iterables), n_workers)
+        try:
+            fn_frame = self._fncache.dumps(fn)
+        except Exception as exc:
+            raise serialization_error(self._ser, [("the callable", fn)], exc) from exc
+        submit_chunk = (ctx._submit_chunk if ctx is not None else self._submit_chunk)
+        bufsize = buffersize or default_buffersize(n_workers)
+        source = chunks(iterables, size)
+        run = _ordered_iter if ordered else _unordered_iter
+        return run(lambda chunk: submit_chunk(fn, fn_frame, chunk), source, bufsize, timeout)
+
+    def context(self, setup: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Context:
+        """Return a :class:`Context`: an Executor whose tasks get ``setup(*args, **kwargs)``.
+
+        The setup runs at most once per worker, lazily, and its value is passed as the
+        first argument of each of the context's tasks on that worker.
+        """
+        self._check_open()
+        return Context(self, setup, args, kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; finish (or cancel) the queued ones; stop the workers.
+
+        Args:
+            wait: block until every pending future is done and the workers are stopped.
+            cancel_futures: cancel the tasks not yet sent to a worker.
+        """
+        with self._shutdown_lock:
+            first = not self._shutdown
+            self._shutdown = True
+        broker = self._broker
+        if cancel_futures and not broker.stopped.is_set():
+            broker.enqueue(broker.cancel_pending)
+        if first:
+            broker.stop_when_idle()
+        if wait:
+            broker.join()
+            self._launcher_thread.join()
+        _live.discard(self)
+
+    # -- introspection -----------------------------------------------------------------------
+    def statistics(self) -> Statistics:
+        """A snapshot: workers, queued, running, done, failed, resubmitted (and more)."""
+        if self._broker.stopped.is_set():
+            return self._scheduler.statistics()
+        return self._broker.statistics()
+
+    def worker_count(self) -> int:
+        """Workers connected now, or, before any connected, the number requested (≥ 1)."""
+        n = len(self._scheduler.workers)
+        if n:
+            return n
+        return max(1, sum(launcher.n for launcher in self._launchers))
+
+    def connection_file(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Write the connection file (mode 0600) for workers and ``impexec status``.
+
+        Returns:
+            Its path. Without ``path``, a file in a private temporary directory that
+            lives as long as the executor.
+        """
+        if path is None:
+            return str(self.connection_file_path)
+        return str(self._conn.write(path))
+
+    @property
+    def address(self) -> str:
+        """The address workers dial (``tcp://host:port``)."""
+        return self._conn.address
+
+    @property
+    def launchers(self) -> list[Launcher]:
+        return list(self._launchers)
+
+    # -- workers coming and going ----------------------------------------------------------
+    def _on_worker_joined(self, _worker: Any) -> None:
+        self._start_error = None
+
+    def _watch_launchers(self) -> None:
+        broker = self._broker
+        interval = min([launcher.poll_interval for launcher in self._launchers] or [0.1])
+        try:
+            while not broker.stopped.wait(interval):
+                for launcher in self._launchers:
+                    try:
+                        launcher.poll()
+                    except Exception:
+                        logger.exception("%r failed to poll its workers", launcher)
+                self._check_start_failures()
+        finally:
+            for launcher in self._launchers:
+                try:
+                    launcher.stop(STOP_TIMEOUT)
+                except Exception:
+                    logger.exception("%r failed to stop its workers", launcher)
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    def _check_start_failures(self) -> None:
+        if not self._launchers or self._scheduler.workers:
+            return
+        if not all(launcher.failing for launcher in self._launchers if launcher.n):
+            return
+        errors = [e for e in (launcher.start_error() for launcher in self._launchers) if e]
+        if not errors:
+            return
+        err = errors[-1]
+        if self._start_error is None:
+            logger.error("no worker could be started: %s", err)
+        self._start_error = err
+        broker = self._broker
+        broker.enqueue(lambda: broker.fail_open_tasks(err))
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown else f"{len(self._scheduler.workers)} workers"
+        return f"<ClusterExecutor {self.address} {state}>"
+
+
+def _ordered_iter(*args: Any) -> Iterator[Any]:
+    return ordered(*args)
+
+
+def _unordered_iter(*args: Any) -> Iterator[Any]:
+    return unordered(*args)
+
+
+class _Host:
+    """The executor as seen by one launcher (see launchers.base.LauncherHost)."""
+
+    def __init__(self, ex: ClusterExecutor, launcher: Launcher):
+        self._ex = ex
+        self.connection = ex._conn
+        self.connection_file = ex.connection_file_path
+
+    def is_connected(self, tag: str) -> bool:
+        return tag in self._ex._broker.connected_tags
+
+    def ever_connected(self, tag: str) -> bool:
+        return tag in self._ex._broker.ever_connected_tags
+
+    def worker_exited(self, tag: str, why: str) -> None:
+        broker = self._ex._broker
+        broker.enqueue(lambda: broker.tag_exited(tag, why))
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._ex._shutdown

@@ -1,0 +1,145 @@
+"""Chunk planning and lazy, bounded map iterators (ordered and unordered).
+
+A chunk is one task whose arguments are a list of argument tuples; the worker calls the
+function on each and returns the list (CPython's ``_process_chunk``). ``chunksize`` moves
+between dynamic scheduling (1: one call per dispatch, best balance) and static
+scheduling (``"static"``: one chunk per worker, least overhead).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+#: "auto" aims at this many chunks per worker: enough to balance uneven tasks, few
+#: enough that per-chunk overhead is amortized.
+AUTO_CHUNKS_PER_WORKER = 8
+#: "auto" on an input of unknown length uses chunks of this size.
+AUTO_UNKNOWN_LENGTH_CHUNK = 16
+#: Default buffersize (chunks in flight or read ahead) per worker, and its floor.
+BUFFER_PER_WORKER = 4
+MIN_BUFFERSIZE = 64
+
+ChunkSize = int | str
+
+
+def input_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    """The number of argument tuples ``zip(*iterables)`` yields, when knowable cheaply."""
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def plan_chunksize(chunksize: ChunkSize, n_items: int | None, n_workers: int) -> int:
+    """Resolve ``chunksize`` (int, "static" or "auto") to a number of calls per chunk."""
+    n_workers = max(1, n_workers)
+    if isinstance(chunksize, bool):
+        raise TypeError("chunksize must be an int, 'static' or 'auto'")
+    if isinstance(chunksize, int):
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1")
+        return chunksize
+    if chunksize == "static":
+        if n_items is None:
+            raise TypeError("chunksize='static' needs inputs with a length (a list, a range...)")
+        return max(1, math.ceil(n_items / n_workers))
+    if chunksize == "auto":
+        if n_items is None:
+            return AUTO_UNKNOWN_LENGTH_CHUNK
+        return max(1, math.ceil(n_items / (n_workers * AUTO_CHUNKS_PER_WORKER)))
+    raise ValueError(f"chunksize must be an int, 'static' or 'auto', not {chunksize!r}")
+
+
+def default_buffersize(n_workers: int) -> int:
+    return max(MIN_BUFFERSIZE, BUFFER_PER_WORKER * max(1, n_workers))
+
+
+def check_buffersize(buffersize: int | None) -> None:
+    if buffersize is not None and (not isinstance(buffersize, int) or isinstance(buffersize, bool)):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+
+
+def chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    it = zip(*iterables)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+SubmitChunk = Callable[[list[tuple[Any, ...]]], "Future[list[Any]]"]
+
+
+def _remaining(end_time: float | None) -> float | None:
+    if end_time is None:
+        return None
+    left = end_time - time.monotonic()
+    if left <= 0:
+        raise TimeoutError()
+    return left
+
+
+def ordered(submit: SubmitChunk, source: Iterator[list[tuple[Any, ...]]], buffersize: int,
+            timeout: float | None) -> Iterator[Any]:
+    """Yield results in input order; at most *buffersize* chunks outstanding."""
+    end_time = None if timeout is None else time.monotonic() + timeout
+    futures: deque[Future[list[Any]]] = deque()
+    for chunk in itertools.islice(source, buffersize):
+        futures.append(submit(chunk))
+
+    def gen() -> Iterator[Any]:
+        try:
+            while futures:
+                head = futures[0]
+                results = head.result(_remaining(end_time))
+                futures.popleft()
+                for chunk in itertools.islice(source, 1):
+                    futures.append(submit(chunk))
+                del head
+                yield from results
+        finally:
+            for f in futures:
+                f.cancel()
+
+    return gen()
+
+
+def unordered(submit: SubmitChunk, source: Iterator[list[tuple[Any, ...]]], buffersize: int,
+              timeout: float | None) -> Iterator[Any]:
+    """Yield results as chunks complete; at most *buffersize* chunks outstanding."""
+    end_time = None if timeout is None else time.monotonic() + timeout
+    done: queue.SimpleQueue[Future[list[Any]]] = queue.SimpleQueue()
+    outstanding: set[Future[list[Any]]] = set()
+
+    def launch(chunk: list[tuple[Any, ...]]) -> None:
+        f = submit(chunk)
+        outstanding.add(f)
+        f.add_done_callback(done.put)
+
+    for chunk in itertools.islice(source, buffersize):
+        launch(chunk)
+
+    def gen() -> Iterator[Any]:
+        try:
+            while outstanding:
+                try:
+                    f = done.get(timeout=_remaining(end_time))
+                except queue.Empty:
+                    raise TimeoutError() from None
+                outstanding.discard(f)
+                results = f.result()
+                for chunk in itertools.islice(source, 1):
+                    launch(chunk)
+                yield from results
+        finally:
+            for f in outstanding:
+                f.cancel()
+
+    return gen()

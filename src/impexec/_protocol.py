@@ -1,0 +1,190 @@
+"""Wire protocol: message kinds, the fixed header, HMAC signing and verification.
+
+Every message is a run of ZeroMQ frames::
+
+    [routing id]                 ROUTER side only, added and removed by ZeroMQ
+    signature   32 bytes         HMAC-SHA256(key, header ‖ len(p0) ‖ p0 ‖ len(p1) ‖ p1 …)
+    header      48 bytes         HEADER below (network byte order)
+    payload     nframes frames   pickles, out-of-band buffers or JSON, by kind
+
+Several messages may share one multipart send (batching): the receiver walks the
+records ``signature, header, payload × nframes`` until the frames are used up.
+
+Header fields (``!BBBBI8sQQQQ``):
+
+==========  =====  ==============================================================
+field       type   meaning
+==========  =====  ==============================================================
+version     u8     PROTOCOL_VERSION; any other value is dropped
+kind        u8     :class:`Kind`
+serializer  u8     code of the serializer that made the pickles (0: none)
+flags       u8     per kind, see :class:`Flag`
+nframes     u32    number of payload frames after the header
+session     8 B    the executor's random session id; binds the message to it
+seq         u64    per-sender counter, strictly increasing (in-session replay guard)
+task_id     u64    TASK, RESULT: the task; 0 otherwise
+ctx_id      u64    TASK, DROP_CONTEXT: the context (0: none)
+aux         u64    TASK: attempt number; RESULT: run time in µs; else 0
+==========  =====  ==============================================================
+
+==============  ===============  ================================================
+Kind            direction        payload frames
+==============  ===============  ================================================
+READY           worker → broker  JSON: worker id, pid, host, tag, versions (sent with a
+                                 zero session: the worker learns it from WELCOME)
+HEARTBEAT       both             none
+TASK            broker → worker  [setup pickle if HAS_SETUP], function pickle,
+                                 arguments pickle, out-of-band buffers
+RESULT          worker → broker  value or exception pickle, out-of-band buffers
+DROP_CONTEXT    broker → worker  none
+SHUTDOWN        broker → worker  none: leave now
+DRAIN           broker → worker  none: finish what you hold, take nothing more, leave
+GOODBYE         worker → broker  JSON: reason
+START_FAILED    worker → broker  JSON: error text (the initializer raised)
+STATUS          client → broker  none (``impexec status``)
+STATUS_REPLY    broker → client  JSON: statistics
+STOP_WORKERS    client → broker  none (``impexec stop``): drain every worker
+WELCOME         broker → worker  JSON: session, worker id echoed, heartbeat settings;
+                                 [initializer pickle] when HAS_SETUP
+==============  ===============  ================================================
+
+Nothing is unpickled before :func:`verify` has checked the signature with
+:func:`hmac.compare_digest`; control payloads are JSON and never pickles.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import logging
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("!BBBBI8sQQQQ")
+SIG_SIZE = 32
+#: Largest number of payload frames one message may announce; a bigger count is malformed.
+MAX_FRAMES = 4096
+
+
+class Kind(enum.IntEnum):
+    READY = 1
+    HEARTBEAT = 2
+    TASK = 3
+    RESULT = 4
+    DROP_CONTEXT = 5
+    SHUTDOWN = 6
+    DRAIN = 7
+    GOODBYE = 8
+    START_FAILED = 9
+    STATUS = 10
+    STATUS_REPLY = 11
+    STOP_WORKERS = 12
+    WELCOME = 13
+
+
+class Flag(enum.IntFlag):
+    NONE = 0
+    HAS_SETUP = 1  # TASK: the first payload frame is the context's setup
+    CHUNK = 2  # TASK: the arguments pickle is a list of argument tuples (a map chunk)
+    OK = 4  # RESULT: the payload is the value (else an exception)
+    NEED_SETUP = 8  # RESULT: the worker does not hold the task's context; resend with setup
+
+
+_KINDS = frozenset(int(k) for k in Kind)
+
+
+@dataclass
+class Message:
+    """One decoded (verified) message; payload frames are still serialized."""
+
+    kind: Kind
+    session: bytes = b"\0" * 8
+    seq: int = 0
+    task_id: int = 0
+    ctx_id: int = 0
+    aux: int = 0
+    flags: int = 0
+    serializer: int = 0
+    frames: list[Any] = field(default_factory=list)
+
+    def json(self) -> Any:
+        """Decode a JSON control payload (first frame)."""
+        if not self.frames:
+            return None
+        return json.loads(bytes(self.frames[0]).decode())
+
+
+def _mac(key: bytes, header: bytes, frames: Sequence[Any]) -> bytes:
+    mac = hmac.new(key, header, hashlib.sha256)
+    for f in frames:
+        buf = f.buffer if hasattr(f, "buffer") else f
+        mac.update(memoryview(buf).nbytes.to_bytes(8, "big"))
+        mac.update(buf)
+    return mac.digest()
+
+
+def encode(
+    key: bytes,
+    kind: Kind,
+    session: bytes,
+    seq: int,
+    *,
+    task_id: int = 0,
+    ctx_id: int = 0,
+    aux: int = 0,
+    flags: int = 0,
+    serializer: int = 0,
+    frames: Sequence[Any] = (),
+) -> list[Any]:
+    """Return the frames of one signed message (without a routing id)."""
+    header = HEADER.pack(
+        PROTOCOL_VERSION, kind, serializer, flags, len(frames), session, seq, task_id, ctx_id, aux
+    )
+    return [_mac(key, header, frames), header, *frames]
+
+
+def encode_json(key: bytes, kind: Kind, session: bytes, seq: int, obj: Any, **fields: int) -> list[Any]:
+    """Return one signed message whose payload is *obj* as JSON."""
+    return encode(key, kind, session, seq, frames=[json.dumps(obj).encode()], **fields)
+
+
+def decode(key: bytes, frames: Sequence[Any], session: bytes | None) -> Iterator[Message]:
+    """Verify and split the records of one multipart message.
+
+    Raises ProtocolError at the first record that is malformed, unauthenticated, of
+    another protocol version or (when *session* is given) of another session; records
+    before it have already been yielded. The caller drops the rest and logs.
+    """
+    i, n = 0, len(frames)
+    while i < n:
+        if n - i < 2:
+            raise ProtocolError(f"truncated message: {n - i} frame(s) left, need 2")
+        sig, header = frames[i], frames[i + 1]
+        sig_b = sig.bytes if hasattr(sig, "bytes") else bytes(sig)
+        header_b = header.bytes if hasattr(header, "bytes") else bytes(header)
+        if len(sig_b) != SIG_SIZE or len(header_b) != HEADER.size:
+            raise ProtocolError(f"bad frame sizes: signature {len(sig_b)} B, header {len(header_b)} B")
+        version, kind, ser, flags, nframes, sess, seq, task_id, ctx_id, aux = HEADER.unpack(header_b)
+        if nframes > MAX_FRAMES or i + 2 + nframes > n:
+            raise ProtocolError(f"header announces {nframes} payload frames, {n - i - 2} present")
+        payload = list(frames[i + 2 : i + 2 + nframes])
+        if not hmac.compare_digest(_mac(key, header_b, payload), sig_b):
+            raise ProtocolError("bad signature (wrong key, or the message was altered)")
+        # only now, with the signature checked, do the header's claims count
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
+        if kind not in _KINDS:
+            raise ProtocolError(f"unknown message kind {kind}")
+        if session is not None and sess != session:
+            raise ProtocolError("message from another session (another executor, or a replay)")
+        yield Message(Kind(kind), sess, seq, task_id, ctx_id, aux, flags, ser, payload)
+        i += 2 + nframes

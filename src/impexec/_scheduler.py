@@ -1,0 +1,394 @@
+"""Scheduling policy, free of I/O: which worker holds which task, and what to send next.
+
+The broker thread translates sockets into calls on :class:`Scheduler` and the calls'
+return values back into messages; the scheduler never touches a socket, a future or the
+wall clock (``now`` is passed in), so it is tested with a fake clock.
+
+State of a task::
+
+    pending ──assign──▶ assigned(worker) ──complete──▶ done
+       ▲                    │
+       └──worker lost───────┘   (the worker's first task is charged an attempt;
+                                 past max_retries it is done with WorkerLostError)
+
+A worker runs its tasks in the order they were sent, so the first task in
+``WorkerRecord.assigned`` is the one it is running and the rest are queued there
+(prefetched). That is what lets a lost worker's queued tasks go back without penalty.
+
+Costs: ``assign`` and ``complete`` are O(1) in the number of workers (two ordered pools of
+workers with free slots, and a bounded scan for context locality); ``expire`` is O(workers)
+and runs once per heartbeat interval, not per task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: How many workers with free slots are examined for one already holding a task's
+#: context before falling back to any free worker (keeps assign O(1)).
+LOCALITY_SCAN = 16
+#: Adaptive prefetch aims to keep this much work (seconds) queued on each worker, so
+#: that the next task is there when the current one ends (hides the round trip).
+PREFETCH_TARGET_S = 0.002
+#: Upper bound of the adaptive prefetch (tasks queued beyond the running one).
+MAX_PREFETCH = 64
+#: Default number of contexts a worker keeps set up at once (least recently used go).
+DEFAULT_MAX_CONTEXTS = 8
+
+PENDING, ASSIGNED, DONE = "pending", "assigned", "done"
+
+
+@dataclass(eq=False)
+class Task:
+    """A unit of dispatch: one submit, or one chunk of a map."""
+
+    id: int
+    frames: list[Any]  # serialized function, arguments and buffers
+    future: Any = None  # opaque here; the broker resolves it
+    ctx_id: int = 0
+    flags: int = 0
+    ser: int = 1  # wire code of the serializer that made ``frames``
+    items: int = 1  # calls in this task (a map chunk holds several)
+    attempts: int = 0  # attempts charged: its worker died while running it
+    state: str = PENDING
+    worker: bytes | None = None
+    lost_on: list[str] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class WorkerRecord:
+    """What the broker knows of one connected worker."""
+
+    ident: bytes
+    name: str
+    tag: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    last_seen: float = 0.0
+    joined: float = 0.0
+    assigned: dict[int, Task] = field(default_factory=dict)  # in send order; first runs
+    contexts: OrderedDict[int, None] = field(default_factory=OrderedDict)  # LRU mirror
+    draining: bool = False
+    completed: int = 0
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """A snapshot of the executor (``ClusterExecutor.statistics()``).
+
+    Attributes:
+        workers: workers connected now.
+        queued: tasks waiting in the broker, not yet sent to a worker.
+        running: tasks held by workers (running, or queued there by prefetch).
+        done: tasks that completed with a result.
+        failed: tasks that completed with an exception (their own, or WorkerLostError).
+        resubmitted: times a task went back to the queue because its worker was lost.
+        cancelled: tasks cancelled before they were sent.
+        workers_lost: workers that vanished (no goodbye).
+        workers_joined: workers that connected since the start.
+    """
+
+    workers: int = 0
+    queued: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    resubmitted: int = 0
+    cancelled: int = 0
+    workers_lost: int = 0
+    workers_joined: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Assignment:
+    worker: WorkerRecord
+    task: Task
+    with_setup: bool  # the worker does not hold the task's context: send the setup along
+
+
+@dataclass
+class LostTask:
+    """A task that failed for good because its workers kept vanishing."""
+
+    task: Task
+    attempts: int
+
+
+class Scheduler:
+    """The policy: queue, placement, prefetch credits, context locality, retries."""
+
+    def __init__(
+        self,
+        *,
+        max_retries: int = 3,
+        heartbeat_timeout: float = 10.0,
+        prefetch: int | None = None,
+        max_contexts: int = DEFAULT_MAX_CONTEXTS,
+    ):
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if prefetch is not None and prefetch < 0:
+            raise ValueError("prefetch must be >= 0")
+        self.max_retries = max_retries
+        self.heartbeat_timeout = heartbeat_timeout
+        self.prefetch = prefetch
+        self.max_contexts = max_contexts
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self.tasks: dict[int, Task] = {}  # open tasks (pending or assigned)
+        self._pending: deque[Task] = deque()
+        self._n_pending = 0
+        # workers with free slots; insertion order = who has waited longest
+        self._idle: dict[bytes, WorkerRecord] = {}
+        self._partial: dict[bytes, WorkerRecord] = {}
+        self._mean_run_s = 0.0
+        self._stats = dict.fromkeys(
+            ("done", "failed", "resubmitted", "cancelled", "workers_lost", "workers_joined"), 0
+        )
+
+    # -- workers -----------------------------------------------------------------------
+    def add_worker(self, ident: bytes, name: str, now: float, tag: str = "", info: dict[str, Any] | None = None) -> WorkerRecord:
+        w = WorkerRecord(ident, name, tag, info or {}, last_seen=now, joined=now)
+        self.workers[ident] = w
+        self._idle[ident] = w
+        self._stats["workers_joined"] += 1
+        return w
+
+    def seen(self, ident: bytes, now: float) -> WorkerRecord | None:
+        w = self.workers.get(ident)
+        if w is not None:
+            w.last_seen = now
+        return w
+
+    def expire(self, now: float) -> list[WorkerRecord]:
+        """Workers silent for longer than the heartbeat timeout (not yet removed)."""
+        limit = now - self.heartbeat_timeout
+        return [w for w in self.workers.values() if w.last_seen < limit]
+
+    def drain_worker(self, ident: bytes) -> None:
+        """Send the worker nothing more; it leaves when it has finished what it holds."""
+        w = self.workers.get(ident)
+        if w is not None:
+            w.draining = True
+            self._idle.pop(ident, None)
+            self._partial.pop(ident, None)
+
+    def remove_worker(self, ident: bytes, *, lost: bool) -> list[LostTask]:
+        """Forget a worker; requeue its tasks. Returns the tasks that ran out of attempts.
+
+        With ``lost`` (it died, or went silent) the task it was running is charged one
+        attempt; a clean goodbye charges nothing.
+        """
+        w = self.workers.pop(ident, None)
+        if w is None:
+            return []
+        self._idle.pop(ident, None)
+        self._partial.pop(ident, None)
+        if lost:
+            self._stats["workers_lost"] += 1
+        failed: list[LostTask] = []
+        requeue: list[Task] = []
+        for i, task in enumerate(w.assigned.values()):
+            if task.state != ASSIGNED or task.worker != ident:
+                continue  # already completed by a late result
+            task.worker = None
+            if i == 0 and lost:
+                task.attempts += 1
+                task.lost_on.append(w.name)
+                if task.attempts > self.max_retries:
+                    task.state = DONE
+                    self.tasks.pop(task.id, None)
+                    self._stats["failed"] += 1
+                    failed.append(LostTask(task, task.attempts))
+                    continue
+            requeue.append(task)
+        for task in reversed(requeue):  # back to the front, in their original order
+            task.state = PENDING
+            self._pending.appendleft(task)
+            self._n_pending += 1
+            self._stats["resubmitted"] += 1
+        w.assigned.clear()
+        return failed
+
+    # -- tasks -------------------------------------------------------------------------
+    def submit(self, task: Task) -> None:
+        task.state = PENDING
+        self.tasks[task.id] = task
+        self._pending.append(task)
+        self._n_pending += 1
+
+    def _capacity(self) -> int:
+        if self.prefetch is not None:
+            return 1 + self.prefetch
+        if self._mean_run_s <= 0:
+            return 2
+        extra = math.ceil(PREFETCH_TARGET_S / self._mean_run_s)
+        return 1 + max(1, min(MAX_PREFETCH, extra))
+
+    def _pick(self, ctx_id: int) -> WorkerRecord | None:
+        for pool in (self._idle, self._partial):
+            if not pool:
+                continue
+            if ctx_id:
+                for n, w in enumerate(pool.values()):
+                    if ctx_id in w.contexts:
+                        return w
+                    if n >= LOCALITY_SCAN:
+                        break
+            return next(iter(pool.values()))
+        return None
+
+    def _refile(self, w: WorkerRecord, capacity: int) -> None:
+        """Put *w* in the pool that matches how many tasks it holds."""
+        ident = w.ident
+        held = len(w.assigned)
+        if w.draining or held >= capacity:
+            self._idle.pop(ident, None)
+            self._partial.pop(ident, None)
+        elif held == 0:
+            self._partial.pop(ident, None)
+            if ident not in self._idle:
+                self._idle[ident] = w
+        else:
+            self._idle.pop(ident, None)
+            if ident not in self._partial:
+                self._partial[ident] = w
+
+    def assign(self, claim: Callable[[Task], bool]) -> list[Assignment]:
+        """Hand pending tasks to workers with free slots.
+
+        ``claim(task)`` is asked just before a task is placed; False means it was
+        cancelled and is dropped here (it never runs).
+        """
+        out: list[Assignment] = []
+        if not self._pending:
+            return out
+        capacity = self._capacity()
+        # a worker that filled up under an earlier, smaller capacity may take more now
+        pending = self._pending
+        while pending and (self._idle or self._partial):
+            task = pending[0]
+            if task.state != PENDING:
+                pending.popleft()  # completed meanwhile by a late result
+                continue
+            w = self._pick(task.ctx_id)
+            assert w is not None
+            pending.popleft()
+            self._n_pending -= 1
+            if not claim(task):
+                task.state = DONE
+                self.tasks.pop(task.id, None)
+                self._stats["cancelled"] += 1
+                continue
+            with_setup = False
+            if task.ctx_id:
+                if task.ctx_id in w.contexts:
+                    w.contexts.move_to_end(task.ctx_id)
+                else:
+                    with_setup = True
+                    w.contexts[task.ctx_id] = None
+                    while len(w.contexts) > self.max_contexts:
+                        w.contexts.popitem(last=False)
+            task.state = ASSIGNED
+            task.worker = w.ident
+            w.assigned[task.id] = task
+            self._refile(w, capacity)
+            out.append(Assignment(w, task, with_setup))
+        return out
+
+    def refresh_pools(self) -> None:
+        """Re-sort workers into pools after the adaptive capacity changed."""
+        capacity = self._capacity()
+        for w in self.workers.values():
+            self._refile(w, capacity)
+
+    def complete(self, ident: bytes, task_id: int, *, ok: bool, run_s: float = 0.0) -> Task | None:
+        """A result arrived. Returns the task if it was still open (first result wins)."""
+        w = self.workers.get(ident)
+        if w is not None:
+            if w.assigned.pop(task_id, None) is not None:
+                w.completed += 1
+                before = self._capacity()
+                if run_s > 0:
+                    self._mean_run_s = run_s if self._mean_run_s <= 0 else 0.8 * self._mean_run_s + 0.2 * run_s
+                capacity = self._capacity()
+                if capacity > before:
+                    self.refresh_pools()
+                else:
+                    self._refile(w, capacity)
+        task = self.tasks.pop(task_id, None)
+        if task is None:
+            return None  # a duplicate, or the answer of a worker declared lost, too late
+        if task.state == PENDING:
+            self._n_pending -= 1  # it stays in the deque; assign skips it
+        task.state = DONE
+        self._stats["done" if ok else "failed"] += 1
+        return task
+
+    def needs_setup(self, ident: bytes, task_id: int) -> None:
+        """The worker lacks the context of a task we sent without setup: resend with it."""
+        w = self.workers.get(ident)
+        task = self.tasks.get(task_id)
+        if w is None or task is None or task.worker != ident:
+            return
+        w.assigned.pop(task_id, None)
+        w.contexts.pop(task.ctx_id, None)
+        task.state, task.worker = PENDING, None
+        self._pending.appendleft(task)
+        self._n_pending += 1
+        self._refile(w, self._capacity())
+
+    def cancel_pending(self) -> list[Task]:
+        """Remove every task not yet sent (shutdown with cancel_futures)."""
+        out = [t for t in self._pending if t.state == PENDING]
+        self._pending.clear()
+        self._n_pending = 0
+        for t in out:
+            t.state = DONE
+            self.tasks.pop(t.id, None)
+            self._stats["cancelled"] += 1
+        return out
+
+    def fail_all(self) -> list[Task]:
+        """Close every open task (pending or assigned), e.g. when no worker can start."""
+        out = list(self.tasks.values())
+        for t in out:
+            t.state = DONE
+            self._stats["failed"] += 1
+        self.tasks.clear()
+        self._pending.clear()
+        self._n_pending = 0
+        for w in self.workers.values():
+            w.assigned.clear()
+            self._refile(w, self._capacity())
+        return out
+
+    def drop_context(self, ctx_id: int) -> list[WorkerRecord]:
+        """Forget that workers hold *ctx_id*; returns those that did (to tell them)."""
+        holders = [w for w in self.workers.values() if ctx_id in w.contexts]
+        for w in holders:
+            del w.contexts[ctx_id]
+        return holders
+
+    # -- introspection -----------------------------------------------------------------
+    @property
+    def n_pending(self) -> int:
+        return self._n_pending
+
+    def idle(self) -> bool:
+        """No open task at all."""
+        return not self.tasks
+
+    def statistics(self) -> Statistics:
+        running = sum(len(w.assigned) for w in self.workers.values())
+        return Statistics(
+            workers=len(self.workers), queued=self._n_pending, running=running, **self._stats
+        )
+
+    def worker_names(self, idents: Iterable[bytes]) -> list[str]:
+        return [self.workers[i].name for i in idents if i in self.workers]

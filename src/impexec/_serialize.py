@@ -1,0 +1,199 @@
+"""Serializers, the submit-time error that names the culprit, and remote tracebacks.
+
+Payloads are pickled with protocol 5; contiguous buffers (NumPy arrays, bytearrays,
+large bytes) above ``OOB_THRESHOLD`` go out of band, so they travel as their own ZeroMQ
+frames without being copied into the pickle.
+
+Remote exceptions follow CPython's ``concurrent.futures.process`` scheme: the worker
+pickles the exception together with its formatted traceback, and the client rebuilds the
+original exception with a :class:`RemoteTraceback` as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import traceback
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cloudpickle
+
+from ._errors import SerializationError
+
+#: Buffers at least this large travel as separate frames (bytes); smaller ones stay in
+#: the pickle, where one frame is cheaper than two.
+OOB_THRESHOLD = 64 * 1024
+
+Frames = list[Any]  # bytes | memoryview | pickle.PickleBuffer | zmq.Frame
+
+
+class Serializer:
+    """A named pickle implementation: ``dumps`` returns frames, ``loads`` takes them."""
+
+    def __init__(self, name: str, code: int, pickler: Callable[..., Any], loads: Callable[..., Any]):
+        self.name = name
+        self.code = code  # travels in every header, so a worker needs no configuration
+        self._pickler = pickler
+        self._loads = loads
+
+    def dumps(self, obj: Any) -> Frames:
+        """Pickle *obj*; the first frame is the pickle, the others out-of-band buffers."""
+        buffers: list[Any] = []
+
+        def keep(buf: pickle.PickleBuffer) -> bool:
+            raw = buf.raw()
+            if raw.nbytes < OOB_THRESHOLD:
+                return True  # in band
+            buffers.append(raw)
+            return False
+
+        out = io.BytesIO()
+        self._pickler(out, protocol=5, buffer_callback=keep).dump(obj)
+        return [out.getbuffer(), *buffers]
+
+    def loads(self, frames: Sequence[Any]) -> Any:
+        """Rebuild an object from the frames ``dumps`` made (one pickle + its buffers)."""
+        return self._loads(frames[0], buffers=frames[1:])
+
+
+def _dill_serializer() -> Serializer:
+    try:
+        import dill
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ValueError("serializer='dill' needs the dill package: pip install 'impexec[dill]'") from exc
+    return Serializer("dill", 3, dill.Pickler, lambda data, buffers: dill.loads(data, buffers=buffers))
+
+
+_FACTORIES: dict[str, Callable[[], Serializer]] = {
+    "cloudpickle": lambda: Serializer("cloudpickle", 1, cloudpickle.CloudPickler, pickle.loads),
+    "pickle": lambda: Serializer("pickle", 2, pickle.Pickler, pickle.loads),
+    "dill": _dill_serializer,
+}
+_CODES = {"cloudpickle": 1, "pickle": 2, "dill": 3}
+_CACHE: dict[str, Serializer] = {}
+
+
+def get_serializer(name_or_code: str | int) -> Serializer:
+    """Return the serializer called *name_or_code* (a name, or its wire code)."""
+    if isinstance(name_or_code, int):
+        names = [n for n, c in _CODES.items() if c == name_or_code]
+        if not names:
+            raise ValueError(f"unknown serializer code {name_or_code}")
+        name_or_code = names[0]
+    if name_or_code not in _FACTORIES:
+        raise ValueError(f"serializer must be one of {sorted(_FACTORIES)}, not {name_or_code!r}")
+    ser = _CACHE.get(name_or_code)
+    if ser is None:
+        ser = _CACHE[name_or_code] = _FACTORIES[name_or_code]()
+    return ser
+
+
+def _describe(obj: Any) -> str:
+    text = repr(obj)
+    if len(text) > 120:
+        text = text[:117] + "..."
+    return f"{text} of type {type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _find_culprit(ser: Serializer, obj: Any, path: str, depth: int = 0) -> tuple[str, Any, BaseException] | None:
+    """Depth-first search for the innermost part of *obj* that fails to pickle."""
+    try:
+        ser.dumps(obj)
+        return None
+    except Exception as exc:
+        err: BaseException = exc
+    if depth < 4:
+        children: list[tuple[str, Any]] = []
+        if isinstance(obj, (list, tuple)):
+            children = [(f"{path}[{i}]", v) for i, v in enumerate(obj[:1000])]
+        elif isinstance(obj, dict):
+            children = [(f"{path}[{k!r}]", v) for k, v in list(obj.items())[:1000]]
+        elif hasattr(obj, "__dict__") and not callable(obj):
+            children = [(f"{path}.{k}", v) for k, v in list(vars(obj).items())[:1000]]
+        for child_path, child in children:
+            found = _find_culprit(ser, child, child_path, depth + 1)
+            if found is not None:
+                return found
+    return path, obj, err
+
+
+def serialization_error(ser: Serializer, named: Sequence[tuple[str, Any]], exc: BaseException) -> SerializationError:
+    """Build a SerializationError naming the first of *named* that does not pickle."""
+    for label, obj in named:
+        found = _find_culprit(ser, obj, label)
+        if found is not None:
+            where, culprit, err = found
+            return SerializationError(
+                f"cannot serialize {where}: {_describe(culprit)} "
+                f"({type(err).__name__}: {err}) [serializer={ser.name}]"
+            )
+    return SerializationError(f"cannot serialize the task ({type(exc).__name__}: {exc}) [serializer={ser.name}]")
+
+
+class FunctionCache:
+    """Pickles each callable once: a map or a loop of submits reuses the bytes.
+
+    Keyed by the callable's identity and dropped when it is garbage-collected, so a new
+    function at a recycled address is never confused with the old one. Callables that
+    cannot be weakly referenced (builtins, partials) are pickled every time; they are
+    cheap to pickle by reference.
+    """
+
+    MAX_ENTRIES = 256
+
+    def __init__(self, ser: Serializer):
+        self._ser = ser
+        self._cache: dict[int, tuple[weakref.ref[Any], bytes]] = {}
+
+    def dumps(self, fn: Any) -> bytes:
+        key = id(fn)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0]() is fn:
+            return hit[1]
+        frames = self._ser.dumps(fn)
+        data = bytes(frames[0]) if len(frames) == 1 else None
+        if data is None:  # a callable carrying big buffers: keep it in one pickle
+            out = io.BytesIO()
+            self._ser._pickler(out, protocol=5).dump(fn)
+            data = out.getvalue()
+        try:
+            ref = weakref.ref(fn, lambda _r, key=key: self._cache.pop(key, None))
+        except TypeError:
+            return data
+        if len(self._cache) >= self.MAX_ENTRIES:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[key] = (ref, data)
+        return data
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised on a worker."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def _rebuild_exc(exc: BaseException, tb: str) -> BaseException:
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+class ExceptionWithTraceback:
+    """Pickles as the original exception with its remote traceback text attached."""
+
+    def __init__(self, exc: BaseException, where: str = ""):
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        head = f'\n"""\n{where}' if where else '\n"""\n'
+        self.exc = exc
+        self.tb = f"{head}{tb}\"\"\""
+        # the traceback's frames hold locals we must not try to pickle
+        exc.__traceback__ = None
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return _rebuild_exc, (self.exc, self.tb)

@@ -1,0 +1,357 @@
+"""The worker process: connect, run tasks in order, answer, and leave when told or orphaned.
+
+::
+
+    main thread  DEALER (id = worker id)     READY → WELCOME → [initializer] → TASK… → RESULT…
+    heartbeat    DEALER (id = worker id + h) HEARTBEAT ⇄ HEARTBEAT every interval; exits the
+    thread                                   process when the broker is silent for the timeout
+
+Tasks run in the main thread, in the order they arrive (the broker relies on it: the
+first task it sent and has no answer for is the one running). The heartbeat thread has a
+socket of its own, so a task that runs for hours still proves the process alive, and
+the hot path has no thread hop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict, deque
+from typing import Any
+
+import zmq
+
+from . import __version__
+from ._connection import ConnectionInfo
+from ._errors import ProtocolError, SerializationError
+from ._protocol import Flag, Kind, Message, decode, encode
+from ._serialize import ExceptionWithTraceback, get_serializer
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_NO_BROKER = 3  # no WELCOME within the connect timeout
+EXIT_INIT_FAILED = 4  # the executor's initializer raised
+EXIT_BROKER_GONE = 5  # the broker stopped answering heartbeats
+EXIT_DISMISSED = 6  # the broker said SHUTDOWN without our asking to leave (e.g. we were
+#                     declared lost): a launcher replaces such a worker
+#: Seconds a new worker waits for the broker's WELCOME before giving up.
+CONNECT_TIMEOUT = 60.0
+#: Results are sent together while more tasks wait locally, for at most this long (s).
+RESULT_BATCH_S = 0.002
+RESULT_BATCH_MAX = 64
+#: Cached unpickled functions (keyed by their pickled bytes).
+FUNCTION_CACHE_SIZE = 128
+
+_HB_SUFFIX = b"h"
+
+
+class _SetupCache:
+    """Values of context setups on this worker, least recently used evicted."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[int, tuple[bool, Any]] = OrderedDict()
+        self.setups_run = 0
+
+    def get(self, ctx_id: int) -> tuple[bool, Any] | None:
+        entry = self._entries.get(ctx_id)
+        if entry is not None:
+            self._entries.move_to_end(ctx_id)
+        return entry
+
+    def put(self, ctx_id: int, entry: tuple[bool, Any]) -> None:
+        self._entries[ctx_id] = entry
+        self._entries.move_to_end(ctx_id)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def drop(self, ctx_id: int) -> None:
+        self._entries.pop(ctx_id, None)
+
+
+class Worker:
+    """One worker process's state and loops (see the module docstring)."""
+
+    def __init__(self, conn: ConnectionInfo, *, tag: str = "", runtime: float | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT):
+        self.conn = conn
+        self.tag = tag
+        self.runtime = runtime
+        self.connect_timeout = connect_timeout
+        self.wid = os.urandom(16)
+        self._seq = 0
+        self._session = b"\0" * 8
+        self._broker_seq = 0
+        self._fn_cache: OrderedDict[bytes, Any] = OrderedDict()
+        self._setups = _SetupCache(8)
+        self._queue: deque[Message] = deque()
+        self._leaving = False
+        self._stop = threading.Event()
+        self._hb_thread: threading.Thread | None = None
+        self.hb_interval = 1.0
+        self.hb_timeout = 10.0
+
+    # -- sockets -----------------------------------------------------------------------
+    def _socket(self, zctx: zmq.Context[Any], ident: bytes) -> zmq.Socket[Any]:
+        s = zctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.ROUTING_ID, ident)
+        s.setsockopt(zmq.LINGER, 2000)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        if self.conn.server_key:
+            s.setsockopt(zmq.CURVE_SERVERKEY, self.conn.server_key.encode())
+            s.setsockopt(zmq.CURVE_PUBLICKEY, (self.conn.client_public or "").encode())
+            s.setsockopt(zmq.CURVE_SECRETKEY, (self.conn.client_secret or "").encode())
+        s.connect(self.conn.address)
+        return s
+
+    def _encode(self, kind: Kind, **kw: Any) -> list[Any]:
+        self._seq += 1
+        return encode(self.conn.key, kind, self._session, self._seq, **kw)
+
+    def _accept(self, frames: list[Any]) -> list[Message]:
+        """Verified messages of one multipart receive; anything else is dropped and logged."""
+        out: list[Message] = []
+        try:
+            for msg in decode(self.conn.key, frames, self._session):
+                if msg.seq <= self._broker_seq:
+                    raise ProtocolError(f"replayed message (seq {msg.seq})")
+                self._broker_seq = msg.seq
+                out.append(msg)
+        except ProtocolError as exc:
+            logger.warning("dropped a message: %s", exc)
+        return out
+
+    # -- main ----------------------------------------------------------------------------
+    def run(self) -> int:
+        zctx = zmq.Context()
+        sock = self._socket(zctx, self.wid)
+        try:
+            return self._run(zctx, sock)
+        finally:
+            self._stop.set()
+            if self._hb_thread is not None:
+                self._hb_thread.join(2.0)
+            sock.close(linger=2000)
+            zctx.term()
+
+    def _run(self, zctx: zmq.Context[Any], sock: zmq.Socket[Any]) -> int:
+        info = {
+            "worker": self.wid.hex(), "pid": os.getpid(), "host": socket.gethostname(),
+            "tag": self.tag, "python": sys.version.split()[0], "impexec": __version__,
+        }
+        self._seq += 1
+        sock.send_multipart(encode(self.conn.key, Kind.READY, b"\0" * 8, self._seq,
+                                   frames=[json.dumps(info).encode()]))
+        welcome = self._wait_welcome(sock)
+        if welcome is None:
+            sys.stderr.write(f"impexec worker: no answer from the broker at {self.conn.address} "
+                             f"within {self.connect_timeout:g} s (wrong address or key?)\n")
+            return EXIT_NO_BROKER
+        self._hb_thread = threading.Thread(target=self._heartbeat, args=(zctx,),
+                                           name="impexec-heartbeat", daemon=True)
+        self._hb_thread.start()
+        if welcome.flags & Flag.HAS_SETUP:
+            try:
+                fn, args = get_serializer(welcome.serializer).loads(welcome.frames[1:])
+                fn(*args)
+            except BaseException as exc:
+                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                sys.stderr.write(f"impexec worker: the initializer raised:\n{text}")
+                sock.send_multipart(self._encode(Kind.START_FAILED,
+                                                 frames=[json.dumps({"error": text}).encode()]))
+                return EXIT_INIT_FAILED
+        return self._serve(sock)
+
+    def _wait_welcome(self, sock: zmq.Socket[Any]) -> Message | None:
+        deadline = time.monotonic() + self.connect_timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.poll(left * 1000):
+                break
+            frames = sock.recv_multipart(copy=False)
+            try:
+                msgs = list(decode(self.conn.key, frames, None))
+            except ProtocolError as exc:
+                logger.warning("dropped a message while connecting: %s", exc)
+                continue
+            for msg in msgs:
+                if msg.kind != Kind.WELCOME:
+                    continue
+                data = msg.json()
+                if data.get("worker") != self.wid.hex():
+                    logger.warning("dropped a WELCOME meant for another worker (replay?)")
+                    continue
+                self._session = bytes.fromhex(data["session"])
+                self._broker_seq = msg.seq
+                self.hb_interval = float(data.get("heartbeat_interval", 1.0))
+                self.hb_timeout = float(data.get("heartbeat_timeout", 10.0))
+                self._setups = _SetupCache(int(data.get("max_contexts", 8)))
+                return msg
+        return None
+
+    def _serve(self, sock: zmq.Socket[Any]) -> int:
+        deadline = time.monotonic() + self.runtime if self.runtime else None
+        queue = self._queue
+        out: list[Any] = []
+        batch_start = 0.0
+        while True:
+            if deadline is not None and not self._leaving and time.monotonic() >= deadline:
+                self._leaving = True
+                logger.info("runtime spent: finishing held tasks, then leaving")
+                sock.send_multipart(self._encode(Kind.GOODBYE,
+                                                 frames=[json.dumps({"reason": "runtime"}).encode()]))
+            # take everything that has arrived; block only when there is nothing to do
+            timeout = 0 if queue else (1000 if deadline is None else 200)
+            if out and not queue:
+                sock.send_multipart(out, copy=False)
+                out = []
+            while sock.poll(timeout):
+                for msg in self._accept(sock.recv_multipart(copy=False)):
+                    if msg.kind == Kind.TASK:
+                        queue.append(msg)
+                    elif msg.kind == Kind.SHUTDOWN:
+                        if out:
+                            sock.send_multipart(out, copy=False)
+                        return EXIT_OK if self._leaving else EXIT_DISMISSED
+                    elif msg.kind == Kind.DROP_CONTEXT:
+                        # ordered after every task of that context: safe to drop now
+                        queue.append(msg)
+                    elif msg.kind == Kind.DRAIN:
+                        self._leaving = True
+                    elif msg.kind == Kind.HEARTBEAT:
+                        pass
+                    else:
+                        logger.warning("ignored unexpected %s", msg.kind.name)
+                timeout = 0
+            if not queue:
+                continue
+            msg = queue.popleft()
+            if msg.kind == Kind.DROP_CONTEXT:
+                self._setups.drop(msg.ctx_id)
+                continue
+            if not out:
+                batch_start = time.monotonic()
+            out.extend(self._run_task(msg))
+            if len(out) >= 3 * RESULT_BATCH_MAX or not queue or time.monotonic() - batch_start > RESULT_BATCH_S:
+                sock.send_multipart(out, copy=False)
+                out = []
+
+    # -- running a task ------------------------------------------------------------------
+    def _load_fn(self, ser: Any, frame: Any) -> Any:
+        data = frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+        fn = self._fn_cache.get(data)
+        if fn is None:
+            fn = ser.loads([data])
+            self._fn_cache[data] = fn
+            if len(self._fn_cache) > FUNCTION_CACHE_SIZE:
+                self._fn_cache.popitem(last=False)
+        return fn
+
+    def _context_value(self, msg: Message, ser: Any) -> tuple[bool, Any] | None:
+        entry = self._setups.get(msg.ctx_id)
+        if entry is not None:
+            return entry
+        if not msg.flags & Flag.HAS_SETUP:
+            return None
+        try:
+            setup, args, kwargs = ser.loads([msg.frames[0]])
+            self._setups.setups_run += 1
+            entry = (True, setup(*args, **kwargs))
+        except BaseException as exc:
+            entry = (False, ExceptionWithTraceback(exc, "(in the context's setup)\n"))
+        self._setups.put(msg.ctx_id, entry)
+        return entry
+
+    def _run_task(self, msg: Message) -> list[Any]:
+        started = time.perf_counter()
+        ser = get_serializer(msg.serializer)
+        ok, value = True, None
+        first = 1 if msg.flags & Flag.HAS_SETUP else 0
+        try:
+            prefix: tuple[Any, ...] = ()
+            if msg.ctx_id:
+                entry = self._context_value(msg, ser)
+                if entry is None:
+                    return self._encode(Kind.RESULT, task_id=msg.task_id, flags=Flag.NEED_SETUP,
+                                        serializer=msg.serializer)
+                if not entry[0]:
+                    raise _SetupFailed(entry[1])
+                prefix = (entry[1],)
+            fn = self._load_fn(ser, msg.frames[first])
+            call = ser.loads(msg.frames[first + 1:])
+            if msg.flags & Flag.CHUNK:
+                value = [fn(*prefix, *args) for args in call]
+            else:
+                args, kwargs = call
+                value = fn(*prefix, *args, **kwargs)
+        except _SetupFailed as failed:
+            ok, value = False, failed.wrapped
+        except BaseException as exc:
+            ok, value = False, ExceptionWithTraceback(exc)
+        run_us = int((time.perf_counter() - started) * 1e6)
+        try:
+            frames = ser.dumps(value)
+        except Exception as exc:
+            what = "result" if ok else f"exception {type(getattr(value, 'exc', value)).__name__}"
+            err = SerializationError(f"the task's {what} could not be serialized on the worker: "
+                                     f"{type(exc).__name__}: {exc}")
+            if not ok:
+                err.__cause__ = None
+            ok = False
+            frames = ser.dumps(ExceptionWithTraceback(err))
+        value = None
+        return self._encode(Kind.RESULT, task_id=msg.task_id, flags=Flag.OK if ok else 0,
+                            aux=run_us, serializer=msg.serializer, frames=frames)
+
+    # -- heartbeat thread ----------------------------------------------------------------
+    def _heartbeat(self, zctx: zmq.Context[Any]) -> None:
+        sock = self._socket(zctx, self.wid + _HB_SUFFIX)
+        seq = 0
+        last_heard = time.monotonic()
+        broker_seq = 0
+        try:
+            while not self._stop.is_set():
+                seq += 1
+                sock.send_multipart(encode(self.conn.key, Kind.HEARTBEAT, self._session, seq))
+                deadline = time.monotonic() + self.hb_interval
+                while (left := deadline - time.monotonic()) > 0 and not self._stop.is_set():
+                    if not sock.poll(min(left, 0.2) * 1000):
+                        continue
+                    try:
+                        msgs = list(decode(self.conn.key, sock.recv_multipart(copy=False), self._session))
+                    except ProtocolError as exc:
+                        logger.warning("heartbeat channel dropped a message: %s", exc)
+                        continue
+                    for msg in msgs:
+                        if msg.seq <= broker_seq:
+                            continue
+                        broker_seq = msg.seq
+                        last_heard = time.monotonic()
+                        if msg.kind == Kind.SHUTDOWN:
+                            logger.info("the broker no longer wants this worker: exiting")
+                            os._exit(EXIT_OK if self._leaving else EXIT_DISMISSED)
+                if time.monotonic() - last_heard > self.hb_timeout:
+                    sys.stderr.write(f"impexec worker: no heartbeat from the broker for "
+                                     f"{self.hb_timeout:g} s: exiting\n")
+                    sys.stderr.flush()
+                    os._exit(EXIT_BROKER_GONE)
+        finally:
+            sock.close(linger=0)
+
+
+class _SetupFailed(Exception):
+    def __init__(self, wrapped: Any):
+        self.wrapped = wrapped
+
+
+def main(conn: ConnectionInfo, *, tag: str = "", runtime: float | None = None) -> int:
+    """Run one worker until it is told to leave; returns the process exit code."""
+    return Worker(conn, tag=tag, runtime=runtime).run()

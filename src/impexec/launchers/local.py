@@ -1,0 +1,181 @@
+"""LocalWorkers: worker processes on this machine, started as fresh interpreters."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import IO
+
+from .base import Launcher, LauncherHost, describe_exit
+
+logger = logging.getLogger(__name__)
+
+#: Lines of each worker's stderr kept for start-failure reports.
+STDERR_LINES = 60
+
+
+@dataclass
+class _Slot:
+    index: int
+    generation: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    tag: str = ""
+    started: float = 0.0
+    restart_at: float = 0.0
+    stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_LINES))
+    reader: threading.Thread | None = None
+    connected: bool = False
+
+
+class LocalWorkers(Launcher):
+    """``n`` worker processes on this machine (``python -m impexec worker``, not fork).
+
+    Dead workers are replaced (with backoff when they fail to start). Their stderr is
+    echoed to this process's stderr and its tail kept for :class:`WorkerStartError`.
+
+    Args:
+        n: number of worker processes.
+        python: interpreter command (default: this interpreter).
+        env: variables added to the inherited environment.
+        start_timeout: seconds a worker may take to connect.
+        echo_stderr: copy the workers' stderr to this process's stderr.
+    """
+
+    def __init__(self, n: int, *, python: str | list[str] | None = None,
+                 env: dict[str, str] | None = None, start_timeout: float = 60.0,
+                 echo_stderr: bool = True):
+        super().__init__(n, python=python, env=env, start_timeout=start_timeout)
+        self.echo_stderr = echo_stderr
+        self._slots = [_Slot(i) for i in range(n)]
+        self._stopped = False
+        self._prefix = f"local{os.getpid()}-{id(self) % 100000}"
+
+    def start(self, host: LauncherHost) -> None:
+        self.host = host
+        for slot in self._slots:
+            self._spawn(slot)
+
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        """The live worker processes (tests kill them to show resubmission)."""
+        return [s.proc for s in self._slots if s.proc is not None and s.proc.poll() is None]
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.generation += 1
+        slot.tag = f"{self._prefix}-{slot.index}-{slot.generation}"
+        slot.stderr.clear()
+        slot.connected = False
+        env = {**os.environ, **self.env}
+        # the worker must find the same impexec as this process, even when it is not installed
+        pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
+        cmd = self.worker_command(slot.tag)
+        slot.started = time.monotonic()
+        try:
+            slot.proc = subprocess.Popen(
+                cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                start_new_session=True,  # Ctrl-C in the terminal reaches the client only
+            )
+        except OSError as exc:
+            slot.proc = None
+            self.start_failed(slot.tag, f"cannot run {cmd[0]!r}: {exc}", "")
+            slot.restart_at = time.monotonic() + self.backoff()
+            return
+        slot.reader = threading.Thread(target=self._read, args=(slot, slot.proc.stderr),
+                                       name=f"impexec-stderr-{slot.index}", daemon=True)
+        slot.reader.start()
+        logger.debug("started worker %s: pid %d", slot.tag, slot.proc.pid)
+
+    def _read(self, slot: _Slot, stream: IO[bytes] | None) -> None:
+        if stream is None:
+            return
+        with stream:
+            for raw in stream:
+                line = raw.decode(errors="replace")
+                slot.stderr.append(line)
+                if self.echo_stderr:
+                    try:
+                        sys.stderr.write(line)
+                    except (ValueError, OSError):  # stderr closed at interpreter exit
+                        pass
+
+    def poll(self) -> None:
+        host = self.host
+        if host is None or self._stopped:
+            return
+        now = time.monotonic()
+        for slot in self._slots:
+            proc = slot.proc
+            if proc is None:
+                if not host.shutting_down and now >= slot.restart_at:
+                    self._spawn(slot)
+                continue
+            if not slot.connected and host.ever_connected(slot.tag):
+                slot.connected = True
+                self.started_ok()
+            rc = proc.poll()
+            if rc is None:
+                if not slot.connected and now - slot.started > self.start_timeout:
+                    self._kill(proc)
+                    proc.wait(5)
+                    self._join_reader(slot)
+                    self.start_failed(slot.tag, f"worker {slot.tag} did not connect within "
+                                      f"{self.start_timeout:g} s", "".join(slot.stderr))
+                    slot.proc = None
+                    slot.restart_at = now + self.backoff()
+                continue
+            self._join_reader(slot)
+            slot.proc = None
+            if slot.connected or host.ever_connected(slot.tag):
+                if rc != 0 and not host.shutting_down:
+                    host.worker_exited(slot.tag, f"pid {proc.pid} {describe_exit(rc)}")
+                slot.restart_at = now
+                if rc == 0:
+                    slot.restart_at = float("inf")  # it left on purpose (drained): not replaced
+            else:
+                self.start_failed(slot.tag, f"worker {describe_exit(rc)} before connecting "
+                                  f"(command: {' '.join(self.worker_command(slot.tag))})",
+                                  "".join(slot.stderr))
+                slot.restart_at = now + self.backoff()
+
+    def _join_reader(self, slot: _Slot) -> None:
+        if slot.reader is not None:
+            slot.reader.join(2.0)
+            slot.reader = None
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopped = True
+        deadline = time.monotonic() + timeout
+        for slot in self._slots:
+            proc = slot.proc
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._kill(proc, signal.SIGTERM)
+                try:
+                    proc.wait(2.0)
+                except subprocess.TimeoutExpired:
+                    self._kill(proc)
+                    proc.wait(5.0)
+            self._join_reader(slot)
+            slot.proc = None
+
+
