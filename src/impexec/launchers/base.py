@@ -127,7 +127,7 @@ class Launcher(abc.ABC):
 
     @property
     def failing(self) -> bool:
-        """Every recent attempt failed: at least ``n`` failures with no success since."""
+        """Every recent attempt failed (at least ``n`` failures with no success since)."""
         return self.n > 0 and self._consecutive_failures >= self.n
 
     def start_error(self) -> WorkerStartError | None:
