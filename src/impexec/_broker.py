@@ -263,6 +263,8 @@ class Broker(threading.Thread):
                     self._handle(ident, msg)
             except ProtocolError as exc:
                 self._dropped(ident, str(exc))
+            except Exception:  # a bug handling one message must not take the broker down
+                logger.exception("error while handling a message from %s", ident.hex()[:12])
 
     def _dropped(self, ident: bytes, why: str) -> None:
         now = time.monotonic()
@@ -478,7 +480,10 @@ class Broker(threading.Thread):
 
 
 def _claim(task: Task) -> bool:
-    return bool(task.future.set_running_or_notify_cancel())
+    future = task.future
+    if future.running():  # a resubmitted task: claimed at its first dispatch
+        return True
+    return bool(future.set_running_or_notify_cancel())
 
 
 def _resolve(future: Any, ok: bool, value: Any) -> None:

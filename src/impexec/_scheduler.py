@@ -54,6 +54,7 @@ class Task:
     ser: int = 1  # wire code of the serializer that made ``frames``
     items: int = 1  # calls in this task (a map chunk holds several)
     attempts: int = 0  # attempts charged: its worker died while running it
+    suspect: bool = False  # was held by a worker that died: runs isolated (see assign)
     state: str = PENDING
     worker: bytes | None = None
     lost_on: list[str] = field(default_factory=list)
@@ -72,6 +73,7 @@ class WorkerRecord:
     assigned: dict[int, Task] = field(default_factory=dict)  # in send order; first runs
     contexts: OrderedDict[int, None] = field(default_factory=OrderedDict)  # LRU mirror
     draining: bool = False
+    isolated: bool = False  # running a suspect task alone: gets nothing else meanwhile
     completed: int = 0
 
 
@@ -208,6 +210,7 @@ class Scheduler:
                     continue
             requeue.append(task)
         for task in reversed(requeue):  # back to the front, in their original order
+            task.suspect = True
             task.state = PENDING
             self._pending.appendleft(task)
             self._n_pending += 1
@@ -247,7 +250,9 @@ class Scheduler:
         """Put *w* in the pool that matches how many tasks it holds."""
         ident = w.ident
         held = len(w.assigned)
-        if w.draining or held >= capacity:
+        if w.isolated and held == 0:
+            w.isolated = False
+        if w.draining or w.isolated or held >= capacity:
             self._idle.pop(ident, None)
             self._partial.pop(ident, None)
         elif held == 0:
@@ -276,7 +281,24 @@ class Scheduler:
             if task.state != PENDING:
                 pending.popleft()  # completed meanwhile by a late result
                 continue
-            w = self._pick(task.ctx_id)
+            if task.suspect:
+                # A task that was on a worker when it died runs alone on an idle worker,
+                # so that if it kills this one too, the blame is certain. (With tasks
+                # queued behind or ahead of it, the broker cannot tell which one ran: a
+                # result sent just before the crash may never leave the process.)
+                if not self._idle:
+                    break
+                w = next(iter(self._idle.values()))
+                if task.ctx_id:
+                    for n, cand in enumerate(self._idle.values()):
+                        if task.ctx_id in cand.contexts:
+                            w = cand
+                            break
+                        if n >= LOCALITY_SCAN:
+                            break
+                w.isolated = True
+            else:
+                w = self._pick(task.ctx_id)
             assert w is not None
             pending.popleft()
             self._n_pending -= 1

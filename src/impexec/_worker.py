@@ -43,9 +43,6 @@ EXIT_DISMISSED = 6  # the broker said SHUTDOWN without our asking to leave (e.g.
 #                     declared lost): a launcher replaces such a worker
 #: Seconds a new worker waits for the broker's WELCOME before giving up.
 CONNECT_TIMEOUT = 60.0
-#: Results are sent together while more tasks wait locally, for at most this long (s).
-RESULT_BATCH_S = 0.002
-RESULT_BATCH_MAX = 64
 #: Cached unpickled functions (keyed by their pickled bytes).
 FUNCTION_CACHE_SIZE = 128
 
@@ -200,8 +197,6 @@ class Worker:
     def _serve(self, sock: zmq.Socket[Any]) -> int:
         deadline = time.monotonic() + self.runtime if self.runtime else None
         queue = self._queue
-        out: list[Any] = []
-        batch_start = 0.0
         while True:
             if deadline is not None and not self._leaving and time.monotonic() >= deadline:
                 self._leaving = True
@@ -210,16 +205,11 @@ class Worker:
                                                  frames=[json.dumps({"reason": "runtime"}).encode()]))
             # take everything that has arrived; block only when there is nothing to do
             timeout = 0 if queue else (1000 if deadline is None else 200)
-            if out and not queue:
-                sock.send_multipart(out, copy=False)
-                out = []
             while sock.poll(timeout):
                 for msg in self._accept(sock.recv_multipart(copy=False)):
                     if msg.kind == Kind.TASK:
                         queue.append(msg)
                     elif msg.kind == Kind.SHUTDOWN:
-                        if out:
-                            sock.send_multipart(out, copy=False)
                         return EXIT_OK if self._leaving else EXIT_DISMISSED
                     elif msg.kind == Kind.DROP_CONTEXT:
                         # ordered after every task of that context: safe to drop now
@@ -237,12 +227,9 @@ class Worker:
             if msg.kind == Kind.DROP_CONTEXT:
                 self._setups.drop(msg.ctx_id)
                 continue
-            if not out:
-                batch_start = time.monotonic()
-            out.extend(self._run_task(msg))
-            if len(out) >= 3 * RESULT_BATCH_MAX or not queue or time.monotonic() - batch_start > RESULT_BATCH_S:
-                sock.send_multipart(out, copy=False)
-                out = []
+            # each result leaves at once: held back, it would be lost with the process if
+            # the next task crashes it, and the broker would blame the wrong task
+            sock.send_multipart(self._run_task(msg), copy=False)
 
     # -- running a task ------------------------------------------------------------------
     def _load_fn(self, ser: Any, frame: Any) -> Any:

@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 #: Lines of each worker's stderr kept for start-failure reports.
 STDERR_LINES = 60
+#: Seconds a worker declared lost may take to exit by itself before it is killed.
+DISMISS_GRACE_S = 1.0
 
 
 @dataclass
@@ -32,6 +34,7 @@ class _Slot:
     stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_LINES))
     reader: threading.Thread | None = None
     connected: bool = False
+    dismissed_at: float = 0.0  # when the broker forgot it while its process still ran
 
 
 class LocalWorkers(Launcher):
@@ -71,6 +74,7 @@ class LocalWorkers(Launcher):
         slot.tag = f"{self._prefix}-{slot.index}-{slot.generation}"
         slot.stderr.clear()
         slot.connected = False
+        slot.dismissed_at = 0.0
         env = {**os.environ, **self.env}
         # the worker must find the same impexec as this process, even when it is not installed
         pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -121,6 +125,16 @@ class LocalWorkers(Launcher):
                 self.started_ok()
             rc = proc.poll()
             if rc is None:
+                if slot.connected and not host.is_connected(slot.tag) and not host.shutting_down:
+                    # declared lost (e.g. stopped or hung) yet alive: it was told to leave;
+                    # if it cannot (SIGSTOP, a task stuck holding the GIL), end it
+                    if not slot.dismissed_at:
+                        slot.dismissed_at = now
+                    elif now - slot.dismissed_at > DISMISS_GRACE_S:
+                        logger.warning("worker %s was declared lost but still runs: killing pid %d",
+                                       slot.tag, proc.pid)
+                        self._kill(proc)
+                    continue
                 if not slot.connected and now - slot.started > self.start_timeout:
                     self._kill(proc)
                     proc.wait(5)
