@@ -1,0 +1,190 @@
+"""The wire protocol: round trips, and every malformed message is refused before unpickling.
+
+The last tests go through a real broker: junk sent to an executor's address is dropped
+and logged at WARNING, and the executor goes on working.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import pytest
+import tasks
+import zmq
+
+from impexec._errors import ProtocolError
+from impexec._protocol import (
+    HEADER,
+    MAX_FRAMES,
+    PROTOCOL_VERSION,
+    SIG_SIZE,
+    Flag,
+    Kind,
+    decode,
+    encode,
+    encode_json,
+)
+
+KEY = b"k" * 32
+SESSION = b"s" * 8
+
+
+def _one(frames: list[Any], session: bytes | None = SESSION, key: bytes = KEY) -> Any:
+    msgs = list(decode(key, frames, session))
+    assert len(msgs) == 1
+    return msgs[0]
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_round_trip_every_kind(kind: Kind) -> None:
+    payload = [b"first", bytearray(b"second"), memoryview(b"third")]
+    frames = encode(KEY, kind, SESSION, 7, task_id=11, ctx_id=13, aux=17,
+                    flags=Flag.OK | Flag.CHUNK, serializer=2, frames=payload)
+    msg = _one(frames)
+    assert msg.kind is kind
+    assert (msg.session, msg.seq, msg.task_id, msg.ctx_id, msg.aux) == (SESSION, 7, 11, 13, 17)
+    assert msg.flags == Flag.OK | Flag.CHUNK
+    assert msg.serializer == 2
+    assert [bytes(f) for f in msg.frames] == [b"first", b"second", b"third"]
+
+
+def test_round_trip_json_and_empty_payload() -> None:
+    msg = _one(encode_json(KEY, Kind.READY, SESSION, 1, {"pid": 42, "host": "h"}))
+    assert msg.json() == {"pid": 42, "host": "h"}
+    empty = _one(encode(KEY, Kind.HEARTBEAT, SESSION, 2))
+    assert empty.frames == []
+    assert empty.json() is None
+
+
+def test_batched_records_decode_in_order() -> None:
+    frames = [*encode(KEY, Kind.HEARTBEAT, SESSION, 1),
+              *encode(KEY, Kind.RESULT, SESSION, 2, task_id=5, frames=[b"x"]),
+              *encode(KEY, Kind.GOODBYE, SESSION, 3)]
+    msgs = list(decode(KEY, frames, SESSION))
+    assert [(m.kind, m.seq) for m in msgs] == [(Kind.HEARTBEAT, 1), (Kind.RESULT, 2), (Kind.GOODBYE, 3)]
+
+
+def test_round_trip_through_zmq_frames(raw_socket: Any) -> None:
+    a = raw_socket(zmq.PAIR)
+    b = raw_socket(zmq.PAIR)
+    port = a.bind_to_random_port("tcp://127.0.0.1")
+    b.connect(f"tcp://127.0.0.1:{port}")
+    big = os.urandom(200_000)
+    b.send_multipart(encode(KEY, Kind.TASK, SESSION, 1, task_id=3, frames=[b"fn", big]))
+    frames = a.recv_multipart(copy=False)
+    msg = _one(frames)
+    assert msg.kind is Kind.TASK
+    assert bytes(msg.frames[1]) == big
+
+
+def _header(frames: list[Any]) -> tuple[Any, ...]:
+    return HEADER.unpack(bytes(frames[1]))
+
+
+def _with_header(frames: list[Any], **changes: Any) -> list[Any]:
+    names = ["version", "kind", "serializer", "flags", "nframes", "session", "seq",
+             "task_id", "ctx_id", "aux"]
+    fields = dict(zip(names, _header(frames)))
+    fields.update(changes)
+    return [frames[0], HEADER.pack(*(fields[n] for n in names)), *frames[2:]]
+
+
+def _resign(frames: list[Any], key: bytes = KEY) -> list[Any]:
+    """Re-sign altered frames with the right key: a peer that holds the key but lies."""
+    from impexec._protocol import _mac
+
+    return [_mac(key, bytes(frames[1]), frames[2:]), *frames[1:]]
+
+
+def _good(**kw: Any) -> list[Any]:
+    return encode(KEY, Kind.RESULT, SESSION, 5, task_id=9, frames=[b"payload", b"buffer"], **kw)
+
+
+def _flip(data: bytes, at: int = 0) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+BAD_MESSAGES = {
+    "tampered signature": lambda f: [_flip(bytes(f[0])), *f[1:]],
+    "tampered header": lambda f: [f[0], _flip(bytes(f[1]), 20), *f[2:]],
+    "tampered payload": lambda f: [*f[:2], _flip(bytes(f[2])), f[3]],
+    "payload frame added": lambda f: [*f, b"extra"],
+    "payload frame removed": lambda f: f[:-1],
+    "truncated to one frame": lambda f: f[:1],
+    "short signature": lambda f: [bytes(f[0])[:-1], *f[1:]],
+    "short header": lambda f: [f[0], bytes(f[1])[:-1], *f[2:]],
+    "empty": lambda f: [b"", b""],
+    "wrong key": lambda f: encode(b"x" * 32, Kind.RESULT, SESSION, 5, frames=[b"payload"]),
+    "wrong session": lambda f: encode(KEY, Kind.RESULT, b"o" * 8, 5, frames=[b"payload"]),
+    "unknown kind": lambda f: _resign(_with_header(f, kind=200)),
+    "wrong version": lambda f: _resign(_with_header(f, version=PROTOCOL_VERSION + 1)),
+    "oversize nframes": lambda f: _resign(_with_header(f, nframes=MAX_FRAMES + 1)),
+    "nframes beyond the frames": lambda f: _resign(_with_header(f, nframes=3)),
+    "nframes of 2**32-1": lambda f: _with_header(f, nframes=2**32 - 1),
+}
+
+
+@pytest.mark.parametrize("how", list(BAD_MESSAGES))
+def test_malformed_message_raises_protocol_error(how: str) -> None:
+    frames = BAD_MESSAGES[how](_good())
+    with pytest.raises(ProtocolError):
+        list(decode(KEY, frames, SESSION))
+
+
+def test_signature_is_checked_before_the_header_is_believed() -> None:
+    # an unsigned header claiming an unknown kind is reported as unauthenticated
+    frames = _with_header(_good(), kind=200)
+    with pytest.raises(ProtocolError, match="signature"):
+        list(decode(KEY, frames, SESSION))
+
+
+def test_records_before_a_bad_one_are_yielded() -> None:
+    frames = [*encode(KEY, Kind.HEARTBEAT, SESSION, 1), b"junk" * 8, b"junk"]
+    it = decode(KEY, frames, SESSION)
+    assert next(it).kind is Kind.HEARTBEAT
+    with pytest.raises(ProtocolError):
+        next(it)
+
+
+def test_any_session_accepted_when_none_given() -> None:
+    msg = _one(encode(KEY, Kind.READY, b"\0" * 8, 1), session=None)
+    assert msg.kind is Kind.READY
+
+
+def test_header_layout_is_fixed() -> None:
+    assert HEADER.size == 48
+    assert SIG_SIZE == 32
+
+
+# -- through a real broker -------------------------------------------------------------------
+JUNK = {
+    "garbage frames": [b"hello", b"world"],
+    "wrong key": encode(b"x" * 32, Kind.HEARTBEAT, SESSION, 1),
+    "truncated": [b"\0" * SIG_SIZE],
+    "tampered task": [b"\0" * SIG_SIZE, HEADER.pack(PROTOCOL_VERSION, Kind.RESULT, 1, 0, 0,
+                                                    SESSION, 1, 1, 0, 0)],
+}
+
+
+@pytest.mark.parametrize("how", list(JUNK))
+def test_broker_drops_and_logs_junk_and_keeps_working(
+    how: str, make_executor: Any, raw_socket: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="impexec")
+    ex = make_executor(1)
+    assert ex.submit(tasks.square, 3).result(timeout=60) == 9
+    intruder = raw_socket(zmq.DEALER, identity=os.urandom(16))
+    intruder.connect(ex.address)
+    intruder.send_multipart(JUNK[how])
+    deadline = time.monotonic() + 10
+    while not any("dropped" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "the broker did not log the dropped message"
+        time.sleep(0.02)
+    record = next(r for r in caplog.records if "dropped" in r.getMessage())
+    assert record.levelno == logging.WARNING
+    assert record.name.startswith("impexec")
+    assert ex.submit(tasks.square, 4).result(timeout=60) == 16
+    assert ex.statistics().workers == 1  # the intruder did not become a worker
