@@ -14,7 +14,7 @@ from ._errors import (
 )
 from ._executor import ClusterExecutor
 from ._scheduler import Statistics
-from .launchers import Launcher, LocalWorkers
+from .launchers import Launcher, LocalWorkers, SGEWorkers, SlurmWorkers, SSHWorkers
 
 __all__ = [
     "BrokenClusterError",
@@ -23,7 +23,10 @@ __all__ = [
     "ImpexecError",
     "Launcher",
     "LocalWorkers",
+    "SGEWorkers",
+    "SSHWorkers",
     "SerializationError",
+    "SlurmWorkers",
     "Statistics",
     "WorkerLostError",
     "WorkerStartError",

@@ -8,13 +8,15 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._connection import ConnectionInfo, resolve
+from ._connection import ConnectionInfo, parse_key, resolve
 
 logger = logging.getLogger("impexec")
 
@@ -31,13 +33,16 @@ def parse_duration(text: str) -> float:
 
 def _worker_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Join a running impexec executor as a worker.")
-    p.add_argument("--connect", required=True, metavar="FILE|URL",
-                   help="connection file written by ClusterExecutor.connection_file(), or tcp://host:port")
+    p.add_argument("--connect", required=True, metavar="FILE|URL|-",
+                   help="connection file written by ClusterExecutor.connection_file(), "
+                        "tcp://host:port (with --key), or - to read the file's JSON from stdin")
     p.add_argument("--key", metavar="HEX", help="the executor's key (with a URL; or set IMPEXEC_KEY)")
     p.add_argument("--processes", type=int, default=1, metavar="N",
-                   help="run N worker processes (default 1); dead ones are replaced")
+                   help="run N worker processes (default 1); crashed ones are replaced")
     p.add_argument("--runtime", type=parse_duration, metavar="DURATION",
                    help="stop taking work after this long (30s, 10m, 2h, 1d), finish, and leave")
+    p.add_argument("--exit-with-stdin", action="store_true",
+                   help="exit when standard input closes (SSHWorkers: a closed ssh ends the worker)")
     p.add_argument("--tag", default="", help=argparse.SUPPRESS)
     p.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
                    help="seconds to wait for the broker's answer at start (default 60)")
@@ -50,44 +55,87 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
 
 
+def _read_connection(target: str, key: str | None) -> ConnectionInfo:
+    """``-``: one line of connection-file JSON on stdin (keeps the key out of ``ps``)."""
+    if target != "-":
+        return resolve(target, key)
+    line = sys.stdin.readline()
+    if not line.strip():
+        raise ValueError("--connect -: expected the connection JSON on standard input")
+    info = ConnectionInfo.from_json(json.loads(line))
+    if key:
+        info = ConnectionInfo(**{**info.__dict__, "key": parse_key(key)})
+    return info
+
+
+def _exit_with_stdin(code: int) -> None:
+    """Exit the process (at once, whatever runs) when standard input reaches end of file."""
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(65536):
+                pass
+        except (OSError, ValueError):
+            pass
+        sys.stderr.write("impexec worker: standard input closed: exiting\n")
+        sys.stderr.flush()
+        os._exit(code)
+
+    threading.Thread(target=watch, name="impexec-stdin", daemon=True).start()
+
+
 def worker_main(argv: Sequence[str] | None = None, prog: str = "impexec-worker") -> int:
     args = _worker_parser(prog).parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        conn = resolve(args.connect, args.key)
+        conn = _read_connection(args.connect, args.key)
     except (OSError, ValueError, KeyError) as exc:
         sys.stderr.write(f"{prog}: {exc}\n")
         return 2
     if args.processes < 1:
         sys.stderr.write(f"{prog}: --processes must be >= 1\n")
         return 2
-    if args.processes == 1:
-        from ._worker import Worker
+    from ._worker import EXIT_BROKER_GONE, Worker
 
+    if args.exit_with_stdin:
+        _exit_with_stdin(EXIT_BROKER_GONE)
+    if args.processes == 1:
         return Worker(conn, tag=args.tag, runtime=args.runtime,
                       connect_timeout=args.connect_timeout).run()
     return _supervise(args, conn)
 
 
-def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
-    """Run ``--processes N`` workers; replace those that die; end when all have left."""
-    from ._worker import EXIT_BROKER_GONE, EXIT_NO_BROKER, EXIT_OK
+#: A replacement for a dismissed worker waits this long (s) for the broker: if the
+#: executor has shut down, the supervisor should not linger for the full connect timeout.
+REPLACEMENT_CONNECT_TIMEOUT = 10.0
 
-    child = [sys.executable, "-m", "impexec", "worker", "--connect", args.connect,
-             "--connect-timeout", str(args.connect_timeout)]
-    if args.key:
-        child += ["--key", args.key]
-    if args.runtime:
-        child += ["--runtime", str(args.runtime)]
-    child += ["-v"] * args.verbose
+
+def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
+    """Run ``--processes N`` workers; replace those that crash; end when all have left.
+
+    Children get the connection on their stdin (never on their command line) and exit
+    when it closes, so they do not outlive this process.
+    """
+    from ._worker import EXIT_BROKER_GONE, EXIT_INIT_FAILED, EXIT_NO_BROKER, EXIT_OK
+
+    line = (json.dumps(conn.to_json()) + "\n").encode()
     deadline = time.monotonic() + args.runtime if args.runtime else None
     procs: dict[int, subprocess.Popen[bytes]] = {}
+    generation = dict.fromkeys(range(args.processes), 0)
     backoff = dict.fromkeys(range(args.processes), 0.0)
+    tag = args.tag or f"{socket.gethostname()}-{os.getpid()}"
 
-    def spawn(i: int) -> None:
-        left = None if deadline is None else max(1.0, deadline - time.monotonic())
-        cmd = child if left is None else [*child[:-2], "--runtime", str(left)] if args.runtime else child
-        procs[i] = subprocess.Popen([*cmd, "--tag", f"{args.tag or 'proc'}-{i}"])
+    def spawn(i: int, connect_timeout: float) -> None:
+        generation[i] += 1
+        cmd = [sys.executable, "-m", "impexec", "worker", "--connect", "-", "--exit-with-stdin",
+               "--connect-timeout", str(connect_timeout), "--tag", f"{tag}-{i}-{generation[i]}",
+               *["-v"] * args.verbose]
+        if deadline is not None:
+            cmd += ["--runtime", f"{max(1.0, deadline - time.monotonic()):.3f}"]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+        assert proc.stdin is not None
+        proc.stdin.write(line)
+        proc.stdin.flush()  # kept open: closing it tells the child to exit
+        procs[i] = proc
 
     stop = False
 
@@ -97,7 +145,8 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     for i in range(args.processes):
-        spawn(i)
+        spawn(i, args.connect_timeout)
+    code = 0
     try:
         while procs and not stop:
             time.sleep(0.2)
@@ -106,23 +155,32 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
                 if rc is None:
                     continue
                 del procs[i]
-                if rc in (EXIT_OK, EXIT_BROKER_GONE, EXIT_NO_BROKER):
+                if p.stdin is not None:
+                    p.stdin.close()
+                if rc in (EXIT_OK, EXIT_BROKER_GONE, EXIT_NO_BROKER, EXIT_INIT_FAILED):
+                    if rc == EXIT_INIT_FAILED:
+                        code = rc
                     continue  # left on purpose, or nothing to serve: do not replace
                 if deadline is not None and time.monotonic() >= deadline:
                     continue
                 backoff[i] = min(30.0, max(0.5, backoff[i] * 2))
-                logger.warning("worker process %d exited with %s; replacing it in %.1f s", i, rc, backoff[i])
+                logger.warning("worker process %d exited with %s; replacing it in %.1f s",
+                               i, rc, backoff[i])
                 time.sleep(backoff[i])
-                spawn(i)
+                spawn(i, min(args.connect_timeout, REPLACEMENT_CONNECT_TIMEOUT))
+    except KeyboardInterrupt:
+        code = 130
     finally:
         for p in procs.values():
-            p.terminate()
+            if p.stdin is not None:
+                p.stdin.close()  # the child exits at once (--exit-with-stdin)
         for p in procs.values():
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
-    return 0
+                p.wait(5)
+    return code
 
 
 def _request(target: str, key: str | None, kind_name: str, timeout: float) -> dict[str, Any]:

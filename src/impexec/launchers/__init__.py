@@ -2,5 +2,8 @@
 
 from .base import Launcher
 from .local import LocalWorkers
+from .sge import SGEWorkers
+from .slurm import SlurmWorkers
+from .ssh import SSHWorkers
 
-__all__ = ["Launcher", "LocalWorkers"]
+__all__ = ["Launcher", "LocalWorkers", "SGEWorkers", "SSHWorkers", "SlurmWorkers"]
