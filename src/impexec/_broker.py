@@ -32,19 +32,16 @@ from . import __version__
 from ._errors import ProtocolError, SerializationError, WorkerLostError, WorkerStartError
 from ._protocol import Flag, Kind, decode, encode
 from ._scheduler import Scheduler, Statistics, Task, WorkerRecord
+from ._security import DropLog, RouterGuard
 from ._serialize import get_serializer
 
 logger = logging.getLogger(__name__)
 
 #: Messages read from the ROUTER per poll wake-up before other work gets a turn.
 RECV_BATCH = 512
-#: Largest message (bytes) a peer may send; bigger ones make ZeroMQ drop the peer.
-DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024**3
 #: Heartbeat socket of a worker: its routing id is the worker id plus this suffix.
 HB_SUFFIX = b"h"
 WORKER_ID_SIZE = 16
-#: Warn at most this often (seconds) about dropped frames from one source.
-DROP_LOG_INTERVAL = 5.0
 
 
 class Broker(threading.Thread):
@@ -63,8 +60,9 @@ class Broker(threading.Thread):
         initializer_frames: list[Any] | None = None,
         initializer_serializer: int = 0,
         curve_secret: bytes | None = None,
+        curve_clients: tuple[bytes, ...] = (),
         on_worker_joined: Callable[[WorkerRecord], None] | None = None,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_message_size: int | None = None,  # None: $IMPEXEC_MAX_MESSAGE_SIZE or 4 GiB
     ):
         super().__init__(name="impexec-broker", daemon=True)
         self.scheduler = scheduler
@@ -91,18 +89,17 @@ class Broker(threading.Thread):
         self._tags: dict[str, bytes] = {}  # launcher tag → worker id
         self.connected_tags: set[str] = set()  # read by the launcher thread
         self.ever_connected_tags: set[str] = set()
-        self._dropped_log: dict[str, float] = {}
+        self._drop_log = DropLog(logger, "a message")  # rate-limited, bounded memory
+        self._last_stop_seq = 0  # STOP_WORKERS: highest seq accepted (replay guard)
 
         self._zctx = zmq.Context()
         self._router = self._zctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._router.setsockopt(zmq.SNDHWM, 0)
-        self._router.setsockopt(zmq.RCVHWM, 0)
-        self._router.setsockopt(zmq.MAXMSGSIZE, max_message_size)
-        if curve_secret is not None:
-            self._router.setsockopt(zmq.CURVE_SERVER, 1)
-            self._router.setsockopt(zmq.CURVE_SECRETKEY, curve_secret)
+        # limits (MAXMSGSIZE, RCVHWM per peer), CURVE server + ZAP client check: _security
+        self._guard = RouterGuard(self._router, curve_secret=curve_secret,
+                                  curve_clients=curve_clients, max_message_size=max_message_size)
         if address.endswith(":0") or address.endswith(":*"):
             base = address.rsplit(":", 1)[0]
             port = self._router.bind_to_random_port(base)
@@ -110,6 +107,7 @@ class Broker(threading.Thread):
         else:
             self._router.bind(address)
             self.address = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._guard.start(self._zctx)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -267,11 +265,7 @@ class Broker(threading.Thread):
                 logger.exception("error while handling a message from %s", ident.hex()[:12])
 
     def _dropped(self, ident: bytes, why: str) -> None:
-        now = time.monotonic()
-        src = ident.hex()[:12]
-        if now - self._dropped_log.get(src, 0.0) >= DROP_LOG_INTERVAL:
-            self._dropped_log[src] = now
-            logger.warning("dropped a message from peer %s: %s", src, why)
+        self._drop_log(f"peer {ident.hex()[:12]}", why)
 
     def _handle(self, ident: bytes, msg: Any) -> None:
         kind = msg.kind
@@ -281,17 +275,23 @@ class Broker(threading.Thread):
         if kind == Kind.STATUS or kind == Kind.STOP_WORKERS:
             if msg.session != self._session:
                 raise ProtocolError("status request from another session")
+            if kind == Kind.STOP_WORKERS:  # clients number requests by the clock
+                if msg.seq <= self._last_stop_seq:
+                    raise ProtocolError(f"replayed STOP_WORKERS (seq {msg.seq})")
+                self._last_stop_seq = msg.seq
             self._on_status(ident, kind)
             return
         if msg.session != self._session:
             raise ProtocolError("message from another session (another executor, or a replay)")
+        is_hb = len(ident) == WORKER_ID_SIZE + len(HB_SUFFIX) and ident.endswith(HB_SUFFIX)
+        wid = ident[:WORKER_ID_SIZE] if is_hb else ident
+        if wid not in self._seen_workers:  # keeps _last_seq bounded by real workers
+            raise ProtocolError(f"{kind.name} from a peer that never sent READY (a replay?)")
         last = self._last_seq.get(ident, 0)
         if msg.seq <= last:
             raise ProtocolError(f"replayed or reordered message (seq {msg.seq} <= {last})")
         self._last_seq[ident] = msg.seq
         now = time.monotonic()
-        is_hb = len(ident) == WORKER_ID_SIZE + len(HB_SUFFIX) and ident.endswith(HB_SUFFIX)
-        wid = ident[:WORKER_ID_SIZE] if is_hb else ident
         w = self.scheduler.seen(wid, now)
         if kind == Kind.HEARTBEAT:
             if w is None:
@@ -471,6 +471,7 @@ class Broker(threading.Thread):
                 if isinstance(item, Task):
                     _resolve(item.future, False, broken)
         # give ZeroMQ a moment to flush the SHUTDOWNs, then close
+        self._guard.close()  # ZAP and monitor threads, before the socket and the context
         self._router.close(linger=200)
         self._wake_r.close()
         self._wake_w.close()

@@ -139,6 +139,7 @@ class ClusterExecutor(Executor):
             welcome_extra={"max_contexts": max_contexts},
             initializer_frames=init_frames, initializer_serializer=self._ser.code,
             curve_secret=curve_secret, on_worker_joined=self._on_worker_joined,
+            curve_clients=(client_public,) if client_public else (),
         )
         host = self._broker.address.split("://", 1)[1].rsplit(":", 1)[0]
         port = self._broker.address.rsplit(":", 1)[1]
