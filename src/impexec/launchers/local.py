@@ -180,6 +180,10 @@ class LocalWorkers(Launcher):
             proc = slot.proc
             if proc is None:
                 continue
+            if not (slot.connected or (self.host is not None and self.host.ever_connected(slot.tag))):
+                # still starting: no broker told it to leave, so waiting would only cost
+                # the whole timeout (an executor shut down right after it was made)
+                self._kill(proc, signal.SIGTERM)
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
