@@ -13,6 +13,7 @@ from ._errors import (
     WorkerStartError,
 )
 from ._executor import ClusterExecutor
+from ._progress import progress
 from ._scheduler import Statistics
 from .launchers import Launcher, LocalWorkers, SGEWorkers, SlurmWorkers, SSHWorkers
 
@@ -31,4 +32,5 @@ __all__ = [
     "WorkerLostError",
     "WorkerStartError",
     "__version__",
+    "progress",
 ]

@@ -1,0 +1,115 @@
+"""progress(): a live tqdm bar over a map's results or a set of futures (opt-in).
+
+Nothing in impexec draws a bar unless the caller wraps an iterable in :func:`progress`.
+The bar shows done/total, rate and ETA (tqdm's own), and, given the executor, the
+workers connected and the tasks resubmitted after a worker was lost, refreshed by a small
+thread every :data:`REFRESH_S` seconds even while no result arrives. Without tqdm
+installed, :func:`progress` passes the items through unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from ._executor import ClusterExecutor
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between refreshes of the executor's figures (workers, resubmitted) on the
+#: bar: often enough to see a worker go, rarely enough to cost the broker nothing.
+REFRESH_S = 0.5
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], *, executor: ClusterExecutor | None = None,
+             total: int | None = None, desc: str | None = None, file: IO[str] | None = None,
+             disable: bool | None = False, **tqdm_options: Any) -> Iterator[T]:
+    """Yield ``items`` while a tqdm progress bar shows how far they got.
+
+    ``items`` is either an iterable of results (e.g. ``ex.map(...)``), yielded unchanged
+    and in order, or a collection of futures, yielded as they complete (like
+    :func:`concurrent.futures.as_completed`).
+
+    Args:
+        items: results to count, or futures to wait for.
+        executor: adds its connected workers and resubmissions to the bar.
+        total: the number of items, when ``len(items)`` does not tell (a map over a
+            generator); without it the bar shows a count and rate, but no ETA.
+        desc: a label in front of the bar.
+        file: where to draw (default: ``sys.stderr``, as tqdm).
+        disable: True hides the bar; None hides it when ``file`` is not a terminal.
+        **tqdm_options: passed to ``tqdm.tqdm`` (e.g. ``unit``, ``mininterval``).
+
+    Yields:
+        The items (results in input order, or futures in completion order).
+    """
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        logger.info("progress bars need tqdm (pip install impexec[progress]); not showing one")
+        yield from _as_iterable(items)
+        return
+    if total is None:
+        try:
+            total = len(items)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    bar = tqdm(total=total, desc=desc, file=file, disable=disable, **tqdm_options)
+    stop = threading.Event()
+    refresher = None
+    if executor is not None and not bar.disable:
+        _show_statistics(bar, executor)
+        refresher = threading.Thread(target=_refresh, args=(bar, executor, stop),
+                                     name="impexec-progress", daemon=True)
+        refresher.start()
+    try:
+        for item in _as_iterable(items):
+            bar.update(1)
+            yield item
+    finally:
+        stop.set()
+        if refresher is not None:
+            refresher.join()
+        if executor is not None and not bar.disable:
+            _show_statistics(bar, executor)
+        bar.close()
+
+
+def _as_iterable(items: Iterable[Any]) -> Iterator[Any]:
+    if isinstance(items, (list, tuple, set, frozenset)) and items and all(
+            isinstance(f, Future) for f in items):
+        return _completed(items)
+    return iter(items)
+
+
+def _completed(futures: Iterable[Future[Any]]) -> Iterator[Future[Any]]:
+    # as_completed without its timeout bookkeeping; wait() in slices so that closing
+    # this generator never leaves a thread parked in a wait
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=REFRESH_S, return_when=FIRST_COMPLETED)
+        yield from done
+
+
+def _refresh(bar: Any, executor: ClusterExecutor, stop: threading.Event) -> None:
+    while not stop.wait(REFRESH_S):
+        _show_statistics(bar, executor)
+
+
+def _show_statistics(bar: Any, executor: ClusterExecutor) -> None:
+    try:
+        stats = executor.statistics()
+    except Exception:  # the executor went away under us: the bar goes on without figures
+        logger.debug("no statistics for the progress bar", exc_info=True)
+        return
+    bar.set_postfix(workers=stats.workers, resubmitted=stats.resubmitted,
+                    failed=stats.failed, refresh=True)
+
+
+__all__ = ["REFRESH_S", "progress"]

@@ -1,0 +1,131 @@
+"""Progress feedback: impexec.progress() draws a tqdm bar (opt-in); `impexec status --watch`."""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import impexec
+from impexec import ClusterExecutor, LocalWorkers, progress
+
+FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.5}
+
+
+def square(x):
+    return x * x
+
+
+def nap(x):
+    time.sleep(0.3)
+    return x
+
+
+@pytest.fixture
+def ex():
+    executor = ClusterExecutor(workers=2, **FAST)
+    yield executor
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+def test_a_map_shows_done_total_rate_and_the_executor_figures(ex):
+    out = io.StringIO()
+    results = list(progress(ex.map(square, range(40), chunksize=4), executor=ex, total=40,
+                            file=out, desc="squares"))
+    assert results == [x * x for x in range(40)]
+    text = out.getvalue()
+    assert "squares" in text
+    assert "40/40" in text
+    assert "it/s" in text  # tqdm's rate
+    assert "workers=" in text
+    assert "resubmitted=0" in text
+
+
+def test_futures_are_yielded_as_they_complete(ex):
+    futures = [ex.submit(square, x) for x in range(12)]
+    out = io.StringIO()
+    seen = list(progress(futures, executor=ex, file=out))
+    assert sorted(seen, key=futures.index) == futures
+    assert all(f.done() for f in seen)
+    assert "12/12" in out.getvalue()  # the total comes from len(futures)
+
+
+def test_no_bar_unless_asked(ex, capfd):
+    assert list(ex.map(square, range(20))) == [x * x for x in range(20)]
+    out, err = capfd.readouterr()
+    assert "it/s" not in out + err
+    assert "%|" not in out + err
+    buf = io.StringIO()
+    assert list(progress(range(5), file=buf, disable=True)) == list(range(5))
+    assert buf.getvalue() == ""
+
+
+def test_the_bar_counts_resubmissions_after_a_worker_is_lost():
+    launcher = LocalWorkers(2)
+    with ClusterExecutor(launcher, prefetch=0, **FAST) as ex:
+        assert ex.submit(square, 2).result(timeout=30) == 4
+        futures = [ex.submit(nap, i) for i in range(6)]
+        deadline = time.monotonic() + 30
+        while ex.statistics().running < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        launcher.processes()[0].kill()
+        out = io.StringIO()
+        done = list(progress(futures, executor=ex, file=out))
+        assert sorted(f.result(timeout=30) for f in done) == list(range(6))
+    assert "6/6" in out.getvalue()
+    assert "resubmitted=1" in out.getvalue()
+
+
+def _lines(stream, sink: queue.Queue) -> None:
+    for line in stream:
+        sink.put(line)
+
+
+def test_status_watch_refreshes_the_figures(ex):
+    path = ex.connection_file()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "impexec", "status", path, "--watch", "0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True)
+    reader.start()
+    try:
+        seen = []
+
+        def wait_for(text: str) -> None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    line = lines.get(timeout=0.5)
+                except queue.Empty:
+                    assert proc.poll() is None, proc.stderr.read()
+                    continue
+                seen.append(line)
+                if text in line:
+                    return
+            pytest.fail(f"no {text!r} in `impexec status --watch` output: {seen}")
+
+        wait_for("done=0")
+        assert sum(f.result(timeout=30) for f in [ex.submit(square, x) for x in range(5)]) == 30
+        wait_for("done=5")  # the same process printed new figures
+        assert any("workers=2" in line for line in seen)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        reader.join(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_progress_is_public():
+    assert "progress" in impexec.__all__
+    assert impexec.progress is progress
