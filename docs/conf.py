@@ -59,13 +59,14 @@ napoleon_attr_annotations = True
 # standard library and third-party packages cannot resolve; they are listed here, by
 # pattern, so that a broken reference to impexec itself still fails the build.
 nitpick_ignore_regex = [
-    ("py:.*", r"_?(concurrent\.futures|collections\.abc|typing|pathlib|os|pickle|abc|enum|subprocess|threading)\..*"),
+    ("py:.*", r"_?(concurrent\.futures|collections\.abc|typing|pathlib|os|pickle|abc|enum|subprocess|threading|hmac|asyncio)(\..*)?"),
     ("py:.*", r"(Future|Executor|Iterator|Iterable|Callable|Sequence|Mapping|Any|Path)"),
     ("py:.*", r"(BrokenExecutor|PicklingError|Exception|BaseException|RuntimeError|TimeoutError)"),
     ("py:.*", r"(bool|bytes|dict|float|int|list|str|tuple|object|None|type)"),
     ("py:.*", r"(zmq|cloudpickle|dill|tqdm|pyabc)(\..*)?"),
     ("py:.*", r"impexec\.launchers\.base\.LauncherHost"),
-    ("py:class", r"impexec\._.*"),  # private base classes and aliases in signatures
+    ("py:class", r"T"),  # the TypeVar of progress()
+    ("py:class", r"impexec\.(\w+\.)*_\w+(\..*)?"),  # private bases and aliases in signatures
 ]
 
 html_theme = "furo"
