@@ -54,7 +54,7 @@ class SSHWorkers(LocalWorkers):
             raise ValueError(f"processes must be an int >= 1, not {processes!r}")
         super().__init__(len(self.hosts) * processes, python=python, env=env,  # type: ignore[arg-type]
                          start_timeout=start_timeout, echo_stderr=echo_stderr)
-        self.processes = processes
+        self.processes_per_host = processes
         self.ssh = list(ssh)
         self.ssh_options = list(ssh_options)
         self.port = port
@@ -62,7 +62,7 @@ class SSHWorkers(LocalWorkers):
         self._prefix = f"ssh{os.getpid()}-{id(self) % 100000}"
 
     def host_of(self, index: int) -> str:
-        return self.hosts[index // self.processes]
+        return self.hosts[index // self.processes_per_host]
 
     def remote_command(self, tag: str) -> str:
         """The command line the remote shell runs (no secret in it)."""
@@ -129,7 +129,7 @@ class SSHWorkers(LocalWorkers):
         super().stop(timeout)
 
     def __repr__(self) -> str:
-        return f"SSHWorkers({self.hosts!r}, processes={self.processes})"
+        return f"SSHWorkers({self.hosts!r}, processes={self.processes_per_host})"
 
 
 def _close(proc: subprocess.Popen[bytes]) -> None:
