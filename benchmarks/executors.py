@@ -250,6 +250,55 @@ def _ray(workers: int):  # best effort: not installed where this was written
     return _managed(ex, close)
 
 
+# --- self-test executors: misbehave on purpose, to check the runner's safeguards -------
+
+
+class _HangingExecutor(cf.Executor):
+    """Accepts tasks and never runs them; its shutdown never returns."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        return cf.Future()
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        threading.Event().wait()
+
+
+def _selftest_hang(workers: int):
+    ex = _HangingExecutor()
+    return _managed(ex, lambda ok: ex.shutdown())
+
+
+def _selftest_stuck(workers: int):
+    """The constructor never returns (nothing bounds it but the runner's kill)."""
+    threading.Event().wait()
+
+
+class _FailingExecutor(cf.ThreadPoolExecutor):
+    """Every task fails."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(_fail, fn)
+
+
+def _fail(fn):
+    raise RuntimeError(f"self-test: refusing to run {getattr(fn, '__name__', fn)}")
+
+
+def _selftest_fail(workers: int):
+    ex = _FailingExecutor(max_workers=workers)
+    return _managed(ex, lambda ok: ex.shutdown(wait=True))
+
+
+@contextlib.contextmanager
+def _selftest_leak(workers: int):
+    """A working ProcessPoolExecutor that also starts a process it never stops."""
+    import subprocess
+
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with _process(workers) as ex:
+        yield ex
+
+
 # --- the table of executors --------------------------------------------------------
 
 
@@ -265,6 +314,7 @@ class ExecutorSpec:
     reference: bool = False  #: ratios are taken against this one
     description: str = ""
     notes: tuple[str, ...] = field(default=())
+    hidden: bool = False  #: only run when named in --only (self-tests)
 
     def open(self, workers: int) -> contextlib.AbstractContextManager[cf.Executor]:
         """A context manager yielding a fresh executor with ``workers`` workers."""
@@ -385,5 +435,22 @@ EXECUTORS: tuple[ExecutorSpec, ...] = (
     ),
 )
 
-BY_NAME = {spec.name: spec for spec in EXECUTORS}
+#: Misbehaving executors that check the runner's timeouts, error cells and leftover
+#: detection: ``--only process,selftest-hang,selftest-fail,selftest-leak --quick``
+#: (``selftest-stuck`` takes the runner's hard kill: --timeout + ~40 s per cell).
+SELFTESTS: tuple[ExecutorSpec, ...] = tuple(
+    ExecutorSpec(name=f"selftest-{kind}", label=f"selftest-{kind}", factory=factory,
+                 modules=(), packages=(), caps=frozenset(caps), hidden=True,
+                 description=desc)
+    for kind, factory, caps, desc in (
+        ("hang", _selftest_hang, {MAP_CHUNKSIZE},
+         "never runs a task; shutdown never returns"),
+        ("stuck", _selftest_stuck, {MAP_CHUNKSIZE}, "its constructor never returns"),
+        ("fail", _selftest_fail, {MAP_CHUNKSIZE}, "every task raises"),
+        ("leak", _selftest_leak, {MAP_CHUNKSIZE, LOCAL_PROCESSES},
+         "a ProcessPoolExecutor plus a process it never stops"),
+    )
+)
+
+BY_NAME = {spec.name: spec for spec in EXECUTORS + SELFTESTS}
 REFERENCE = next(spec for spec in EXECUTORS if spec.reference)

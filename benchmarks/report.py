@@ -93,7 +93,9 @@ def _fmt(metric: Metric, value: float) -> str:
 
 
 def _ratio(r: float) -> str:
-    return f"{r:.2f}×" if 0.1 <= r < 100 else f"{r:.2g}×"
+    if r >= 100:
+        return f"{r:,.0f}×"
+    return f"{r:.2f}×" if r >= 0.1 else f"{r:.2g}×"
 
 
 def _cell_text(cell: dict | None, metric: Metric) -> str:
@@ -102,7 +104,7 @@ def _cell_text(cell: dict | None, metric: Metric) -> str:
     status = cell.get("status")
     if status == "ok" and metric.key in cell.get("values", {}):
         text = _fmt(metric, cell["values"][metric.key])
-        if cell.get("warnings"):
+        if cell.get("warnings") or cell.get("leftover"):
             text += " ⚠"
         return text
     if status == "timeout":
@@ -111,7 +113,7 @@ def _cell_text(cell: dict | None, metric: Metric) -> str:
         return "n/a"
     if status in ("error", "ok"):
         err = (cell.get("error") or "no value").replace("|", "/").replace("\n", " ")
-        return f"error: {err[:60]}"
+        return f"error: {err[:40]}…" if len(err) > 40 else f"error: {err}"
     return str(status)
 
 

@@ -227,7 +227,10 @@ def run_cell(exec_name: str, wl_name: str, settings: dict, phase=lambda text: No
     for key in samples[0] if samples else ():
         vals = [s[key] for s in samples if key in s]
         res["samples"][key] = vals
-        res["values"][key] = statistics.median(vals)
+        res["values"][key] = med = statistics.median(vals)
+        if len(vals) > 1 and med > 0 and (max(vals) > 3 * med or min(vals) < med / 3):
+            ctx.note(f"{key} varies widely between repetitions: "
+                     + ", ".join(f"{v:.4g}" for v in vals))
     res["notes"] = ctx.notes
     phase("checking for leftover processes")
     res["leftover"] = sweep(LEFTOVER_GRACE, exclude=before, helpers=False)
@@ -418,8 +421,8 @@ def parse_args(argv=None):
 
 def list_things() -> None:
     print("Executors:")
-    for spec in executors.EXECUTORS:
-        opt = " (optional)" if spec.optional else ""
+    for spec in executors.EXECUTORS + executors.SELFTESTS:
+        opt = " (optional)" if spec.optional else " (self-test)" if spec.hidden else ""
         ref = " (reference)" if spec.reference else ""
         print(f"  {spec.name:<12} {spec.description}{opt}{ref}")
     print("Workloads (* = only when named in --workloads):")
@@ -440,7 +443,7 @@ def main(argv=None) -> int:
         list_things()
         return 0
 
-    names = _split(args.only) or [s.name for s in executors.EXECUTORS]
+    names = _split(args.only) or [s.name for s in executors.EXECUTORS if not s.hidden]
     unknown = [n for n in names if n not in executors.BY_NAME]
     if unknown:
         ap.error(f"unknown executor(s) {unknown}; choose from {list(executors.BY_NAME)}")
