@@ -201,8 +201,9 @@ class RouterGuard:
             auth.thread.name = "impexec-zap"
             auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=auth.provider)
             self._auth = auth
-        events = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH | \
-            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_MONITOR_STOPPED
+        # (refused client keys are logged by the ZAP handler, which knows the address)
+        events = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | \
+            zmq.EVENT_MONITOR_STOPPED
         self._monitor = self.router.get_monitor_socket(events)
         self._monitor_thread = threading.Thread(target=self._watch, name="impexec-monitor",
                                                 daemon=True)
@@ -244,17 +245,20 @@ class RouterGuard:
 
 
 def _describe_handshake_failure(kind: int, value: int, encrypt: bool) -> str:
-    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return f"ZAP refused its CURVE client key (status {value})"
     if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
         if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-            if encrypt:
-                return "handshake failed: it does not use CurveZMQ and this executor has encrypt=True"
-            return "handshake failed: it uses CurveZMQ and this executor has encrypt=False"
-        if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
-            return "handshake failed: CurveZMQ error (wrong server key in its connection file?)"
-        return f"handshake failed: ZeroMQ protocol error {value:#x} (not a ZeroMQ peer?)"
-    return f"handshake failed (errno {value})"
+            detail = "security mechanism mismatch"
+        elif value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+            detail = "CurveZMQ cryptographic error"
+        else:
+            detail = f"ZeroMQ protocol error {value:#x}"
+    else:  # the peer hung up mid-handshake; errno says how
+        detail = os.strerror(value) if 0 < value < 4096 else f"error {value}"
+    if encrypt:
+        return (f"handshake failed ({detail}); this executor has encrypt=True: a client "
+                "without CurveZMQ, with the wrong server key, or not a ZeroMQ peer")
+    return (f"handshake failed ({detail}); this executor has encrypt=False: a client using "
+            "CurveZMQ, or not a ZeroMQ peer")
 
 
 def _zap_logger() -> logging.Logger:
