@@ -86,6 +86,7 @@ class Broker(threading.Thread):
         self._contexts: dict[int, tuple[list[Any], int]] = {}  # ctx_id → (setup frames, ser)
         self._last_seq: dict[bytes, int] = {}
         self._seen_workers: set[bytes] = set()
+        self._initializing: set[bytes] = set()  # joined; initializer not yet done
         self._tags: dict[str, bytes] = {}  # launcher tag → worker id
         self.connected_tags: set[str] = set()  # read by the launcher thread
         self.ever_connected_tags: set[str] = set()
@@ -273,8 +274,9 @@ class Broker(threading.Thread):
             self._on_ready(ident, msg)
             return
         if kind == Kind.STATUS or kind == Kind.STOP_WORKERS:
-            if msg.session != self._session:
-                raise ProtocolError("status request from another session")
+            if msg.session != self._session and (  # a URL + key client knows no session:
+                    msg.session != b"\0" * 8 or abs(msg.seq / 1e6 - time.time()) > 300):
+                raise ProtocolError("status request from another session")  # or a stale one
             if kind == Kind.STOP_WORKERS:  # clients number requests by the clock
                 if msg.seq <= self._last_stop_seq:
                     raise ProtocolError(f"replayed STOP_WORKERS (seq {msg.seq})")
@@ -297,6 +299,9 @@ class Broker(threading.Thread):
             if w is None:
                 self._send(ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq()))
             else:
+                if not is_hb and wid in self._initializing:  # its initializer succeeded
+                    self._initializing.discard(wid)
+                    self._worker_started(w)
                 self._send(ident, encode(self._key, Kind.HEARTBEAT, self._session, self._next_seq()))
         elif kind == Kind.RESULT:
             self._on_result(wid, msg)
@@ -331,8 +336,6 @@ class Broker(threading.Thread):
         w = self.scheduler.add_worker(ident, name, time.monotonic(), tag=tag, info=info)
         if tag:
             self._tags[tag] = ident
-            self.connected_tags.add(tag)
-            self.ever_connected_tags.add(tag)
         welcome = {
             **self._welcome,
             "worker": ident.hex(),
@@ -348,6 +351,16 @@ class Broker(threading.Thread):
         self._send(ident, encode(self._key, Kind.WELCOME, self._session, self._next_seq(),
                                  flags=flags, serializer=self._init_ser, frames=frames))
         logger.info("worker %s joined (tag %s, python %s)", name, tag or "-", info.get("python", "?"))
+        if self._init_frames is None:
+            self._worker_started(w)
+        else:  # started once its initializer ran (it says so with a main-socket HEARTBEAT)
+            self._initializing.add(ident)
+
+    def _worker_started(self, w: WorkerRecord) -> None:
+        """The worker is ready for work: launchers and the executor count it as started."""
+        if w.tag:
+            self.connected_tags.add(w.tag)
+            self.ever_connected_tags.add(w.tag)
         self.start_error = None
         if self._on_joined is not None:
             self._on_joined(w)
@@ -408,6 +421,7 @@ class Broker(threading.Thread):
                 "probably kills its worker (crash, os._exit, out of memory)",
                 attempts=lt.attempts, workers=tuple(lt.task.lost_on),
             ))
+        self._initializing.discard(w.ident)
         if w.tag:
             self.connected_tags.discard(w.tag)
             self._tags.pop(w.tag, None)
@@ -455,8 +469,10 @@ class Broker(threading.Thread):
     def _teardown(self) -> None:
         try:
             for ident in list(self.scheduler.workers):
-                # main socket only: the worker finishes its loop and exits cleanly
-                self._send(ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq()))
+                # main socket only: the worker finishes its loop and exits cleanly;
+                # aux=1 says the executor is closing (exit status 0, not "dismissed")
+                self._send(ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq(),
+                                         aux=1))
         except Exception:  # closing anyway
             logger.debug("could not say goodbye to every worker", exc_info=True)
         err = self.crash

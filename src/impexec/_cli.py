@@ -71,10 +71,10 @@ def _read_connection(target: str, key: str | None) -> ConnectionInfo:
 def _exit_with_stdin(code: int) -> None:
     """Exit the process (at once, whatever runs) when standard input reaches end of file."""
     def watch() -> None:
-        try:
-            while sys.stdin.buffer.read(65536):
+        try:  # os.read, not sys.stdin: a daemon thread blocked in a buffered reader
+            while os.read(0, 65536):  # aborts the interpreter at exit
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         sys.stderr.write("impexec worker: standard input closed: exiting\n")
         sys.stderr.flush()
@@ -104,11 +104,6 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "impexec-worker")
     return _supervise(args, conn)
 
 
-#: A replacement for a dismissed worker waits this long (s) for the broker: if the
-#: executor has shut down, the supervisor should not linger for the full connect timeout.
-REPLACEMENT_CONNECT_TIMEOUT = 10.0
-
-
 def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
     """Run ``--processes N`` workers; replace those that crash; end when all have left.
 
@@ -124,10 +119,10 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
     backoff = dict.fromkeys(range(args.processes), 0.0)
     tag = args.tag or f"{socket.gethostname()}-{os.getpid()}"
 
-    def spawn(i: int, connect_timeout: float) -> None:
+    def spawn(i: int) -> None:
         generation[i] += 1
         cmd = [sys.executable, "-m", "impexec", "worker", "--connect", "-", "--exit-with-stdin",
-               "--connect-timeout", str(connect_timeout), "--tag", f"{tag}-{i}-{generation[i]}",
+               "--connect-timeout", str(args.connect_timeout), "--tag", f"{tag}-{i}-{generation[i]}",
                *["-v"] * args.verbose]
         if deadline is not None:
             cmd += ["--runtime", f"{max(1.0, deadline - time.monotonic()):.3f}"]
@@ -145,7 +140,7 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     for i in range(args.processes):
-        spawn(i, args.connect_timeout)
+        spawn(i)
     code = 0
     try:
         while procs and not stop:
@@ -163,11 +158,13 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
                     continue  # left on purpose, or nothing to serve: do not replace
                 if deadline is not None and time.monotonic() >= deadline:
                     continue
+                if not _broker_alive(conn):
+                    continue  # dismissed because the executor shut down: nothing to rejoin
                 backoff[i] = min(30.0, max(0.5, backoff[i] * 2))
                 logger.warning("worker process %d exited with %s; replacing it in %.1f s",
                                i, rc, backoff[i])
                 time.sleep(backoff[i])
-                spawn(i, min(args.connect_timeout, REPLACEMENT_CONNECT_TIMEOUT))
+                spawn(i)
     except KeyboardInterrupt:
         code = 130
     finally:
@@ -184,11 +181,22 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
 
 
 def _request(target: str, key: str | None, kind_name: str, timeout: float) -> dict[str, Any]:
+    return _ask(resolve(target, key), kind_name, timeout)
+
+
+def _broker_alive(conn: ConnectionInfo, timeout: float = 3.0) -> bool:
+    try:
+        _ask(conn, "STATUS", timeout)
+    except Exception:  # no answer, or an answer we cannot read: not there for us
+        return False
+    return True
+
+
+def _ask(conn: ConnectionInfo, kind_name: str, timeout: float) -> dict[str, Any]:
     import zmq
 
     from ._protocol import Kind, ProtocolError, decode, encode
 
-    conn = resolve(target, key)
     zctx = zmq.Context()
     sock = zctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -198,12 +206,14 @@ def _request(target: str, key: str | None, kind_name: str, timeout: float) -> di
         sock.setsockopt(zmq.CURVE_SECRETKEY, (conn.client_secret or "").encode())
     try:
         sock.connect(conn.address)
-        if not conn.session:
-            raise ValueError("impexec status needs the connection file (it names the session)")
-        sock.send_multipart(encode(conn.key, Kind[kind_name], conn.session, int(time.time() * 1e6)))
+        # numbered by the clock (the broker refuses an old or replayed request); a URL
+        # names no session: the broker accepts the all-zero one for a fresh request
+        session = conn.session or b"\0" * 8
+        sock.send_multipart(encode(conn.key, Kind[kind_name], session, int(time.time() * 1e6)))
         if not sock.poll(timeout * 1000):
-            raise TimeoutError(f"no answer from {conn.address} within {timeout:g} s")
-        for msg in decode(conn.key, sock.recv_multipart(), conn.session):
+            raise TimeoutError(f"no answer from {conn.address} within {timeout:g} s "
+                               "(not running, wrong address, or wrong key)")
+        for msg in decode(conn.key, sock.recv_multipart(), conn.session or None):
             if msg.kind == Kind.STATUS_REPLY:
                 return msg.json()  # type: ignore[no-any-return]
         raise ProtocolError("unexpected answer")
@@ -244,8 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "stop":
-            data = _request(args.target, args.key, "STOP_WORKERS", args.timeout)
-            print(f"asked {data.get('workers', 0)} worker(s) to finish and leave")
+            before = _request(args.target, args.key, "STATUS", args.timeout)
+            after = _request(args.target, args.key, "STOP_WORKERS", args.timeout)
+            print(f"asked {before.get('workers', 0)} worker(s) to finish and leave "
+                  f"({after.get('workers', 0)} still finishing their tasks)")
             return 0
         if args.watch:
             while True:
