@@ -31,6 +31,7 @@ from . import __version__
 from ._connection import ConnectionInfo
 from ._errors import ProtocolError, SerializationError
 from ._protocol import Flag, Kind, Message, decode, encode
+from ._security import DropLog
 from ._serialize import ExceptionWithTraceback, get_serializer
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class Worker:
         self._leaving = False
         self._stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
+        self._drop_log = DropLog(logger, "a message")  # main thread only
+        self._dismissed = False  # set by the heartbeat thread on SHUTDOWN
         self.hb_interval = 1.0
         self.hb_timeout = 10.0
 
@@ -124,7 +127,7 @@ class Worker:
                 self._broker_seq = msg.seq
                 out.append(msg)
         except ProtocolError as exc:
-            logger.warning("dropped a message: %s", exc)
+            self._drop_log("the broker's socket", str(exc))  # rate-limited: floods stay cheap
         return out
 
     # -- main ----------------------------------------------------------------------------
@@ -153,7 +156,7 @@ class Worker:
             sys.stderr.write(f"impexec worker: no answer from the broker at {self.conn.address} "
                              f"within {self.connect_timeout:g} s (wrong address or key?)\n")
             return EXIT_NO_BROKER
-        self._hb_thread = threading.Thread(target=self._heartbeat, args=(zctx,),
+        self._hb_thread = threading.Thread(target=self._heartbeat, args=(zctx, welcome.seq),
                                            name="impexec-heartbeat", daemon=True)
         self._hb_thread.start()
         if welcome.flags & Flag.HAS_SETUP:
@@ -166,6 +169,10 @@ class Worker:
                 sock.send_multipart(self._encode(Kind.START_FAILED,
                                                  frames=[json.dumps({"error": text}).encode()]))
                 return EXIT_INIT_FAILED
+            # a heartbeat on the main socket says "initialized": only now does the broker
+            # count this worker as started (else a failing initializer looks like a worker
+            # that connected and died, and launchers restart it forever)
+            sock.send_multipart(self._encode(Kind.HEARTBEAT))
         return self._serve(sock)
 
     def _wait_welcome(self, sock: zmq.Socket[Any]) -> Message | None:
@@ -177,14 +184,14 @@ class Worker:
             try:
                 msgs = list(decode(self.conn.key, frames, None))
             except ProtocolError as exc:
-                logger.warning("dropped a message while connecting: %s", exc)
+                self._drop_log("the broker's socket", f"{exc} (while connecting)")
                 continue
             for msg in msgs:
                 if msg.kind != Kind.WELCOME:
                     continue
                 data = msg.json()
                 if data.get("worker") != self.wid.hex():
-                    logger.warning("dropped a WELCOME meant for another worker (replay?)")
+                    self._drop_log("the broker's socket", "a WELCOME meant for another worker (replay?)")
                     continue
                 self._session = bytes.fromhex(data["session"])
                 self._broker_seq = msg.seq
@@ -204,13 +211,15 @@ class Worker:
                 sock.send_multipart(self._encode(Kind.GOODBYE,
                                                  frames=[json.dumps({"reason": "runtime"}).encode()]))
             # take everything that has arrived; block only when there is nothing to do
-            timeout = 0 if queue else (1000 if deadline is None else 200)
+            timeout = 0 if queue else 200
+            if self._dismissed:
+                return EXIT_DISMISSED
             while sock.poll(timeout):
                 for msg in self._accept(sock.recv_multipart(copy=False)):
                     if msg.kind == Kind.TASK:
                         queue.append(msg)
                     elif msg.kind == Kind.SHUTDOWN:
-                        return EXIT_OK if self._leaving else EXIT_DISMISSED
+                        return EXIT_OK if self._leaving or msg.aux == 1 else EXIT_DISMISSED
                     elif msg.kind == Kind.DROP_CONTEXT:
                         # ordered after every task of that context: safe to drop now
                         queue.append(msg)
@@ -230,6 +239,8 @@ class Worker:
             # each result leaves at once: held back, it would be lost with the process if
             # the next task crashes it, and the broker would blame the wrong task
             sock.send_multipart(self._run_task(msg), copy=False)
+            if self._dismissed:
+                return EXIT_DISMISSED
 
     # -- running a task ------------------------------------------------------------------
     def _load_fn(self, ser: Any, frame: Any) -> Any:
@@ -299,18 +310,34 @@ class Worker:
                             aux=run_us, serializer=msg.serializer, frames=frames)
 
     # -- heartbeat thread ----------------------------------------------------------------
-    def _heartbeat(self, zctx: zmq.Context[Any]) -> None:
+    def _heartbeat(self, zctx: zmq.Context[Any], broker_seq: int = 0) -> None:
+        # broker_seq starts at the WELCOME's: replies to our heartbeats come later, so an
+        # older message of this session (a replayed SHUTDOWN) is ignored here too
         sock = self._socket(zctx, self.wid + _HB_SUFFIX)
         seq = 0
         last_heard = time.monotonic()
-        broker_seq = 0
+        dismissed_at = 0.0
+        last_tick = time.monotonic()
         try:
             while not self._stop.is_set():
+                now = time.monotonic()
+                if now - last_tick > 2 * self.hb_interval + 1.0:
+                    # this process was stopped (SIGSTOP, suspended VM): its own stall is no
+                    # evidence against the broker; judge from fresh traffic
+                    last_heard = now
+                last_tick = now
                 seq += 1
                 sock.send_multipart(encode(self.conn.key, Kind.HEARTBEAT, self._session, seq))
                 deadline = time.monotonic() + self.hb_interval
-                while (left := deadline - time.monotonic()) > 0 and not self._stop.is_set():
-                    if not sock.poll(min(left, 0.2) * 1000):
+                first = True  # after a stall (SIGSTOP), read what came before judging silence
+                while first or ((left := deadline - time.monotonic()) > 0 and not self._stop.is_set()):
+                    wait_ms = 0 if first else min(left, 0.2) * 1000
+                    first = False
+                    before = time.monotonic()
+                    ready = sock.poll(wait_ms)
+                    if time.monotonic() - before > wait_ms / 1000 + 1.0:
+                        last_heard = time.monotonic()  # we were stopped, not the broker
+                    if not ready:
                         continue
                     try:
                         msgs = list(decode(self.conn.key, sock.recv_multipart(copy=False), self._session))
@@ -322,10 +349,16 @@ class Worker:
                             continue
                         broker_seq = msg.seq
                         last_heard = time.monotonic()
-                        if msg.kind == Kind.SHUTDOWN:
-                            logger.info("the broker no longer wants this worker: exiting")
-                            os._exit(EXIT_OK if self._leaving else EXIT_DISMISSED)
-                if time.monotonic() - last_heard > self.hb_timeout:
+                        if msg.kind == Kind.SHUTDOWN and not dismissed_at:
+                            # declared lost: the running task may still finish and be
+                            # taken; the main thread leaves after it
+                            logger.info("the broker no longer wants this worker: leaving")
+                            self._dismissed = True
+                            dismissed_at = time.monotonic()
+                now = time.monotonic()
+                if dismissed_at and now - dismissed_at > self.hb_timeout:
+                    os._exit(EXIT_OK if self._leaving else EXIT_DISMISSED)  # main is stuck
+                if not dismissed_at and now - last_heard > self.hb_timeout:
                     sys.stderr.write(f"impexec worker: no heartbeat from the broker for "
                                      f"{self.hb_timeout:g} s: exiting\n")
                     sys.stderr.flush()

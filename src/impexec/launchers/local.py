@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 #: Lines of each worker's stderr kept for start-failure reports.
 STDERR_LINES = 60
+#: Exit statuses of a process killed from outside (not a failure to start).
+_KILLED_FROM_OUTSIDE = frozenset((-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP))
 #: Seconds a worker declared lost may take to exit by itself before it is killed.
 DISMISS_GRACE_S = 1.0
 
@@ -152,6 +154,11 @@ class LocalWorkers(Launcher):
                 slot.restart_at = now
                 if rc == 0:
                     slot.restart_at = float("inf")  # it left on purpose (drained): not replaced
+            elif rc in _KILLED_FROM_OUTSIDE:
+                # killed by someone before it connected: not evidence that it cannot start
+                logger.info("worker %s was %s before connecting; restarting it", slot.tag,
+                            describe_exit(rc))
+                slot.restart_at = now
             else:
                 self.start_failed(slot.tag, f"worker {describe_exit(rc)} before connecting "
                                   f"(command: {' '.join(self.worker_command(slot.tag))})",
@@ -180,10 +187,10 @@ class LocalWorkers(Launcher):
             proc = slot.proc
             if proc is None:
                 continue
-            if not (slot.connected or (self.host is not None and self.host.ever_connected(slot.tag))):
-                # still starting: no broker told it to leave, so waiting would only cost
-                # the whole timeout (an executor shut down right after it was made)
-                self._kill(proc, signal.SIGTERM)
+            if self.host is not None and not self.host.is_connected(slot.tag):
+                # still starting, or declared lost (maybe stopped or hung): no SHUTDOWN
+                # reached it, so waiting would only cost the whole timeout
+                self._kill(proc)
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
