@@ -1,17 +1,38 @@
-"""Context: an Executor view whose tasks get the value of a setup run once per worker."""
+"""Context: an Executor view whose tasks get the value of a setup run once per worker.
+
+Life of a context (see docs/contexts.md)::
+
+    ex.context(setup, *args)   pickle (setup, args, kwargs) once; the broker keeps the frame
+    ctx.submit(fn, x)          TASK(ctx_id) → the scheduler sends the setup frame along
+                               (Flag.HAS_SETUP) to a worker it does not know to hold it
+    on the worker              the first task runs setup(*args) and caches the value (or the
+                               exception); every task runs fn(value, x); least recently
+                               used contexts are evicted beyond max_contexts, and a worker
+                               that lacks one answers NEED_SETUP, so the task comes again
+                               with the setup
+    ctx.close()                wait for the context's tasks; DROP_CONTEXT to its holders
+"""
 
 from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, wait
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._broker import Broker
     from ._executor import ClusterExecutor
 
 _ids = itertools.count(1)
+
+
+def _release(broker: Broker, ctx_id: int) -> None:
+    """Forget the setup on the broker and drop the cached value on every worker."""
+    if not broker.stopped.is_set():
+        broker.enqueue(lambda: broker.drop_context(ctx_id))
 
 
 class Context(Executor):
@@ -25,21 +46,33 @@ class Context(Executor):
     is not re-run on that worker for every task.
 
     ``close()``, ``shutdown()`` or leaving the ``with`` block waits for the context's tasks
-    and drops the cached value on every worker that holds it.
+    and drops the cached value on every worker that holds it. A context that is garbage
+    collected without being closed is dropped the same way (it has no open task then:
+    each of its futures refers to it).
     """
 
     def __init__(self, executor: ClusterExecutor, setup: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any]):
         self._ex = executor
         self.id = next(_ids)
-        self._lock = threading.Lock()
+        self._name = getattr(setup, "__qualname__", type(setup).__name__)
+        # reentrant: pickling an argument may run user code that submits here
+        self._lock = threading.RLock()
         self._closed = False
         self._futures: set[Future[Any]] = set()
         frame = executor._dumps_once(setup, (setup, args, kwargs), "the context's setup")
-        executor._broker.register_context(self.id, [frame], executor._ser.code)
+        broker = executor._broker
+        broker.register_context(self.id, [frame], executor._ser.code)
+        self._release = weakref.finalize(self, _release, broker, self.id)
+        self._release.atexit = False  # at exit the executor's own shutdown ends everything
 
-    def _track(self, fut: Future[Any]) -> Future[Any]:
+    def _submitted(self, submit: Callable[[], Future[Any]]) -> Future[Any]:
+        # check and registration under one lock: a close() that starts meanwhile either
+        # sees this future (and waits for it) or makes this submit raise
         with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after the context was closed")
+            fut = submit()
             self._futures.add(fut)
         fut.add_done_callback(self._untrack)
         return fut
@@ -53,17 +86,25 @@ class Context(Executor):
             raise RuntimeError("cannot schedule new futures after the context was closed")
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        """Submit ``fn(setup_value, *args, **kwargs)``; see :meth:`ClusterExecutor.submit`."""
-        self._check()
-        return self._track(self._ex._submit(fn, args, kwargs, ctx_id=self.id))
+        """Schedule ``fn(setup_value, *args, **kwargs)`` and return its Future.
+
+        Raises:
+            RuntimeError: after :meth:`close` (or after the executor's shutdown).
+            SerializationError: ``fn`` or an argument cannot be serialized (named).
+        """
+        return self._submitted(lambda: self._ex._submit(fn, args, kwargs, ctx_id=self.id))
 
     def _submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes, chunk: list[tuple[Any, ...]]) -> Future[Any]:
-        self._check()
-        return self._track(self._ex._submit_chunk(fn, fn_frame, chunk, ctx_id=self.id))
+        return self._submitted(lambda: self._ex._submit_chunk(fn, fn_frame, chunk, ctx_id=self.id))
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int | str = 1, buffersize: int | None = None) -> Iterator[Any]:
-        """Like :meth:`ClusterExecutor.map`, each call getting the setup value first."""
+        """Like :meth:`ClusterExecutor.map`, each call getting the setup value first.
+
+        The inputs are consumed lazily (at most ``buffersize`` chunks ahead), so iterate
+        the result before closing the context: chunks not yet sent at ``close()`` raise
+        RuntimeError when the iterator reaches them.
+        """
         self._check()
         return self._ex._map(fn, iterables, timeout, chunksize, buffersize, self, ordered=True)
 
@@ -78,32 +119,35 @@ class Context(Executor):
         self.shutdown(wait=True)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; once the submitted ones are done, drop the setup everywhere.
+
+        Args:
+            wait: block until the context's tasks are done and the drop is sent.
+            cancel_futures: cancel the context's tasks not yet sent to a worker.
+        """
         with self._lock:
-            already = self._closed
             self._closed = True
             pending = list(self._futures)
         if cancel_futures:
             for f in pending:
                 f.cancel()
-        if already and not wait:
-            return
         if wait:
-            wait_all(pending)
-            self._drop()
-        else:
-            threading.Thread(target=lambda: (wait_all(pending), self._drop()),
+            _wait_all(pending)
+            self._release()
+        elif self._release.alive:
+            threading.Thread(target=lambda: (_wait_all(pending), self._release()),
                              name="impexec-context-close", daemon=True).start()
-
-    def _drop(self) -> None:
-        broker = self._ex._broker
-        if not broker.stopped.is_set():
-            broker.enqueue(lambda: broker.drop_context(self.id))
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` or :meth:`shutdown` was called."""
         return self._closed
 
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._futures)} pending"
+        return f"<Context {self.id} ({self._name}) {state}>"
 
-def wait_all(futures: list[Future[Any]]) -> None:
+
+def _wait_all(futures: list[Future[Any]]) -> None:
     if futures:
         wait(futures)
