@@ -60,6 +60,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+def load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def load_text(loadavg, cpus) -> str:
+    if not loadavg:
+        return "unknown"
+    text = f"{loadavg[0]:.2f} / {loadavg[1]:.2f} / {loadavg[2]:.2f} (1/5/15 min)"
+    if cpus and loadavg[0] > 0.5 * cpus:
+        text += (f" ⚠ busy machine ({cpus} CPUs): other processes compete with the "
+                 "benchmark, figures are unreliable")
+    return text
+
+
 def header(meta: dict) -> str:
     m = meta["machine"]
     vers = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
@@ -72,6 +89,7 @@ def header(meta: dict) -> str:
         f"({m['physical_cores']} physical cores), {m['ram_gib']} GiB RAM; "
         f"{m['platform']}",
         f"- Python: {m['python']} ({m['executable']})",
+        f"- Load average at start: {load_text(meta.get('load_start'), m['logical_cpus'])}",
         f"- Packages: {vers}" + (f" (not installed: {missing})" if missing else ""),
         f"- Start methods: {meta.get('start_methods', '?')}",
         f"- Settings: {s['workers']} workers per executor, median of {s['repeats']} "
@@ -111,7 +129,9 @@ def _cell_text(cell: dict | None, metric: Metric) -> str:
         return "timeout"
     if status == "n/a":
         return "n/a"
-    if status in ("error", "ok"):
+    if status == "ok":
+        return "–"  # this metric does not apply to this run (see the notes)
+    if status == "error":
         err = (cell.get("error") or "no value").replace("|", "/").replace("\n", " ")
         return f"error: {err[:40]}…" if len(err) > 40 else f"error: {err}"
     return str(status)

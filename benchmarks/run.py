@@ -224,7 +224,7 @@ def run_cell(exec_name: str, wl_name: str, settings: dict, phase=lambda text: No
             res["warnings"].append(text)
 
     res["repetitions"] = len(samples)
-    for key in samples[0] if samples else ():
+    for key in dict.fromkeys(k for s in samples for k in s):  # union, in order
         vals = [s[key] for s in samples if key in s]
         res["samples"][key] = vals
         res["values"][key] = med = statistics.median(vals)
@@ -477,6 +477,7 @@ def main(argv=None) -> int:
         meta = {
             "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": report.machine(),
+            "load_start": report.load(),
             "versions": report.versions(),
             "start_methods": ", ".join(f"{k}: {v}"
                                        for k, v in info["start_methods"].items()),
@@ -548,6 +549,9 @@ def main(argv=None) -> int:
         + (": " + "; ".join(leftover_end) if leftover_end else "")
         + f". Total time {time.monotonic() - t_run:.0f} s.",
     ]
+    meta["load_end"] = report.load()
+    body.append("Load average at the end: "
+                + report.load_text(meta["load_end"], meta["machine"]["logical_cpus"]))
     text = "\n".join(body)
     print(text, flush=True)
     if args.markdown:
