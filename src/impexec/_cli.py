@@ -235,15 +235,18 @@ def _print_status(data: dict[str, Any], as_json: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="impexec", description="impexec command line")
+    parser = argparse.ArgumentParser(
+        prog="impexec", description="Run a worker for, inspect, or stop an impexec executor.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("worker", help="run a worker (same as impexec-worker)", add_help=False)
     for name, text in (("status", "show an executor's statistics"),
                        ("stop", "ask the executor's workers to finish and leave")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("target", metavar="FILE|URL")
-        p.add_argument("--key", metavar="HEX")
-        p.add_argument("--timeout", type=float, default=5.0)
+        p.add_argument("target", metavar="FILE|URL",
+                       help="the executor's connection file, or tcp://host:port with --key")
+        p.add_argument("--key", metavar="HEX", help="the executor's key (with a URL; or IMPEXEC_KEY)")
+        p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                       help="seconds to wait for the answer (default 5)")
         if name == "status":
             p.add_argument("--json", action="store_true", help="print JSON")
             p.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="S",

@@ -145,6 +145,18 @@ class BatchWorkers(Launcher):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._submit(self.n)
 
+    def dry_run_script(self) -> str:
+        """The script :meth:`start` would submit for ``n`` workers, with a placeholder for
+        the connection (which holds the key) and, without ``output_dir``, for the
+        directory."""
+        saved = self.output_dir
+        if saved is None:
+            self.output_dir = Path("~/.cache/impexec/jobs").expanduser() / f"impexec-{self.scheduler}-XXXXXXXX"
+        try:
+            return self.render_script(self.n, '{"address":"tcp://HOST:PORT","key":"…","session":"…"}')
+        finally:
+            self.output_dir = saved
+
     def connection_json(self) -> str:
         assert self.host is not None
         return json.dumps(self.host.connection.to_json(), separators=(",", ":"))
