@@ -173,8 +173,10 @@ def _ipyparallel(workers: int):  # best effort: not installed where this was wri
     rc = cluster.start_and_connect_sync(activate=False)
     try:
         rc.wait_for_engines(workers, timeout=60)
-        ex = rc.executor() if callable(getattr(rc, "executor", None)) else (
-            rc.load_balanced_view().executor
+        ex = (
+            rc.executor()
+            if callable(getattr(rc, "executor", None))
+            else (rc.load_balanced_view().executor)
         )
 
         def close(ok: bool) -> None:
@@ -250,7 +252,7 @@ def _ray(workers: int):  # best effort: not installed where this was written
     return _managed(ex, close)
 
 
-# --- self-test executors: misbehave on purpose, to check the runner's safeguards -------
+# --- self-test executors: misbehave on purpose, to check the runner's safeguards ---
 
 
 class _HangingExecutor(cf.Executor):
@@ -339,7 +341,7 @@ class ExecutorSpec:
         for dist in self.packages:
             try:
                 out[dist] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
+            except importlib.metadata.PackageNotFoundError:  # noqa: PERF203
                 out[dist] = "not installed"
         return out
 
@@ -439,16 +441,31 @@ EXECUTORS: tuple[ExecutorSpec, ...] = (
 #: detection: ``--only process,selftest-hang,selftest-fail,selftest-leak --quick``
 #: (``selftest-stuck`` takes the runner's hard kill: --timeout + ~40 s per cell).
 SELFTESTS: tuple[ExecutorSpec, ...] = tuple(
-    ExecutorSpec(name=f"selftest-{kind}", label=f"selftest-{kind}", factory=factory,
-                 modules=(), packages=(), caps=frozenset(caps), hidden=True,
-                 description=desc)
+    ExecutorSpec(
+        name=f"selftest-{kind}",
+        label=f"selftest-{kind}",
+        factory=factory,
+        modules=(),
+        packages=(),
+        caps=frozenset(caps),
+        hidden=True,
+        description=desc,
+    )
     for kind, factory, caps, desc in (
-        ("hang", _selftest_hang, {MAP_CHUNKSIZE},
-         "never runs a task; shutdown never returns"),
+        (
+            "hang",
+            _selftest_hang,
+            {MAP_CHUNKSIZE},
+            "never runs a task; shutdown never returns",
+        ),
         ("stuck", _selftest_stuck, {MAP_CHUNKSIZE}, "its constructor never returns"),
         ("fail", _selftest_fail, {MAP_CHUNKSIZE}, "every task raises"),
-        ("leak", _selftest_leak, {MAP_CHUNKSIZE, LOCAL_PROCESSES},
-         "a ProcessPoolExecutor plus a process it never stops"),
+        (
+            "leak",
+            _selftest_leak,
+            {MAP_CHUNKSIZE, LOCAL_PROCESSES},
+            "a ProcessPoolExecutor plus a process it never stops",
+        ),
     )
 )
 

@@ -1,5 +1,7 @@
 """System description and the Markdown table."""
 
+# ruff: noqa: RUF001  (the multiplication sign and the en dash are meant)
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -55,7 +57,7 @@ def versions() -> dict[str, str]:
     for dist in PACKAGES:
         try:
             out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
+        except importlib.metadata.PackageNotFoundError:  # noqa: PERF203
             out[dist] = None
     return out
 
@@ -72,8 +74,10 @@ def load_text(loadavg, cpus) -> str:
         return "unknown"
     text = f"{loadavg[0]:.2f} / {loadavg[1]:.2f} / {loadavg[2]:.2f} (1/5/15 min)"
     if cpus and loadavg[0] > 0.5 * cpus:
-        text += (f" ⚠ busy machine ({cpus} CPUs): other processes compete with the "
-                 "benchmark, figures are unreliable")
+        text += (
+            f" ⚠ busy machine ({cpus} CPUs): other processes compete with the "
+            "benchmark, figures are unreliable"
+        )
     return text
 
 
@@ -89,7 +93,8 @@ def header(meta: dict) -> str:
         f"({m['physical_cores']} physical cores), {m['ram_gib']} GiB RAM; "
         f"{m['platform']}",
         f"- Python: {m['python']} ({m['executable']})",
-        f"- Load average at start: {load_text(meta.get('load_start'), m['logical_cpus'])}",
+        "- Load average at start: "
+        + load_text(meta.get("load_start"), m["logical_cpus"]),
         f"- Packages: {vers}" + (f" (not installed: {missing})" if missing else ""),
         f"- Start methods: {meta.get('start_methods', '?')}",
         f"- Settings: {s['workers']} workers per executor, median of {s['repeats']} "
@@ -137,8 +142,13 @@ def _cell_text(cell: dict | None, metric: Metric) -> str:
     return str(status)
 
 
-def table(meta: dict, cells: dict, workloads: list[Workload], columns: list[str],
-          reference: str | None) -> str:
+def table(
+    meta: dict,
+    cells: dict,
+    workloads: list[Workload],
+    columns: list[str],
+    reference: str | None,
+) -> str:
     """Rows: the metrics of the workloads; columns: value (and ratio) per executor."""
     labels = meta["labels"]
     ref_label = labels.get(reference, "")
@@ -178,18 +188,21 @@ def table(meta: dict, cells: dict, workloads: list[Workload], columns: list[str]
 
 def legend(reference_label: str) -> str:
     return (
-        f"↑ higher is better, ↓ lower is better. \"vs {reference_label}\" = the "
+        f'↑ higher is better, ↓ lower is better. "vs {reference_label}" = the '
         f"executor's figure / {reference_label}'s figure: above 1 is better on ↑ rows, "
         "below 1 is better on ↓ rows. ⚠ = see the notes."
     )
 
 
-def notes(meta: dict, cells: dict, workloads: list[Workload], columns: list[str]) -> str:
+def notes(
+    meta: dict, cells: dict, workloads: list[Workload], columns: list[str]
+) -> str:
     """Footnotes; the same note on several executors of one workload is one line."""
-    lines = []
-    for name in columns:
-        for text in meta["executors"][name].get("notes", []):
-            lines.append(f"- {text}")
+    lines = [
+        f"- {text}"
+        for name in columns
+        for text in meta["executors"][name].get("notes", [])
+    ]
     want = meta["settings"]["repeats"]
     for w in workloads:
         grouped: dict[str, list[str]] = {}
@@ -205,8 +218,10 @@ def notes(meta: dict, cells: dict, workloads: list[Workload], columns: list[str]
             texts += [f"⚠ {t}" for t in cell.get("warnings", [])]
             if cell.get("status") in ("error", "timeout") and cell.get("error"):
                 texts.append(f"{cell['status']}: {cell['error']}")
-            texts += [f"⚠ leftover process after shutdown: {p}"
-                      for p in cell.get("leftover", [])]
+            texts += [
+                f"⚠ leftover process after shutdown: {p}"
+                for p in cell.get("leftover", [])
+            ]
             for t in texts:
                 grouped.setdefault(" ".join(str(t).split()), []).append(name)
         for text, names in grouped.items():

@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 _HERE = str(Path(__file__).resolve().parent)
-# Run as a script, sys.path[0] is benchmarks/ itself: import through the package instead.
+# Run as a script, sys.path[0] is benchmarks/ itself: import via the package instead.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -40,7 +40,11 @@ if str(ROOT) not in sys.path:
 # able to import benchmarks.tasks, which the tasks are pickled by reference to.
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(ROOT)]
-    + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT)]
+    + [
+        p
+        for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        if p and p != str(ROOT)
+    ]
 )
 
 from benchmarks import executors, report, workloads  # noqa: E402
@@ -95,7 +99,7 @@ def _reap_zombies() -> None:
         try:
             if p.status() == psutil.STATUS_ZOMBIE:
                 os.waitpid(p.pid, os.WNOHANG)
-        except (psutil.Error, ChildProcessError, OSError):
+        except (psutil.Error, ChildProcessError, OSError):  # noqa: PERF203
             pass
 
 
@@ -149,10 +153,12 @@ def kill_tree(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-# --- one cell: one workload on one fresh executor ---------------------------------------
+# --- one cell: one workload on one fresh executor ---
 
 
-def run_cell(exec_name: str, wl_name: str, settings: dict, phase=lambda text: None) -> dict:
+def run_cell(
+    exec_name: str, wl_name: str, settings: dict, phase=lambda text: None
+) -> dict:
     """Warm up, measure ``repeats`` times, shut down, check for leftover processes."""
     spec = executors.BY_NAME[exec_name]
     w = workloads.BY_NAME[wl_name]
@@ -175,8 +181,13 @@ def run_cell(exec_name: str, wl_name: str, settings: dict, phase=lambda text: No
         return res
 
     t0 = time.monotonic()
-    ctx = Ctx(spec, settings["workers"], params, deadline=t0 + settings["timeout"],
-              quick=quick)
+    ctx = Ctx(
+        spec,
+        settings["workers"],
+        params,
+        deadline=t0 + settings["timeout"],
+        quick=quick,
+    )
     before = {p.pid for p in _live_descendants()}
     samples: list[dict] = []
 
@@ -229,8 +240,10 @@ def run_cell(exec_name: str, wl_name: str, settings: dict, phase=lambda text: No
         res["samples"][key] = vals
         res["values"][key] = med = statistics.median(vals)
         if len(vals) > 1 and med > 0 and (max(vals) > 3 * med or min(vals) < med / 3):
-            ctx.note(f"{key} varies widely between repetitions: "
-                     + ", ".join(f"{v:.4g}" for v in vals))
+            ctx.note(
+                f"{key} varies widely between repetitions: "
+                + ", ".join(f"{v:.4g}" for v in vals)
+            )
     res["notes"] = ctx.notes
     phase("checking for leftover processes")
     res["leftover"] = sweep(LEFTOVER_GRACE, exclude=before, helpers=False)
@@ -253,7 +266,9 @@ def cell_main(spec_json: str) -> None:
 
     def phase(text: str) -> None:
         phase.last = text
-        _write_json(out, {"status": "timeout", "error": f"no result: hung while {text}"})
+        _write_json(
+            out, {"status": "timeout", "error": f"no result: hung while {text}"}
+        )
 
     phase("importing")
     try:
@@ -277,15 +292,22 @@ def _tail(path: Path, lines: int = 15) -> list[str]:
 def run_cell_isolated(exec_name, wl_name, settings, tmpdir: Path) -> dict:
     out = tmpdir / f"{exec_name}-{wl_name}.json"
     log = tmpdir / f"{exec_name}-{wl_name}.log"
-    job = {"executor": exec_name, "workload": wl_name, "settings": settings,
-           "out": str(out)}
+    job = {
+        "executor": exec_name,
+        "workload": wl_name,
+        "settings": settings,
+        "out": str(out),
+    }
     hard = settings["timeout"] + settings["shutdown_timeout"] + LEFTOVER_GRACE + 30
     t0 = time.monotonic()
     killed = False
     with open(log, "wb") as lf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.run", "--_cell", json.dumps(job)],
-            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=lf,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
@@ -299,8 +321,10 @@ def run_cell_isolated(exec_name, wl_name, settings, tmpdir: Path) -> dict:
     try:
         res = json.loads(out.read_text())
     except (OSError, ValueError):
-        res = {"status": "error", "error": f"cell process exited with {proc.returncode} "
-               "without a result"}
+        res = {
+            "status": "error",
+            "error": f"cell process exited with {proc.returncode} without a result",
+        }
     if killed:
         res["status"] = "timeout"
         res["error"] = f"cell process killed after {hard:g} s; {res.get('error')}"
@@ -346,17 +370,28 @@ def probe(names: list[str]) -> dict:
         import distributed  # noqa: F401  (registers its config)
 
         sm["dask workers (nanny)"] = dask.config.get(
-            "distributed.worker.multiprocessing-method")
+            "distributed.worker.multiprocessing-method"
+        )
     return info
 
 
 def probe_isolated(names: list[str], tmpdir: Path) -> dict:
     out = tmpdir / "probe.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.run", "--_probe", ",".join(names),
-         "--_out", str(out)],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--_probe",
+            ",".join(names),
+            "--_out",
+            str(out),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         proc.wait(timeout=120)
@@ -365,9 +400,13 @@ def probe_isolated(names: list[str], tmpdir: Path) -> dict:
         kill_tree(proc)
         return {
             "executors": {
-                n: {"available": False, "reason": "probing its import failed or hung",
-                    "label": executors.BY_NAME[n].label, "description": "",
-                    "notes": []}
+                n: {
+                    "available": False,
+                    "reason": "probing its import failed or hung",
+                    "label": executors.BY_NAME[n].label,
+                    "description": "",
+                    "notes": [],
+                }
                 for n in names
             },
             "start_methods": {},
@@ -387,26 +426,45 @@ def parse_args(argv=None):
         description="Benchmark impexec.ClusterExecutor against ProcessPoolExecutor, "
         "loky and dask (and ipyparallel/parsl/ray if importable).",
     )
-    ap.add_argument("--only", metavar="NAME,...",
-                    help="executors to run (default: all available): "
-                    + ", ".join(executors.BY_NAME))
-    ap.add_argument("--workloads", metavar="NAME,...",
-                    help="workloads to run: "
-                    + ", ".join(w.name + ("" if w.default else "*")
-                                for w in workloads.WORKLOADS)
-                    + " (* = not in the default set), or 'all'")
-    ap.add_argument("--quick", action="store_true",
-                    help="small sizes, one repetition: a smoke run (< 1 min)")
-    ap.add_argument("--repeats", type=int, help="repetitions per cell, median reported "
-                    "(default 3; 1 with --quick)")
+    ap.add_argument(
+        "--only",
+        metavar="NAME,...",
+        help="executors to run (default: all available): "
+        + ", ".join(executors.BY_NAME),
+    )
+    ap.add_argument(
+        "--workloads",
+        metavar="NAME,...",
+        help="workloads to run: "
+        + ", ".join(w.name + ("" if w.default else "*") for w in workloads.WORKLOADS)
+        + " (* = not in the default set), or 'all'",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, one repetition: a smoke run (< 1 min)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        help="repetitions per cell, median reported (default 3; 1 with --quick)",
+    )
     ap.add_argument("--workers", type=int, default=2, help="workers per executor (2)")
-    ap.add_argument("--timeout", type=float, help="seconds allowed per cell before it "
-                    "reads 'timeout' (default 120; 60 with --quick)")
-    ap.add_argument("--json", metavar="FILE", help="write raw results (all samples) here")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds allowed per cell before it "
+        "reads 'timeout' (default 120; 60 with --quick)",
+    )
+    ap.add_argument(
+        "--json", metavar="FILE", help="write raw results (all samples) here"
+    )
     ap.add_argument("--markdown", metavar="FILE", help="also write the report here")
-    ap.add_argument("--in-process", action="store_true",
-                    help="run the cells in this process (debugging; a hang is not "
-                    "recoverable)")
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the cells in this process (debugging; a hang is not recoverable)",
+    )
     ap.add_argument("--list", action="store_true", help="list executors and workloads")
     ap.add_argument("--_cell", help=argparse.SUPPRESS)
     ap.add_argument("--_probe", help=argparse.SUPPRESS)
@@ -446,7 +504,9 @@ def main(argv=None) -> int:
     names = _split(args.only) or [s.name for s in executors.EXECUTORS if not s.hidden]
     unknown = [n for n in names if n not in executors.BY_NAME]
     if unknown:
-        ap.error(f"unknown executor(s) {unknown}; choose from {list(executors.BY_NAME)}")
+        ap.error(
+            f"unknown executor(s) {unknown}; choose from {list(executors.BY_NAME)}"
+        )
     wl_names = _split(args.workloads)
     if not wl_names:
         wl_names = [w.name for w in workloads.WORKLOADS if w.default]
@@ -454,7 +514,9 @@ def main(argv=None) -> int:
         wl_names = [w.name for w in workloads.WORKLOADS]
     unknown = [n for n in wl_names if n not in workloads.BY_NAME]
     if unknown:
-        ap.error(f"unknown workload(s) {unknown}; choose from {list(workloads.BY_NAME)}")
+        ap.error(
+            f"unknown workload(s) {unknown}; choose from {list(workloads.BY_NAME)}"
+        )
     wls = [workloads.BY_NAME[n] for n in wl_names]
 
     subreaper = set_child_subreaper()
@@ -479,14 +541,16 @@ def main(argv=None) -> int:
             "machine": report.machine(),
             "load_start": report.load(),
             "versions": report.versions(),
-            "start_methods": ", ".join(f"{k}: {v}"
-                                       for k, v in info["start_methods"].items()),
+            "start_methods": ", ".join(
+                f"{k}: {v}" for k, v in info["start_methods"].items()
+            ),
             "settings": settings,
             "executors": info["executors"],
             "labels": {n: executors.BY_NAME[n].label for n in names},
             "columns": columns,
-            "workloads": {w.name: {"title": w.title, "params": w.params(args.quick)}
-                          for w in wls},
+            "workloads": {
+                w.name: {"title": w.title, "params": w.params(args.quick)} for w in wls
+            },
             "subreaper": subreaper,
         }
         # optional executors that are simply not installed: one line, not a column
@@ -508,8 +572,12 @@ def main(argv=None) -> int:
             for w in wls:  # row by row: every column of a row sees similar conditions
                 for n in columns:
                     i += 1
-                    print(f"[{i:>2}/{total}] {w.name:<11} {n:<11} ...", end="",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"[{i:>2}/{total}] {w.name:<11} {n:<11} ...",
+                        end="",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     if args.in_process:
                         t0 = time.monotonic()
                         res = run_cell(n, w.name, settings)
@@ -519,17 +587,23 @@ def main(argv=None) -> int:
                     cells[n][w.name] = res
                     shown = ", ".join(
                         f"{m.key}={m.fmt.format(res['values'][m.key])}"
-                        for m in w.metrics if m.show and m.key in res.get("values", {})
+                        for m in w.metrics
+                        if m.show and m.key in res.get("values", {})
                     )
                     err = f" {res.get('error')}" if res.get("status") != "ok" else ""
-                    print(f" {res.get('status')} ({res.get('wall_seconds', 0):.1f} s)"
-                          f" {shown}{err}", file=sys.stderr, flush=True)
+                    print(
+                        f" {res.get('status')} ({res.get('wall_seconds', 0):.1f} s)"
+                        f" {shown}{err}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         except KeyboardInterrupt:
             interrupted = True
             print("\ninterrupted: reporting what was measured", file=sys.stderr)
 
-    leftover_end = sweep(LEFTOVER_GRACE if not args.in_process else 1.0,
-                         helpers=not args.in_process)
+    leftover_end = sweep(
+        LEFTOVER_GRACE if not args.in_process else 1.0, helpers=not args.in_process
+    )
     body = [
         "",
         "## Results" + (" (interrupted)" if interrupted else ""),
@@ -541,7 +615,9 @@ def main(argv=None) -> int:
     note_text = report.notes(meta, cells, wls, columns)
     if note_text:
         body += ["", "Notes:", "", note_text]
-    n_left = sum(len(c.get("leftover", [])) for col in cells.values() for c in col.values())
+    n_left = sum(
+        len(c.get("leftover", [])) for col in cells.values() for c in col.values()
+    )
     body += [
         "",
         f"Leftover processes: {n_left} after executor shutdowns; "
@@ -550,8 +626,10 @@ def main(argv=None) -> int:
         + f". Total time {time.monotonic() - t_run:.0f} s.",
     ]
     meta["load_end"] = report.load()
-    body.append("Load average at the end: "
-                + report.load_text(meta["load_end"], meta["machine"]["logical_cpus"]))
+    body.append(
+        "Load average at the end: "
+        + report.load_text(meta["load_end"], meta["machine"]["logical_cpus"])
+    )
     text = "\n".join(body)
     print(text, flush=True)
     if args.markdown:
@@ -559,9 +637,15 @@ def main(argv=None) -> int:
         Path(args.markdown).write_text(head + "\n" + text + "\n")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        _write_json(args.json, {"meta": meta, "cells": cells,
-                                "leftover_at_end": leftover_end,
-                                "markdown": head + "\n" + text})
+        _write_json(
+            args.json,
+            {
+                "meta": meta,
+                "cells": cells,
+                "leftover_at_end": leftover_end,
+                "markdown": head + "\n" + text,
+            },
+        )
     return 0
 
 

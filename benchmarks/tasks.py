@@ -52,7 +52,7 @@ def sleep_then_pid(seconds):
 
 
 def slow_setup(seconds=0.5, payload=1):
-    """An expensive per-worker setup (the ``context`` benchmark): sleep, return a value."""
+    """An expensive per-worker setup (``context`` benchmark): sleep, return a value."""
     time.sleep(seconds)
     return payload
 

@@ -9,7 +9,7 @@ Interface (see README.md, "Adding a workload")::
         requires = frozenset({CONTEXT})    # capability flags; else the cell is "n/a"
         fresh_executor = False             # True: measure() gets ex=None, opens its own
         default = True                     # part of the default run?
-        budget = 30.0                      # s of measured repetitions before stopping early
+        budget = 30.0                      # s of repetitions, then stop early
 
         def params(self, quick):           # sizes; stored in the JSON
             return {"n": 100 if quick else 1000}
@@ -24,11 +24,11 @@ Interface (see README.md, "Adding a workload")::
     WORKLOADS.append(MyWorkload())   # or add it to the tuple below
 
 The runner opens a fresh executor per (executor, workload) cell (in a child process of
-its own unless --in-process), calls ``warmup`` once, then ``measure`` ``--repeats`` times
-(fewer if ``budget`` seconds are used up; at least once) and reports each metric's
-median.  ``ctx`` is a :class:`Ctx`: its ``result``/``wait_all``/``remaining`` bound every
-wait by the cell's deadline (``--timeout``), raising :class:`TimeoutError`, which the
-table shows as "timeout"; any other exception becomes "error: ...".  Raise
+its own unless --in-process), calls ``warmup`` once, then ``measure`` ``--repeats``
+times (fewer if ``budget`` seconds are used up; at least once) and reports each
+metric's median.  ``ctx`` is a :class:`Ctx`: ``result``/``wait_all``/``remaining``
+bound every wait by the cell's deadline (``--timeout``), raising :class:`TimeoutError`,
+which the table shows as "timeout"; any other exception becomes "error: ...".  Raise
 :class:`NotApplicable` for "n/a".  ``ctx.note(text)`` adds a footnote to the cell.
 """
 
@@ -98,7 +98,7 @@ class Ctx:
 
     def wait_all(self, futs, *, raise_errors: bool = True) -> list:
         """Wait for every future (bounded); return their results in order."""
-        done, not_done = cf.wait(futs, timeout=self.remaining())
+        _done, not_done = cf.wait(futs, timeout=self.remaining())
         if not_done:
             raise TimeoutError(f"{len(not_done)} of {len(futs)} tasks not done")
         if raise_errors:
@@ -222,17 +222,20 @@ class MapThroughput(Workload):
             cs = self.chunksize(c, ctx)
 
             def one_map(cs=cs):
-                got = list(ex.map(tasks.echo, range(n), chunksize=cs,
-                                  timeout=ctx.remaining()))
+                got = list(
+                    ex.map(tasks.echo, range(n), chunksize=cs, timeout=ctx.remaining())
+                )
                 if got != expected:
-                    raise AssertionError(f"map(chunksize={cs!r}) returned wrong results")
+                    raise AssertionError(
+                        f"map(chunksize={cs!r}) returned wrong results"
+                    )
 
             calls, elapsed = ctx.autorange(one_map, ctx.params["min_time"])
             out[f"items_per_s_{c}"] = calls * n / elapsed
         return out
 
 
-# --- 3. round-trip latency -------------------------------------------------------------
+# --- 3. round-trip latency ---
 
 
 class Latency(Workload):
@@ -254,7 +257,10 @@ class Latency(Workload):
             ctx.result(ex.submit(tasks.noop))
             samples.append(time.perf_counter() - t0)
         samples.sort()
-        return {"p50_us": _pctl(samples, 0.50) * 1e6, "p99_us": _pctl(samples, 0.99) * 1e6}
+        return {
+            "p50_us": _pctl(samples, 0.50) * 1e6,
+            "p99_us": _pctl(samples, 0.99) * 1e6,
+        }
 
 
 # --- 4. short sleeping tasks ----------------------------------------------------------
@@ -264,8 +270,13 @@ class SleepEfficiency(Workload):
     name = "sleep"
     title = "N x time.sleep(10 ms) tasks; efficiency = (N*0.01/workers) / elapsed"
     metrics = (
-        Metric("efficiency", "sleep 10 ms tasks: efficiency", "ideal/elapsed", HIGHER,
-               fmt="{:.1%}"),
+        Metric(
+            "efficiency",
+            "sleep 10 ms tasks: efficiency",
+            "ideal/elapsed",
+            HIGHER,
+            fmt="{:.1%}",
+        ),
         Metric("elapsed_s", "sleep 10 ms tasks: elapsed", "s", LOWER, show=False),
     )
     budget = 20.0
@@ -382,7 +393,9 @@ class ContextSetup(Workload):
                 got = ctx.wait_all([cx.submit(tasks.use_setup, i) for i in range(n)])
         else:
             ctx.note("no ex.context(): the setup runs in every task")
-            got = ctx.wait_all([ex.submit(tasks.setup_in_task, i, s, 1) for i in range(n)])
+            got = ctx.wait_all(
+                [ex.submit(tasks.setup_in_task, i, s, 1) for i in range(n)]
+            )
         elapsed = time.perf_counter() - t0
         if got != [1 + i for i in range(n)]:
             raise AssertionError("wrong results")
@@ -397,8 +410,13 @@ class WorkerKill(Workload):
     title = "N x 50 ms tasks on the workers, one worker SIGKILLed at 1 s"
     metrics = (
         Metric("ok", "worker killed: tasks that succeeded", "tasks", HIGHER),
-        Metric("elapsed_s", "worker killed: time until all succeeded", "s", LOWER,
-               fmt="{:.2f}"),
+        Metric(
+            "elapsed_s",
+            "worker killed: time until all succeeded",
+            "s",
+            LOWER,
+            fmt="{:.2f}",
+        ),
     )
     requires = frozenset({LOCAL_PROCESSES})
     default = False
@@ -438,7 +456,9 @@ class WorkerKill(Workload):
 
         t0 = time.perf_counter()
         futs = [ex.submit(tasks.sleep_then_pid, s) for _ in range(n)]
-        timer = threading.Timer(ctx.params["kill_at"] - (time.perf_counter() - t0), kill)
+        timer = threading.Timer(
+            ctx.params["kill_at"] - (time.perf_counter() - t0), kill
+        )
         timer.start()
         for f in futs:
             f.add_done_callback(on_done)
