@@ -69,6 +69,12 @@ def wait_for_file(path: str, timeout: float = 30.0) -> bool:
     return True
 
 
+def announce_then_wait(started: str, release: str, timeout: float = 30.0) -> bool:
+    """Create *started*, then block until *release* exists: holds one worker, visibly."""
+    Path(started).touch()
+    return wait_for_file(release, timeout)
+
+
 def nbytes(array: Any) -> int:
     return int(array.nbytes)
 

@@ -12,6 +12,7 @@ import itertools
 import multiprocessing
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class Released:
     """Tasks ``tasks.wait_for_file(path)`` block until the test calls ``release()``."""
 
     def __init__(self, tmp_path: Path):
+        self.dir = tmp_path
         self.path = str(tmp_path / "release")
 
     def release(self) -> None:
@@ -64,8 +66,26 @@ def gate(tmp_path: Path) -> Iterator[Released]:
 
 
 def _block_workers(ex: cf.Executor, gate: Released, n: int = 2) -> list[cf.Future[Any]]:
-    """Occupy every worker (and wait until the blockers run, so later tasks queue)."""
-    return [ex.submit(tasks.wait_for_file, gate.path) for _ in range(n)]
+    """Occupy every worker, and wait until each blocker runs, so later tasks queue."""
+    if isinstance(ex, impexec.ClusterExecutor):
+        # a worker may hold a prefetched task behind its running one: place the blockers
+        # only once every worker is there to take one
+        _wait_for_workers(ex, n)
+    started = [gate.dir / f"started{i}" for i in range(n)]
+    futs = [ex.submit(tasks.announce_then_wait, str(s), gate.path) for s in started]
+    deadline = time.monotonic() + TIMEOUT
+    while not all(s.exists() for s in started):
+        assert time.monotonic() < deadline, "the blocking tasks did not start"
+        time.sleep(0.01)
+    return futs
+
+
+def _wait_for_workers(ex: impexec.ClusterExecutor, n: int = 2) -> None:
+    """Wait until *n* workers are connected (placement depends on who is there)."""
+    deadline = time.monotonic() + TIMEOUT
+    while ex.statistics().workers < n:
+        assert time.monotonic() < deadline, f"fewer than {n} workers connected"
+        time.sleep(0.02)
 
 
 # -- submit and results ----------------------------------------------------------------------
@@ -199,6 +219,7 @@ def test_map_unordered_yields_every_result(cluster: impexec.ClusterExecutor) -> 
 
 
 def test_map_unordered_yields_in_completion_order(cluster: impexec.ClusterExecutor) -> None:
+    _wait_for_workers(cluster)
     # the slow first call does not hold back the fast ones behind it
     it = cluster.map_unordered(tasks.sleep_then, [1.5, 0.0], ["slow", "fast"], timeout=TIMEOUT)
     assert next(it) == "fast"
@@ -228,7 +249,7 @@ def test_as_completed_and_wait(ex: cf.Executor) -> None:
 
 
 def test_wait_first_exception(ex: cf.Executor, gate: Released) -> None:
-    blocked = ex.submit(tasks.wait_for_file, gate.path)
+    (blocked,) = _block_workers(ex, gate, 1)
     bad = ex.submit(tasks.raise_value_error)
     done, not_done = cf.wait([blocked, bad], timeout=TIMEOUT, return_when=cf.FIRST_EXCEPTION)
     assert bad in done
@@ -299,8 +320,12 @@ def test_shutdown_cancel_futures_cancels_queued(ex: cf.Executor, gate: Released,
     futs = [ex.submit(tasks.write_marker, str(m)) for m in markers]
     ex.shutdown(wait=False, cancel_futures=True)
     gate.release()
-    ex.shutdown(wait=True)
     assert all(f.result(timeout=TIMEOUT) for f in blockers)
+    # not cf.wait: a future cancelled by shutdown is not yet "notified" in every Python
+    deadline = time.monotonic() + TIMEOUT
+    while not all(f.done() for f in futs):
+        assert time.monotonic() < deadline, "futures still pending after shutdown"
+        time.sleep(0.01)
     for f, m in zip(futs, markers):
         assert f.done()
         if f.cancelled():
