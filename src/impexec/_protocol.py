@@ -120,7 +120,10 @@ class Message:
         """Decode a JSON control payload (first frame)."""
         if not self.frames:
             return None
-        return json.loads(bytes(self.frames[0]).decode())
+        try:
+            return json.loads(bytes(self.frames[0]).decode())
+        except ValueError as exc:  # bad UTF-8 or bad JSON: a malformed message, not a bug
+            raise ProtocolError(f"{self.kind.name} with a malformed JSON payload: {exc}") from None
 
 
 def _mac(key: bytes, header: bytes, frames: Sequence[Any]) -> bytes:

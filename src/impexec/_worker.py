@@ -314,6 +314,7 @@ class Worker:
         # broker_seq starts at the WELCOME's: replies to our heartbeats come later, so an
         # older message of this session (a replayed SHUTDOWN) is ignored here too
         sock = self._socket(zctx, self.wid + _HB_SUFFIX)
+        dropped = DropLog(logger, "a message")  # this thread's own: DropLog is not thread-safe
         seq = 0
         last_heard = time.monotonic()
         dismissed_at = 0.0
@@ -342,7 +343,7 @@ class Worker:
                     try:
                         msgs = list(decode(self.conn.key, sock.recv_multipart(copy=False), self._session))
                     except ProtocolError as exc:
-                        logger.warning("heartbeat channel dropped a message: %s", exc)
+                        dropped("the broker's heartbeat socket", str(exc))
                         continue
                     for msg in msgs:
                         if msg.seq <= broker_seq:

