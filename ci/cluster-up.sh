@@ -82,19 +82,16 @@ run_parallel() {
     return "$rc"
 }
 
+# the readiness marker: the .info lines (written by a successful up) of each service
+# whose daemons are alive
 write_ready() {
-    local tmp failed=" ${FAILED[*]:-} "
+    local tmp s failed=" ${FAILED[*]:-} "
     tmp=$(mktemp "$STATE_DIR/.ready.XXXXXX")
-    slurm_settings; sge_settings; sshd_settings
-    if [[ $failed != *" slurm "* ]] && slurm_running; then
-        printf 'slurm=1\nslurm_partition=%s\nslurm_cpus=%s\n' "$SLURM_PART" "$SLURM_CPUS_EFF" >>"$tmp"
-    fi
-    if [[ $failed != *" sge "* ]] && sge_running; then
-        printf 'sge=1\nsge_queue=%s\nsge_slots=%s\n' "$SGE_Q" "$SGE_SLOTS_EFF" >>"$tmp"
-    fi
-    if [[ $failed != *" ssh "* ]] && sshd_running; then
-        printf 'ssh=127.0.0.1:%s:%s\nssh_alias=%s\n' "$SSH_PORT" "$SSH_KEY" "$SSHD_ALIAS" >>"$tmp"
-    fi
+    for s in slurm sge ssh; do
+        if [[ $failed != *" $s "* ]] && [ -s "$STATE_DIR/$s.info" ] && "$(svc_fn "$s" running)"; then
+            cat "$STATE_DIR/$s.info" >>"$tmp"
+        fi
+    done
     chmod 644 "$tmp"
     mv -f "$tmp" "$READY_FILE"
 }
@@ -141,8 +138,17 @@ do_status() {
     if [ -s "$READY_FILE" ]; then sed 's/^/  /' "$READY_FILE"; else echo "  (nothing up)"; fi
 }
 
+# one up/down at a time: a second caller (another CI step, a developer) waits here
+lock() {
+    exec 9>"$STATE_DIR/lock"
+    if ! flock -n 9; then
+        log "another cluster-up.sh up/down is running: waiting (up to 600 s)"
+        flock -w 600 9 || die "timeout waiting for $STATE_DIR/lock"
+    fi
+}
+
 case "$ACTION" in
-    up|start) do_up ;;
-    down|stop) do_down ;;
+    up|start) lock; do_up ;;
+    down|stop) lock; do_down ;;
     status) do_status ;;
 esac

@@ -89,7 +89,8 @@ write_if_changed() {
 spawn() {
     local out=$1; shift
     mkdir -p "$(dirname "$out")"
-    env -i PATH="$CLEAN_PATH" LANG=C.UTF-8 HOME=/root "$@" </dev/null >>"$out" 2>&1
+    # 9>&-: not the lock of cluster-up.sh (a daemon holding it would block every later run)
+    env -i PATH="$CLEAN_PATH" LANG=C.UTF-8 HOME=/root "$@" </dev/null >>"$out" 2>&1 9>&-
 }
 
 pkg_installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }

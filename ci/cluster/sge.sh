@@ -175,6 +175,11 @@ sge_up() {
         sge_apply_config
         echo "$sum" >"$SGE_CFG_SUM"
     fi
+    if [ "$SGE_STARTED_QMASTER" = 1 ] && marked sge sge_execd && pid_of "$SGE_EX_PID" sge_execd >/dev/null; then
+        # an execd that outlived its qmaster re-registers only after ~15 s: restart it
+        log "sge_qmaster was restarted: restarting sge_execd too"
+        stop_pid sge sge_execd "$SGE_EX_PID" sge_execd
+    fi
     sge_start_execd
     if ! sge_queue_ready; then
         # clear an error/disabled state left by an earlier run (e.g. a failed shepherd)
@@ -188,6 +193,7 @@ sge_up() {
         timeout -k 5 "$WAIT" qsub -sync y -b y -N impexec-ci-probe -wd / -o /dev/null -e /dev/null /bin/true >/dev/null \
             || die "probe job failed; see $SGE_SPOOL/qmaster/messages and $SGE_SPOOL/execd/$SGE_HOST/messages"
     fi
+    printf 'sge=1\nsge_queue=%s\nsge_slots=%s\n' "$SGE_Q" "$SGE_SLOTS_EFF" >"$STATE_DIR/sge.info"
     log "ready in $((SECONDS - t0)) s: $(t qstat -f -q "$SGE_Q@$SGE_HOST" | awk -v q="$SGE_Q@$SGE_HOST" '$1==q{print $1, "slots(resv/used/tot)=" $3}')"
 }
 

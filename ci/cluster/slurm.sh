@@ -164,10 +164,11 @@ slurm_start_mariadb() {
             t mariadb-install-db --user=mysql >/dev/null
         fi
         log "starting mariadbd"
-        # mariadbd does not daemonise: background it, detached from our stdio
-        (spawn "$SLURM_LOGDIR/mariadb.log" setsid /usr/sbin/mariadbd --user=mysql \
+        # mariadbd does not daemonise: `setsid -f` forks it off.  (Not `spawn ... &`: the
+        # background subshell would wait for mariadbd while holding our stdout and lock.)
+        spawn "$SLURM_LOGDIR/mariadb.log" setsid -f /usr/sbin/mariadbd --user=mysql \
             --bind-address=127.0.0.1 --pid-file=/run/mysqld/mysqld.pid \
-            --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 &)
+            --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900
         mark slurm mariadbd
         wait_for 30 mariadbd mariadb-admin ping || die "mariadbd not up; see $SLURM_LOGDIR/mariadb.log"
     fi
@@ -209,7 +210,14 @@ slurm_up() {
     slurm_configure
     slurm_start_munge
     [ "$SLURM_STARTED_MUNGE" = 1 ] && started=1
-    if [ "$SLURM_ACCT" = 1 ]; then slurm_start_mariadb; slurm_start_slurmdbd; fi
+    if [ "$SLURM_ACCT" = 1 ]; then
+        slurm_start_mariadb
+        slurm_start_slurmdbd
+    else
+        # accounting switched off: stop what an earlier SLURM_ACCOUNTING=1 run started
+        if marked slurm slurmdbd; then stop_pid slurm slurmdbd /run/slurmdbd.pid slurmdbd; fi
+        if marked slurm mariadbd; then stop_pid slurm mariadbd /run/mysqld/mysqld.pid mariadbd 30; fi
+    fi
     ctld=$(pid_of /run/slurmctld.pid slurmctld || true)
     sd=$(pid_of /run/slurmd.pid slurmd || true)
     if [ "$SLURM_CONF_CHANGED" = 1 ] && [ -n "$ctld$sd" ]; then
@@ -262,6 +270,9 @@ slurm_up() {
             die "probe job $j: $(t squeue -h --jobs="$j" -t all -o '%T %r'); see $SLURM_LOGDIR/slurmctld.log and slurmd.log"
         fi
     fi
+    # for the readiness marker
+    printf 'slurm=1\nslurm_partition=%s\nslurm_cpus=%s\nslurm_accounting=%s\n' \
+        "$SLURM_PART" "$SLURM_CPUS_EFF" "$SLURM_ACCT" >"$STATE_DIR/slurm.info"
     log "ready in $((SECONDS - t0)) s: $(t sinfo -h -N -o 'node=%N state=%T cpus=%c partition=%P' | head -1)"
 }
 

@@ -105,6 +105,10 @@ sshd_probe() {
     timeout -k 2 10 ssh "${SSH_OPTS[@]}" -o ConnectTimeout=5 root@127.0.0.1 true </dev/null >/dev/null 2>&1
 }
 
+sshd_write_info() { # for the readiness marker
+    printf 'ssh=127.0.0.1:%s:%s\nssh_alias=%s\n' "$SSH_PORT" "$SSH_KEY" "$SSHD_ALIAS" >"$STATE_DIR/ssh.info"
+}
+
 sshd_running() { sshd_settings; pid_of "$SSHD_PIDFILE" sshd >/dev/null; }
 
 sshd_up() {
@@ -118,6 +122,7 @@ sshd_up() {
             log "configuration changed: restarting sshd"
             stop_pid ssh sshd "$SSHD_PIDFILE" sshd 5
         elif sshd_probe; then
+            sshd_write_info
             log "ready: ssh ${SSH_OPTS[*]} root@127.0.0.1"
             return 0
         else
@@ -135,6 +140,7 @@ sshd_up() {
         || die "sshd failed to start; see $LOG_DIR/sshd.log"
     mark ssh sshd
     wait_for 15 "ssh to 127.0.0.1:$SSH_PORT" sshd_probe || die "ssh to 127.0.0.1:$SSH_PORT fails; see $LOG_DIR/sshd.log"
+    sshd_write_info
     log "ready in $((SECONDS - t0)) s: ssh ${SSH_OPTS[*]} root@127.0.0.1"
 }
 
