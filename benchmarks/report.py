@@ -194,6 +194,14 @@ def legend(reference_label: str) -> str:
     )
 
 
+def _first_sentence(text: str, limit: int = 120) -> str:
+    """Long warnings: the first sentence says what it is (the JSON has it all)."""
+    if len(text) <= limit:
+        return text
+    first = text.split(". ")[0]
+    return (first if len(first) <= limit else first[: limit - 3]) + " …"
+
+
 def notes(
     meta: dict, cells: dict, workloads: list[Workload], columns: list[str]
 ) -> str:
@@ -215,7 +223,7 @@ def notes(
             if cell.get("status") == "ok" and reps is not None and reps < want:
                 texts.append(f"{reps} of {want} repetitions (time budget)")
             texts += cell.get("notes", [])
-            texts += [f"⚠ {t}" for t in cell.get("warnings", [])]
+            texts += [f"⚠ {_first_sentence(t)}" for t in cell.get("warnings", [])]
             if cell.get("status") in ("error", "timeout") and cell.get("error"):
                 texts.append(f"{cell['status']}: {cell['error']}")
             texts += [

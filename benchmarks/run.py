@@ -230,7 +230,7 @@ def run_cell(
         except Exception as exc:
             res.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
     for wm in caught:
-        text = f"{wm.category.__name__}: {wm.message}"[:200]
+        text = " ".join(f"{wm.category.__name__}: {wm.message}".split())
         if text not in res["warnings"] and "ResourceWarning" not in text:
             res["warnings"].append(text)
 
