@@ -153,7 +153,10 @@ class Broker(threading.Thread):
         return self.call(self.scheduler.statistics, timeout)  # type: ignore[no-any-return]
 
     def register_context(self, ctx_id: int, frames: list[Any], ser: int) -> None:
-        self.enqueue(lambda: self._contexts.__setitem__(ctx_id, (frames, ser)))
+        # set at once, not through the inbox: a task of this context may be dispatched
+        # from the caller's thread (submit_now) before the inbox is drained; one dict
+        # store is atomic, and the broker thread only reads the entry or pops it later
+        self._contexts[ctx_id] = (frames, ser)
 
     # -- the thread --------------------------------------------------------------------
     def run(self) -> None:
