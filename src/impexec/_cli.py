@@ -27,32 +27,70 @@ def parse_duration(text: str) -> float:
     """``30s``, ``10m``, ``2h``, ``1d`` or plain seconds → seconds."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*", text)
     if not m:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use 30s, 10m, 2h, 1d)")
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (use 30s, 10m, 2h, 1d)"
+        )
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
 def _worker_parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Join a running impexec executor as a worker.")
-    p.add_argument("--connect", required=True, metavar="FILE|URL|-",
-                   help="connection file written by ClusterExecutor.connection_file(), "
-                        "tcp://host:port (with --key), or - to read the file's JSON from stdin")
-    p.add_argument("--key", metavar="HEX", help="the executor's key (with a URL; or set IMPEXEC_KEY)")
-    p.add_argument("--processes", type=int, default=1, metavar="N",
-                   help="run N worker processes (default 1); crashed ones are replaced")
-    p.add_argument("--runtime", type=parse_duration, metavar="DURATION",
-                   help="stop taking work after this long (30s, 10m, 2h, 1d), finish, and leave")
-    p.add_argument("--exit-with-stdin", action="store_true",
-                   help="exit when standard input closes (SSHWorkers: a closed ssh ends the worker)")
+    p = argparse.ArgumentParser(
+        prog=prog, description="Join a running impexec executor as a worker."
+    )
+    p.add_argument(
+        "--connect",
+        required=True,
+        metavar="FILE|URL|-",
+        help="connection file written by ClusterExecutor.connection_file(), "
+        "tcp://host:port (with --key), or - to read the file's JSON from stdin",
+    )
+    p.add_argument(
+        "--key",
+        metavar="HEX",
+        help="the executor's key (with a URL; or set IMPEXEC_KEY)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N worker processes (default 1); crashed ones are replaced",
+    )
+    p.add_argument(
+        "--runtime",
+        type=parse_duration,
+        metavar="DURATION",
+        help="stop taking work after this long (30s, 10m, 2h, 1d), finish, and leave",
+    )
+    p.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="exit when standard input closes (SSHWorkers: a closed ssh ends the worker)",
+    )
     p.add_argument("--tag", default="", help=argparse.SUPPRESS)
-    p.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
-                   help="seconds to wait for the broker's answer at start (default 60)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the broker's answer at start (default 60)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more (-v info, -vv debug)",
+    )
     return p
 
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+    )
 
 
 def _read_connection(target: str, key: str | None) -> ConnectionInfo:
@@ -70,6 +108,7 @@ def _read_connection(target: str, key: str | None) -> ConnectionInfo:
 
 def _exit_with_stdin(code: int) -> None:
     """Exit the process (at once, whatever runs) when standard input reaches end of file."""
+
     def watch() -> None:
         try:  # os.read, not sys.stdin: a daemon thread blocked in a buffered reader
             while os.read(0, 65536):  # aborts the interpreter at exit
@@ -99,8 +138,12 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "impexec-worker")
     if args.exit_with_stdin:
         _exit_with_stdin(EXIT_BROKER_GONE)
     if args.processes == 1:
-        return Worker(conn, tag=args.tag, runtime=args.runtime,
-                      connect_timeout=args.connect_timeout).run()
+        return Worker(
+            conn,
+            tag=args.tag,
+            runtime=args.runtime,
+            connect_timeout=args.connect_timeout,
+        ).run()
     return _supervise(args, conn)
 
 
@@ -121,9 +164,20 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
 
     def spawn(i: int) -> None:
         generation[i] += 1
-        cmd = [sys.executable, "-m", "impexec", "worker", "--connect", "-", "--exit-with-stdin",
-               "--connect-timeout", str(args.connect_timeout), "--tag", f"{tag}-{i}-{generation[i]}",
-               *["-v"] * args.verbose]
+        cmd = [
+            sys.executable,
+            "-m",
+            "impexec",
+            "worker",
+            "--connect",
+            "-",
+            "--exit-with-stdin",
+            "--connect-timeout",
+            str(args.connect_timeout),
+            "--tag",
+            f"{tag}-{i}-{generation[i]}",
+            *["-v"] * args.verbose,
+        ]
         if deadline is not None:
             cmd += ["--runtime", f"{max(1.0, deadline - time.monotonic()):.3f}"]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
@@ -161,8 +215,12 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
                 if not _broker_alive(conn):
                     continue  # dismissed because the executor shut down: nothing to rejoin
                 backoff[i] = min(30.0, max(0.5, backoff[i] * 2))
-                logger.warning("worker process %d exited with %s; replacing it in %.1f s",
-                               i, rc, backoff[i])
+                logger.warning(
+                    "worker process %d exited with %s; replacing it in %.1f s",
+                    i,
+                    rc,
+                    backoff[i],
+                )
                 time.sleep(backoff[i])
                 spawn(i)
     except KeyboardInterrupt:
@@ -180,7 +238,9 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
     return code
 
 
-def _request(target: str, key: str | None, kind_name: str, timeout: float) -> dict[str, Any]:
+def _request(
+    target: str, key: str | None, kind_name: str, timeout: float
+) -> dict[str, Any]:
     return _ask(resolve(target, key), kind_name, timeout)
 
 
@@ -209,10 +269,14 @@ def _ask(conn: ConnectionInfo, kind_name: str, timeout: float) -> dict[str, Any]
         # numbered by the clock (the broker refuses an old or replayed request); a URL
         # names no session: the broker accepts the all-zero one for a fresh request
         session = conn.session or b"\0" * 8
-        sock.send_multipart(encode(conn.key, Kind[kind_name], session, int(time.time() * 1e6)))
+        sock.send_multipart(
+            encode(conn.key, Kind[kind_name], session, int(time.time() * 1e6))
+        )
         if not sock.poll(timeout * 1000):
-            raise TimeoutError(f"no answer from {conn.address} within {timeout:g} s "
-                               "(not running, wrong address, or wrong key)")
+            raise TimeoutError(
+                f"no answer from {conn.address} within {timeout:g} s "
+                "(not running, wrong address, or wrong key)"
+            )
         for msg in decode(conn.key, sock.recv_multipart(), conn.session or None):
             if msg.kind == Kind.STATUS_REPLY:
                 return msg.json()  # type: ignore[no-any-return]
@@ -226,31 +290,65 @@ def _print_status(data: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(data, indent=1))
         return
-    keys = ("workers", "queued", "running", "done", "failed", "resubmitted", "cancelled")
+    keys = (
+        "workers",
+        "queued",
+        "running",
+        "done",
+        "failed",
+        "resubmitted",
+        "cancelled",
+    )
     print(f"impexec {data.get('version', '?')} at {data.get('address', '?')}")
     print("  ".join(f"{k}={data.get(k, 0)}" for k in keys))
     for w in data.get("workers_list", []):
         state = " draining" if w.get("draining") else ""
-        print(f"  {w['name']:<28} tag={w.get('tag') or '-':<20} held={w['held']} done={w['completed']}{state}")
+        print(
+            f"  {w['name']:<28} tag={w.get('tag') or '-':<20} held={w['held']} done={w['completed']}{state}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="impexec", description="Run a worker for, inspect, or stop an impexec executor.")
+        prog="impexec",
+        description="Run a worker for, inspect, or stop an impexec executor.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("worker", help="run a worker (same as impexec-worker)", add_help=False)
-    for name, text in (("status", "show an executor's statistics"),
-                       ("stop", "ask the executor's workers to finish and leave")):
+    sub.add_parser(
+        "worker", help="run a worker (same as impexec-worker)", add_help=False
+    )
+    for name, text in (
+        ("status", "show an executor's statistics"),
+        ("stop", "ask the executor's workers to finish and leave"),
+    ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("target", metavar="FILE|URL",
-                       help="the executor's connection file, or tcp://host:port with --key")
-        p.add_argument("--key", metavar="HEX", help="the executor's key (with a URL; or IMPEXEC_KEY)")
-        p.add_argument("--timeout", type=float, default=5.0, metavar="S",
-                       help="seconds to wait for the answer (default 5)")
+        p.add_argument(
+            "target",
+            metavar="FILE|URL",
+            help="the executor's connection file, or tcp://host:port with --key",
+        )
+        p.add_argument(
+            "--key",
+            metavar="HEX",
+            help="the executor's key (with a URL; or IMPEXEC_KEY)",
+        )
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=5.0,
+            metavar="S",
+            help="seconds to wait for the answer (default 5)",
+        )
         if name == "status":
             p.add_argument("--json", action="store_true", help="print JSON")
-            p.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="S",
-                           help="refresh every S seconds (default 1) until interrupted")
+            p.add_argument(
+                "--watch",
+                type=float,
+                nargs="?",
+                const=1.0,
+                metavar="S",
+                help="refresh every S seconds (default 1) until interrupted",
+            )
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
         return worker_main(argv[1:], prog="impexec worker")
@@ -259,8 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "stop":
             before = _request(args.target, args.key, "STATUS", args.timeout)
             after = _request(args.target, args.key, "STOP_WORKERS", args.timeout)
-            print(f"asked {before.get('workers', 0)} worker(s) to finish and leave "
-                  f"({after.get('workers', 0)} still finishing their tasks)")
+            print(
+                f"asked {before.get('workers', 0)} worker(s) to finish and leave "
+                f"({after.get('workers', 0)} still finishing their tasks)"
+            )
             return 0
         if args.watch:
             while True:
@@ -270,7 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _print_status(data, args.json)
                 sys.stdout.flush()
                 time.sleep(args.watch)
-        _print_status(_request(args.target, args.key, "STATUS", args.timeout), args.json)
+        _print_status(
+            _request(args.target, args.key, "STATUS", args.timeout), args.json
+        )
         return 0
     except KeyboardInterrupt:
         return 130

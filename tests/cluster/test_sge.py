@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import pytest
+
 from cluster.cluster_checks import (
     array_runs_map,
     bad_python_is_a_start_error,
     cancelled_task_is_replaced,
 )
 from cluster.conftest import qstat_jobs, wait_no_jobs
-
 from impexec import SGEWorkers
 
 pytestmark = pytest.mark.cluster
 
 
 def test_job_array_runs_a_map_and_shutdown_leaves_no_job(
-        sge_cluster, make_executor, shutdown_with_deadline, job_name_prefix, tmp_path):
-    launcher = SGEWorkers(3, queue=sge_cluster.queue, time=600, job_name=job_name_prefix,
-                          output_dir=tmp_path)
+    sge_cluster, make_executor, shutdown_with_deadline, job_name_prefix, tmp_path
+):
+    launcher = SGEWorkers(
+        3,
+        queue=sge_cluster.queue,
+        time=600,
+        job_name=job_name_prefix,
+        output_dir=tmp_path,
+    )
     ex = array_runs_map(make_executor, launcher, 3)
     assert len(launcher.jobs) == 1  # one qsub -t job, not one job per worker
     assert "#$ -t 1-3\n" in (tmp_path / f"{job_name_prefix}-1.sh").read_text()
@@ -27,7 +33,8 @@ def test_job_array_runs_a_map_and_shutdown_leaves_no_job(
 
 
 def test_qdel_of_a_running_task_resubmits_its_work(
-        sge_cluster, make_executor, shutdown_with_deadline, job_name_prefix, tmp_path):
+    sge_cluster, make_executor, shutdown_with_deadline, job_name_prefix, tmp_path
+):
     launcher = SGEWorkers(2, job_name=job_name_prefix, output_dir=tmp_path)
     ex = cancelled_task_is_replaced(make_executor, launcher, ["qdel"])
     shutdown_with_deadline(ex)
@@ -35,9 +42,11 @@ def test_qdel_of_a_running_task_resubmits_its_work(
 
 
 def test_a_worker_that_cannot_start_is_a_worker_start_error(
-        sge_cluster, make_executor, shutdown_with_deadline, job_name_prefix, tmp_path):
-    launcher = SGEWorkers(2, python="/nonexistent/python", job_name=job_name_prefix,
-                          output_dir=tmp_path)
+    sge_cluster, make_executor, shutdown_with_deadline, job_name_prefix, tmp_path
+):
+    launcher = SGEWorkers(
+        2, python="/nonexistent/python", job_name=job_name_prefix, output_dir=tmp_path
+    )
     ex = bad_python_is_a_start_error(make_executor, launcher)
     shutdown_with_deadline(ex)
     assert wait_no_jobs(qstat_jobs, job_name_prefix, timeout=30) == []

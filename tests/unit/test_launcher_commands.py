@@ -16,7 +16,9 @@ from impexec._connection import ConnectionInfo
 from impexec.launchers._batch import format_time
 from impexec.launchers.sge import _expand
 
-CONN = ConnectionInfo(address="tcp://head:5555", key=bytes(range(32)), session=b"\1" * 8)
+CONN = ConnectionInfo(
+    address="tcp://head:5555", key=bytes(range(32)), session=b"\1" * 8
+)
 CONN_JSON = json.dumps(CONN.to_json(), separators=(",", ":"))
 
 
@@ -41,12 +43,24 @@ def attach(launcher):
 
 
 def test_slurm_script():
-    launcher = attach(SlurmWorkers(
-        4, partition="debug", time=3600, cpus_per_task=2, mem="4G", account="lab",
-        extra=["--qos=high"], python="/opt/py/bin/python", env={"OMP_NUM_THREADS": "1",
-                                                                "NOTE": "a b"},
-        job_name="fit", output_dir="/shared/jobs"))
-    assert launcher.render_script(4, launcher.connection_json()) == f"""\
+    launcher = attach(
+        SlurmWorkers(
+            4,
+            partition="debug",
+            time=3600,
+            cpus_per_task=2,
+            mem="4G",
+            account="lab",
+            extra=["--qos=high"],
+            python="/opt/py/bin/python",
+            env={"OMP_NUM_THREADS": "1", "NOTE": "a b"},
+            job_name="fit",
+            output_dir="/shared/jobs",
+        )
+    )
+    assert (
+        launcher.render_script(4, launcher.connection_json())
+        == f"""\
 #!/bin/bash
 #SBATCH --job-name=fit
 #SBATCH --array=0-3
@@ -63,8 +77,12 @@ exec /opt/py/bin/python -m impexec worker --connect - --tag "slurm-${{SLURM_ARRA
 {CONN_JSON}
 IMPEXEC_CONNECTION
 """
+    )
     assert launcher.submit_argv(Path("/shared/jobs/fit-1.sh")) == [
-        "sbatch", "--parsable", "/shared/jobs/fit-1.sh"]
+        "sbatch",
+        "--parsable",
+        "/shared/jobs/fit-1.sh",
+    ]
     assert launcher.parse_job_id("1234;cluster\n") == "1234"
     assert launcher.task_keys("1234", 2) == ["1234_0", "1234_1"]
     assert launcher.output_file("1234", "1234_1") == Path("/shared/jobs/fit-1234_1.out")
@@ -81,22 +99,43 @@ def test_slurm_defaults_use_this_interpreter_and_inherit_the_environment():
     assert "export" not in script and "--partition" not in script
 
 
-@pytest.mark.parametrize(("state", "kind"), [
-    ("PENDING", "pending"), ("RUNNING", "running"), ("COMPLETING", "running"),
-    ("COMPLETED", "ok"), ("CANCELLED", "cancelled"), ("CANCELLED by 0", "cancelled"),
-    ("FAILED", "failed"), ("TIMEOUT", "failed"), ("NODE_FAIL", "failed"),
-    ("OUT_OF_MEMORY", "failed"), (None, "gone"),
-])
+@pytest.mark.parametrize(
+    ("state", "kind"),
+    [
+        ("PENDING", "pending"),
+        ("RUNNING", "running"),
+        ("COMPLETING", "running"),
+        ("COMPLETED", "ok"),
+        ("CANCELLED", "cancelled"),
+        ("CANCELLED by 0", "cancelled"),
+        ("FAILED", "failed"),
+        ("TIMEOUT", "failed"),
+        ("NODE_FAIL", "failed"),
+        ("OUT_OF_MEMORY", "failed"),
+        (None, "gone"),
+    ],
+)
 def test_slurm_states(state, kind):
     assert SlurmWorkers(1).classify(state) == kind
 
 
 def test_sge_script():
-    launcher = attach(SGEWorkers(
-        3, queue="all.q", time="2:00:00", pe=("smp", 4), extra=["-l h_vmem=2G"],
-        python="/opt/py/bin/python", env={"A": "1"}, job_name="fit",
-        output_dir="/shared/jobs"))
-    assert launcher.render_script(3, launcher.connection_json()) == f"""\
+    launcher = attach(
+        SGEWorkers(
+            3,
+            queue="all.q",
+            time="2:00:00",
+            pe=("smp", 4),
+            extra=["-l h_vmem=2G"],
+            python="/opt/py/bin/python",
+            env={"A": "1"},
+            job_name="fit",
+            output_dir="/shared/jobs",
+        )
+    )
+    assert (
+        launcher.render_script(3, launcher.connection_json())
+        == f"""\
 #!/bin/bash
 #$ -N fit
 #$ -t 1-3
@@ -113,6 +152,7 @@ exec /opt/py/bin/python -m impexec worker --connect - --tag "sge-${{JOB_ID}}_${{
 {CONN_JSON}
 IMPEXEC_CONNECTION
 """
+    )
     assert launcher.submit_argv(Path("/s.sh")) == ["qsub", "-terse", "/s.sh"]
     assert launcher.parse_job_id("77.1-3:1\n") == "77"
     assert launcher.task_keys("77", 3) == ["77.1", "77.2", "77.3"]
@@ -128,39 +168,82 @@ def test_sge_defaults_to_the_absolute_interpreter_path():
     assert f"exec {shlex.quote(sys.executable)} -m impexec worker" in script
 
 
-@pytest.mark.parametrize(("state", "kind"), [
-    ("qw", "pending"), ("hqw", "pending"), ("t", "running"), ("r", "running"),
-    ("dr", "running"), ("Eqw", "error"), (None, "gone"),
-])
+@pytest.mark.parametrize(
+    ("state", "kind"),
+    [
+        ("qw", "pending"),
+        ("hqw", "pending"),
+        ("t", "running"),
+        ("r", "running"),
+        ("dr", "running"),
+        ("Eqw", "error"),
+        (None, "gone"),
+    ],
+)
 def test_sge_states(state, kind):
     assert SGEWorkers(1).classify(state) == kind
 
 
-@pytest.mark.parametrize(("tasks", "expanded"), [
-    ("3", ["3"]), ("1-4:1", ["1", "2", "3", "4"]), ("2-6:2", ["2", "4", "6"]), ("", []),
-    ("1,5-6:1", ["1", "5", "6"]),
-])
+@pytest.mark.parametrize(
+    ("tasks", "expanded"),
+    [
+        ("3", ["3"]),
+        ("1-4:1", ["1", "2", "3", "4"]),
+        ("2-6:2", ["2", "4", "6"]),
+        ("", []),
+        ("1,5-6:1", ["1", "5", "6"]),
+    ],
+)
 def test_sge_task_ranges(tasks, expanded):
     assert _expand(tasks) == expanded
 
 
-@pytest.mark.parametrize(("value", "text"), [
-    (None, None), ("1-00:00", "1-00:00"), (59, "0:00:59"), (3600, "1:00:00"), (90061, "25:01:01"),
-])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, None),
+        ("1-00:00", "1-00:00"),
+        (59, "0:00:59"),
+        (3600, "1:00:00"),
+        (90061, "25:01:01"),
+    ],
+)
 def test_time_limits(value, text):
     assert format_time(value) == text
 
 
 def test_ssh_argv():
-    launcher = attach(SSHWorkers(
-        ["alice@node1", "node2"], processes=2, python="/opt/py/bin/python",
-        env={"OMP_NUM_THREADS": "1"}, ssh=("/usr/bin/ssh",), ssh_options=("-o", "ConnectTimeout=5"),
-        port=2222, identity="/home/alice/.ssh/id_ed25519"))
+    launcher = attach(
+        SSHWorkers(
+            ["alice@node1", "node2"],
+            processes=2,
+            python="/opt/py/bin/python",
+            env={"OMP_NUM_THREADS": "1"},
+            ssh=("/usr/bin/ssh",),
+            ssh_options=("-o", "ConnectTimeout=5"),
+            port=2222,
+            identity="/home/alice/.ssh/id_ed25519",
+        )
+    )
     assert launcher.n == 4
-    assert [launcher.host_of(i) for i in range(4)] == ["alice@node1", "alice@node1", "node2", "node2"]
+    assert [launcher.host_of(i) for i in range(4)] == [
+        "alice@node1",
+        "alice@node1",
+        "node2",
+        "node2",
+    ]
     assert launcher.ssh_argv("node2", "ssh1-2-1") == [
-        "/usr/bin/ssh", "-o", "BatchMode=yes", "-T", "-p", "2222",
-        "-i", "/home/alice/.ssh/id_ed25519", "-o", "ConnectTimeout=5", "node2",
+        "/usr/bin/ssh",
+        "-o",
+        "BatchMode=yes",
+        "-T",
+        "-p",
+        "2222",
+        "-i",
+        "/home/alice/.ssh/id_ed25519",
+        "-o",
+        "ConnectTimeout=5",
+        "node2",
         "exec env OMP_NUM_THREADS=1 /opt/py/bin/python -m impexec worker --connect - "
         "--exit-with-stdin --tag ssh1-2-1",
     ]
@@ -169,8 +252,14 @@ def test_ssh_argv():
 def test_ssh_minimal_argv_carries_no_secret():
     launcher = attach(SSHWorkers("node1", python="python3"))
     argv = launcher.ssh_argv("node1", "t")
-    assert argv == ["ssh", "-o", "BatchMode=yes", "-T", "node1",
-                    "exec python3 -m impexec worker --connect - --exit-with-stdin --tag t"]
+    assert argv == [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-T",
+        "node1",
+        "exec python3 -m impexec worker --connect - --exit-with-stdin --tag t",
+    ]
     assert CONN.key.hex() not in " ".join(argv)
 
 

@@ -73,13 +73,22 @@ class BatchWorkers(Launcher):
     #: short name used in tags and messages ("slurm", "sge")
     scheduler = ""
 
-    def __init__(self, n: int, *, python: str | Sequence[str] | None = None,
-                 env: Mapping[str, str] | None = None, job_name: str = "impexec",
-                 output_dir: str | os.PathLike[str] | None = None, extra: Sequence[str] = (),
-                 start_timeout: float = 600.0):
+    def __init__(
+        self,
+        n: int,
+        *,
+        python: str | Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        job_name: str = "impexec",
+        output_dir: str | os.PathLike[str] | None = None,
+        extra: Sequence[str] = (),
+        start_timeout: float = 600.0,
+    ):
         super().__init__(n, python=python, env=env, start_timeout=start_timeout)
         if not job_name or any(c.isspace() or c in "/'\"" for c in job_name):
-            raise ValueError(f"job_name must be one word without slashes or quotes: {job_name!r}")
+            raise ValueError(
+                f"job_name must be one word without slashes or quotes: {job_name!r}"
+            )
         if isinstance(extra, str):
             raise TypeError("extra must be a list of directive lines, not a string")
         self.job_name = job_name
@@ -140,8 +149,11 @@ class BatchWorkers(Launcher):
     def start(self, host: LauncherHost) -> None:
         self.host = host
         if self.output_dir is None:
-            self.output_dir = Path(tempfile.mkdtemp(prefix=f"impexec-{self.scheduler}-",
-                                                    dir=default_output_root()))
+            self.output_dir = Path(
+                tempfile.mkdtemp(
+                    prefix=f"impexec-{self.scheduler}-", dir=default_output_root()
+                )
+            )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._submit(self.n)
 
@@ -151,9 +163,14 @@ class BatchWorkers(Launcher):
         directory."""
         saved = self.output_dir
         if saved is None:
-            self.output_dir = Path("~/.cache/impexec/jobs").expanduser() / f"impexec-{self.scheduler}-XXXXXXXX"
+            self.output_dir = (
+                Path("~/.cache/impexec/jobs").expanduser()
+                / f"impexec-{self.scheduler}-XXXXXXXX"
+            )
         try:
-            return self.render_script(self.n, '{"address":"tcp://HOST:PORT","key":"…","session":"…"}')
+            return self.render_script(
+                self.n, '{"address":"tcp://HOST:PORT","key":"…","session":"…"}'
+            )
         finally:
             self.output_dir = saved
 
@@ -164,7 +181,7 @@ class BatchWorkers(Launcher):
     def worker_line(self, tag_expression: str) -> str:
         """The script's last command: ``exec PYTHON -m impexec worker ... <<HEREDOC``."""
         cmd = shlex.join([*self.python, "-m", "impexec", "worker", "--connect", "-"])
-        return f'exec {cmd} --tag "{tag_expression}" <<\'{HEREDOC}\''
+        return f"exec {cmd} --tag \"{tag_expression}\" <<'{HEREDOC}'"
 
     def env_lines(self) -> list[str]:
         return [f"export {k}={shlex.quote(v)}" for k, v in self.env.items()]
@@ -173,13 +190,22 @@ class BatchWorkers(Launcher):
         assert self.output_dir is not None
         self._submissions += 1
         script = self.output_dir / f"{self.job_name}-{self._submissions}.sh"
-        fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)  # holds the key
+        fd = os.open(
+            script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700
+        )  # holds the key
         with os.fdopen(fd, "w") as f:
             f.write(self.render_script(count, self.connection_json()))
         argv = self.submit_argv(script)
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
-                                  stdin=subprocess.DEVNULL, cwd=self.output_dir, check=False)
+            proc = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.output_dir,
+                check=False,
+            )
             error = proc.stderr if proc.returncode else ""
             if proc.returncode:
                 error = f"{shlex.join(argv)} exited with status {proc.returncode}:\n{proc.stderr}"
@@ -188,16 +214,27 @@ class BatchWorkers(Launcher):
         if error:
             logger.error("%s: could not submit workers: %s", self, error)
             for _ in range(count):  # none of the count workers can start
-                self.start_failed(f"{self.scheduler}-submit", "could not submit the job", error)
+                self.start_failed(
+                    f"{self.scheduler}-submit", "could not submit the job", error
+                )
             self._owe(count, time.monotonic() + self.backoff())
             return
         job = self.parse_job_id(proc.stdout)
         self.jobs.append(job)
         for key in self.task_keys(job, count):
-            self._tasks[key] = _Task(key, job, f"{self.scheduler}-{key.replace('.', '_')}",
-                                     self.output_file(job, key))
-        logger.info("%s: submitted job %s (%d worker(s)), output in %s", self, job, count,
-                    self.output_dir)
+            self._tasks[key] = _Task(
+                key,
+                job,
+                f"{self.scheduler}-{key.replace('.', '_')}",
+                self.output_file(job, key),
+            )
+        logger.info(
+            "%s: submitted job %s (%d worker(s)), output in %s",
+            self,
+            job,
+            count,
+            self.output_dir,
+        )
         self._next_query = time.monotonic() + 0.5
 
     def _owe(self, count: int, at: float) -> None:
@@ -245,9 +282,12 @@ class BatchWorkers(Launcher):
             if not t.connected and now - t.running_since > self.start_timeout:
                 self._cancel([t.key])
                 t.done = True
-                self.start_failed(t.tag, f"{self.scheduler} job {t.key} ran for "
-                                  f"{self.start_timeout:g} s without its worker connecting",
-                                  self.read_output(t))
+                self.start_failed(
+                    t.tag,
+                    f"{self.scheduler} job {t.key} ran for "
+                    f"{self.start_timeout:g} s without its worker connecting",
+                    self.read_output(t),
+                )
                 self._owe(1, now + self.backoff())
             return
         t.done = True
@@ -255,17 +295,25 @@ class BatchWorkers(Launcher):
             self._cancel([t.key])
         if t.connected or host.ever_connected(t.tag):
             if host.is_connected(t.tag):
-                host.worker_exited(t.tag, f"{self.scheduler} job {t.key} {state or 'ended'}")
+                host.worker_exited(
+                    t.tag, f"{self.scheduler} job {t.key} {state or 'ended'}"
+                )
             if not self.exited_ok(t, state):
                 self._owe(1, now)
             return
         if kind == "cancelled" and not t.ran:
-            self._owe(1, now)  # cancelled while queued (by someone else): just replace it
+            self._owe(
+                1, now
+            )  # cancelled while queued (by someone else): just replace it
             return
         details = self.exit_details(t)
-        self.start_failed(t.tag, f"{self.scheduler} job {t.key} ended ({state or 'left the queue'}"
-                          f"{', ' + details if details else ''}) before its worker connected; "
-                          f"output: {t.output}", self.read_output(t))
+        self.start_failed(
+            t.tag,
+            f"{self.scheduler} job {t.key} ended ({state or 'left the queue'}"
+            f"{', ' + details if details else ''}) before its worker connected; "
+            f"output: {t.output}",
+            self.read_output(t),
+        )
         self._owe(1, now + self.backoff())
 
     def read_output(self, t: _Task) -> str:
@@ -279,8 +327,13 @@ class BatchWorkers(Launcher):
             return
         argv = self.cancel_argv(keys)
         try:
-            subprocess.run(argv, capture_output=True, timeout=COMMAND_TIMEOUT,
-                           stdin=subprocess.DEVNULL, check=False)
+            subprocess.run(
+                argv,
+                capture_output=True,
+                timeout=COMMAND_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             logger.warning("%s: %s failed: %s", self, shlex.join(argv), exc)
 
@@ -296,8 +349,10 @@ class BatchWorkers(Launcher):
                     states = self.query(jobs)
                 except (OSError, RuntimeError, subprocess.TimeoutExpired):
                     break
-                if not any(self.classify(s) in ("pending", "running", "error")
-                           for s in states.values()):
+                if not any(
+                    self.classify(s) in ("pending", "running", "error")
+                    for s in states.values()
+                ):
                     break
                 time.sleep(0.25)
         for t in self._tasks.values():
@@ -312,11 +367,18 @@ class BatchWorkers(Launcher):
 def default_output_root() -> str:
     """``$IMPEXEC_JOB_DIR``, else ``~/.cache/impexec/jobs`` (home is shared on clusters)."""
     root = os.environ.get("IMPEXEC_JOB_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "impexec", "jobs")
+        os.path.expanduser("~"), ".cache", "impexec", "jobs"
+    )
     os.makedirs(root, mode=0o700, exist_ok=True)
     return root
 
 
 def run_query(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
-                          stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )

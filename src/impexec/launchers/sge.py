@@ -29,29 +29,56 @@ class SGEWorkers(BatchWorkers):
 
     scheduler = "sge"
 
-    def __init__(self, n: int, *, queue: str | None = None, time: str | float | None = None,
-                 pe: str | tuple[str, int] | None = None, extra: Sequence[str] = (),
-                 python: str | Sequence[str] | None = None, env: Mapping[str, str] | None = None,
-                 job_name: str = "impexec", output_dir: str | os.PathLike[str] | None = None,
-                 start_timeout: float = 600.0):
-        super().__init__(n, python=python, env=env, job_name=job_name, output_dir=output_dir,
-                         extra=extra, start_timeout=start_timeout)
+    def __init__(
+        self,
+        n: int,
+        *,
+        queue: str | None = None,
+        time: str | float | None = None,
+        pe: str | tuple[str, int] | None = None,
+        extra: Sequence[str] = (),
+        python: str | Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        job_name: str = "impexec",
+        output_dir: str | os.PathLike[str] | None = None,
+        start_timeout: float = 600.0,
+    ):
+        super().__init__(
+            n,
+            python=python,
+            env=env,
+            job_name=job_name,
+            output_dir=output_dir,
+            extra=extra,
+            start_timeout=start_timeout,
+        )
         self.queue = queue
         self.time = format_time(time)
         self.pe = pe if pe is None or isinstance(pe, str) else f"{pe[0]} {pe[1]}"
 
     def render_script(self, count: int, connection: str) -> str:
-        options = [f"-N {self.job_name}", f"-t 1-{count}", "-S /bin/bash", "-V", "-j y",
-                   f"-o {self.output_dir}/$JOB_NAME.o$JOB_ID.$TASK_ID"]
+        options = [
+            f"-N {self.job_name}",
+            f"-t 1-{count}",
+            "-S /bin/bash",
+            "-V",
+            "-j y",
+            f"-o {self.output_dir}/$JOB_NAME.o$JOB_ID.$TASK_ID",
+        ]
         if self.queue is not None:
             options.append(f"-q {self.queue}")
         if self.time is not None:
             options.append(f"-l h_rt={self.time}")
         if self.pe is not None:
             options.append(f"-pe {self.pe}")
-        lines = ["#!/bin/bash", *(f"#$ {o}" for o in [*options, *self.extra]),
-                 *self.env_lines(), self.worker_line("sge-${JOB_ID}_${SGE_TASK_ID}"),
-                 connection, HEREDOC]
+        lines = [
+            "#!/bin/bash",
+            *(f"#$ {o}" for o in [*options, *self.extra]),
+            *self.env_lines(),
+            self.worker_line("sge-${JOB_ID}_${SGE_TASK_ID}"),
+            connection,
+            HEREDOC,
+        ]
         return "\n".join(lines) + "\n"
 
     def submit_argv(self, script: Path) -> list[str]:
@@ -84,7 +111,9 @@ class SGEWorkers(BatchWorkers):
 
     def classify(self, state: str | None) -> str:
         if state is None:
-            return "gone"  # finished tasks leave qstat at once; qacct knows how they ended
+            return (
+                "gone"  # finished tasks leave qstat at once; qacct knows how they ended
+            )
         if "E" in state:
             return "error"  # e.g. Eqw: the job cannot start and waits forever
         if re.search(r"[rtsSTd]", state):
@@ -110,7 +139,9 @@ class SGEWorkers(BatchWorkers):
         if acct:
             return f"exit_status {acct.get('exit_status', '?')}, failed {acct.get('failed', '?')}"
         proc = run_query(["qstat", "-j", task.job])
-        reasons = [line.strip() for line in proc.stdout.splitlines() if "error" in line.lower()]
+        reasons = [
+            line.strip() for line in proc.stdout.splitlines() if "error" in line.lower()
+        ]
         return "; ".join(reasons)
 
     def cancel_argv(self, keys: Sequence[str]) -> list[str]:

@@ -8,8 +8,15 @@ from pathlib import Path
 
 from ._batch import HEREDOC, BatchWorkers, format_time, run_query
 
-_PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-            "RESV_DEL_HOLD", "RESIZING"}
+_PENDING = {
+    "PENDING",
+    "CONFIGURING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESV_DEL_HOLD",
+    "RESIZING",
+}
 _RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED"}
 
 
@@ -39,13 +46,31 @@ class SlurmWorkers(BatchWorkers):
 
     scheduler = "slurm"
 
-    def __init__(self, n: int, *, partition: str | None = None, time: str | float | None = None,
-                 cpus_per_task: int = 1, mem: str | None = None, account: str | None = None,
-                 extra: Sequence[str] = (), python: str | Sequence[str] | None = None,
-                 env: Mapping[str, str] | None = None, job_name: str = "impexec",
-                 output_dir: str | os.PathLike[str] | None = None, start_timeout: float = 600.0):
-        super().__init__(n, python=python, env=env, job_name=job_name, output_dir=output_dir,
-                         extra=extra, start_timeout=start_timeout)
+    def __init__(
+        self,
+        n: int,
+        *,
+        partition: str | None = None,
+        time: str | float | None = None,
+        cpus_per_task: int = 1,
+        mem: str | None = None,
+        account: str | None = None,
+        extra: Sequence[str] = (),
+        python: str | Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        job_name: str = "impexec",
+        output_dir: str | os.PathLike[str] | None = None,
+        start_timeout: float = 600.0,
+    ):
+        super().__init__(
+            n,
+            python=python,
+            env=env,
+            job_name=job_name,
+            output_dir=output_dir,
+            extra=extra,
+            start_timeout=start_timeout,
+        )
         self.partition = partition
         self.time = format_time(time)
         self.cpus_per_task = cpus_per_task
@@ -53,17 +78,28 @@ class SlurmWorkers(BatchWorkers):
         self.account = account
 
     def render_script(self, count: int, connection: str) -> str:
-        options = [f"--job-name={self.job_name}", f"--array=0-{count - 1}",
-                   f"--output={self.output_dir}/{self.job_name}-%A_%a.out",
-                   f"--cpus-per-task={self.cpus_per_task}"]
-        for name, value in (("partition", self.partition), ("time", self.time),
-                            ("mem", self.mem), ("account", self.account)):
+        options = [
+            f"--job-name={self.job_name}",
+            f"--array=0-{count - 1}",
+            f"--output={self.output_dir}/{self.job_name}-%A_%a.out",
+            f"--cpus-per-task={self.cpus_per_task}",
+        ]
+        for name, value in (
+            ("partition", self.partition),
+            ("time", self.time),
+            ("mem", self.mem),
+            ("account", self.account),
+        ):
             if value is not None:
                 options.append(f"--{name}={value}")
-        lines = ["#!/bin/bash", *(f"#SBATCH {o}" for o in [*options, *self.extra]),
-                 *self.env_lines(),
-                 self.worker_line("slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"),
-                 connection, HEREDOC]
+        lines = [
+            "#!/bin/bash",
+            *(f"#SBATCH {o}" for o in [*options, *self.extra]),
+            *self.env_lines(),
+            self.worker_line("slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"),
+            connection,
+            HEREDOC,
+        ]
         return "\n".join(lines) + "\n"
 
     def submit_argv(self, script: Path) -> list[str]:
@@ -80,8 +116,15 @@ class SlurmWorkers(BatchWorkers):
         return self.output_dir / f"{self.job_name}-{key}.out"
 
     def query(self, jobs: Sequence[str]) -> dict[str, str]:
-        argv = ["squeue", f"--jobs={','.join(jobs)}", "-t", "all", "--array", "--noheader",
-                "--format=%i %T"]
+        argv = [
+            "squeue",
+            f"--jobs={','.join(jobs)}",
+            "-t",
+            "all",
+            "--array",
+            "--noheader",
+            "--format=%i %T",
+        ]
         proc = run_query(argv)
         if proc.returncode:
             if "Invalid job id" in proc.stderr:

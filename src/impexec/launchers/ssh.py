@@ -42,18 +42,38 @@ class SSHWorkers(LocalWorkers):
         echo_stderr: copy the workers' stderr to this process's stderr.
     """
 
-    def __init__(self, hosts: str | Sequence[str], *, processes: int = 1,
-                 python: str | Sequence[str] | None = None, env: Mapping[str, str] | None = None,
-                 ssh: Sequence[str] = ("ssh",), ssh_options: Sequence[str] = (),
-                 port: int | None = None, identity: str | os.PathLike[str] | None = None,
-                 start_timeout: float = 60.0, echo_stderr: bool = True):
+    def __init__(
+        self,
+        hosts: str | Sequence[str],
+        *,
+        processes: int = 1,
+        python: str | Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        ssh: Sequence[str] = ("ssh",),
+        ssh_options: Sequence[str] = (),
+        port: int | None = None,
+        identity: str | os.PathLike[str] | None = None,
+        start_timeout: float = 60.0,
+        echo_stderr: bool = True,
+    ):
         self.hosts = [hosts] if isinstance(hosts, str) else list(hosts)
         if not self.hosts or not all(isinstance(h, str) and h for h in self.hosts):
-            raise ValueError(f"hosts must be a non-empty list of host names, not {hosts!r}")
-        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise ValueError(
+                f"hosts must be a non-empty list of host names, not {hosts!r}"
+            )
+        if (
+            isinstance(processes, bool)
+            or not isinstance(processes, int)
+            or processes < 1
+        ):
             raise ValueError(f"processes must be an int >= 1, not {processes!r}")
-        super().__init__(len(self.hosts) * processes, python=python, env=env,  # type: ignore[arg-type]
-                         start_timeout=start_timeout, echo_stderr=echo_stderr)
+        super().__init__(
+            len(self.hosts) * processes,
+            python=python,
+            env=env,  # type: ignore[arg-type]
+            start_timeout=start_timeout,
+            echo_stderr=echo_stderr,
+        )
         self.processes_per_host = processes
         self.ssh = list(ssh)
         self.ssh_options = list(ssh_options)
@@ -67,8 +87,18 @@ class SSHWorkers(LocalWorkers):
     def remote_command(self, tag: str) -> str:
         """The command line the remote shell runs (no secret in it)."""
         env = [f"{k}={v}" for k, v in self.env.items()]
-        argv = [*(["env", *env] if env else []), *self.python, "-m", "impexec", "worker",
-                "--connect", "-", "--exit-with-stdin", "--tag", tag]
+        argv = [
+            *(["env", *env] if env else []),
+            *self.python,
+            "-m",
+            "impexec",
+            "worker",
+            "--connect",
+            "-",
+            "--exit-with-stdin",
+            "--tag",
+            tag,
+        ]
         return "exec " + shlex.join(argv)
 
     def ssh_argv(self, host: str, tag: str) -> list[str]:
@@ -95,8 +125,13 @@ class SSHWorkers(LocalWorkers):
         line = (json.dumps(host.connection.to_json()) + "\n").encode()
         slot.started = time.monotonic()
         try:
-            slot.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, start_new_session=True)
+            slot.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
             assert slot.proc.stdin is not None
             slot.proc.stdin.write(line)
             slot.proc.stdin.flush()  # stays open: closing it ends the remote worker
@@ -108,11 +143,19 @@ class SSHWorkers(LocalWorkers):
             self.start_failed(slot.tag, f"cannot run {cmd[0]!r}: {exc}", "")
             slot.restart_at = time.monotonic() + self.backoff()
             return
-        slot.reader = threading.Thread(target=self._read, args=(slot, slot.proc.stderr),
-                                       name=f"impexec-ssh-{slot.index}", daemon=True)
+        slot.reader = threading.Thread(
+            target=self._read,
+            args=(slot, slot.proc.stderr),
+            name=f"impexec-ssh-{slot.index}",
+            daemon=True,
+        )
         slot.reader.start()
-        logger.debug("started worker %s on %s: ssh pid %d", slot.tag,
-                     self.host_of(slot.index), slot.proc.pid)
+        logger.debug(
+            "started worker %s on %s: ssh pid %d",
+            slot.tag,
+            self.host_of(slot.index),
+            slot.proc.pid,
+        )
 
     def poll(self) -> None:
         for slot in self._slots:  # a finished ssh's stdin pipe is ours to close
