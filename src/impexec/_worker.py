@@ -94,6 +94,7 @@ class Worker:
         self._stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
         self._drop_log = DropLog(logger, "a message")  # main thread only
+        self._max_frame = 0  # the broker's MAXMSGSIZE (from WELCOME); 0: no limit
         self._dismissed = False  # set by the heartbeat thread on SHUTDOWN
         self.hb_interval = 1.0
         self.hb_timeout = 10.0
@@ -198,6 +199,7 @@ class Worker:
                 self.hb_interval = float(data.get("heartbeat_interval", 1.0))
                 self.hb_timeout = float(data.get("heartbeat_timeout", 10.0))
                 self._setups = _SetupCache(int(data.get("max_contexts", 8)))
+                self._max_frame = int(data.get("max_message_size", 0))
                 return msg
         return None
 
@@ -297,6 +299,10 @@ class Worker:
         run_us = int((time.perf_counter() - started) * 1e6)
         try:
             frames = ser.dumps(value)
+            if self._max_frame and any(memoryview(f).nbytes > self._max_frame for f in frames):
+                # sent anyway, ZeroMQ would cut the connection and the task would never end
+                raise ValueError(f"a frame of it is larger than the broker accepts ({self._max_frame} "
+                                 "bytes; see IMPEXEC_MAX_MESSAGE_SIZE)")
         except Exception as exc:
             what = "result" if ok else f"exception {type(getattr(value, 'exc', value)).__name__}"
             err = SerializationError(f"the task's {what} could not be serialized on the worker: "
