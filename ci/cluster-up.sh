@@ -33,13 +33,13 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 umask 022
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=cluster/lib.sh
+# shellcheck source=ci/cluster/lib.sh
 . "$HERE/cluster/lib.sh"
-# shellcheck source=cluster/slurm.sh
+# shellcheck source=ci/cluster/slurm.sh
 . "$HERE/cluster/slurm.sh"
-# shellcheck source=cluster/sge.sh
+# shellcheck source=ci/cluster/sge.sh
 . "$HERE/cluster/sge.sh"
-# shellcheck source=cluster/sshd.sh
+# shellcheck source=ci/cluster/sshd.sh
 . "$HERE/cluster/sshd.sh"
 
 usage() { echo "usage: $0 [up|down|status] [slurm|sge|ssh|all]..." >&2; exit 2; }
@@ -61,8 +61,10 @@ done
 # dedupe, keep order
 mapfile -t SERVICES < <(printf '%s\n' "${SERVICES[@]}" | awk '!seen[$0]++')
 
-[ "$(id -u)" = 0 ] || die "must run as root (try: sudo bash $0 $ACTION ${SERVICES[*]})"
-mkdir -p "$STATE_DIR" "$LOG_DIR"
+if [ "$ACTION" != status ]; then
+    [ "$(id -u)" = 0 ] || die "must run as root (try: sudo bash $0 $ACTION ${SERVICES[*]})"
+    mkdir -p "$STATE_DIR" "$LOG_DIR"
+fi
 
 svc_fn() { case "$1" in ssh) echo "sshd_$2" ;; *) echo "$1_$2" ;; esac; }
 
@@ -72,6 +74,7 @@ run_parallel() {
     local -A pids=()
     for s in "$@"; do
         fn=$(svc_fn "$s" "$action")
+        # shellcheck disable=SC2034  # SVC: the log prefix, read by log() in lib.sh
         ( SVC=$s; "$fn" ) &
         pids[$s]=$!
     done

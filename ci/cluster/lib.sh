@@ -9,6 +9,7 @@
 #     `down` stops only those;
 #   * every wait has a timeout, every client command runs under `timeout`.
 
+# shellcheck disable=SC2034  # used by the other ci/cluster/*.sh and ci/cluster-up.sh
 STATE_DIR=${IMPEXEC_CLUSTER_STATE:-/run/impexec-cluster}
 LOG_DIR=${IMPEXEC_CLUSTER_LOGS:-/var/log/impexec-cluster}
 READY_FILE=$STATE_DIR/ready
@@ -126,4 +127,7 @@ apt_install() {
 }
 
 # port_in_use PORT: something listens on TCP port PORT
-port_in_use() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+port_in_use() {
+    if command -v ss >/dev/null; then ss -Hltn "sport = :$1" 2>/dev/null | grep -q .
+    else (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; fi
+}

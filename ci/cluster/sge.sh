@@ -62,6 +62,11 @@ sge_init_cell() {
     #   This is not identical to clients host name "vm")
     # Fix, without touching /etc/hosts: make the hostname an alias of "localhost".
     h=$(hostname)
+    if ! getent hosts "$h" >/dev/null; then
+        # SGE's commlib resolves its own hostname and gives up if that fails
+        log "hostname '$h' does not resolve: adding '127.0.0.1 $h' to /etc/hosts"
+        echo "127.0.0.1 $h  # added by impexec ci/cluster-up.sh (Grid Engine needs it)" >>/etc/hosts
+    fi
     SGE_ALIAS_CHANGED=0
     if [ "$h" != "$SGE_HOST" ]; then
         write_if_changed "$SGE_COMMON/host_aliases" 644 <<<"$SGE_HOST $h" && SGE_ALIAS_CHANGED=1
@@ -161,7 +166,7 @@ sge_running() {
 sge_up() {
     local t0=$SECONDS sum
     sge_settings
-    command -v sge_qmaster >/dev/null && command -v qsub >/dev/null || die "Grid Engine is not installed"
+    if ! command -v sge_qmaster >/dev/null || ! command -v qsub >/dev/null; then die "Grid Engine is not installed"; fi
     sge_init_cell
     if [ "$SGE_ALIAS_CHANGED" = 1 ] && pid_of "$SGE_QM_PID" sge_qmaster >/dev/null; then
         log "host aliases changed: restarting sge_qmaster and sge_execd"

@@ -206,7 +206,7 @@ slurm_running() { # all Slurm daemons alive?
 slurm_up() {
     local t0=$SECONDS ctld sd started=0 j st
     slurm_settings
-    command -v slurmctld >/dev/null && command -v munged >/dev/null || die "Slurm is not installed"
+    if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then die "Slurm is not installed"; fi
     slurm_configure
     slurm_start_munge
     [ "$SLURM_STARTED_MUNGE" = 1 ] && started=1
@@ -284,6 +284,7 @@ slurm_down() {
             log "cancelling ${#jobs[@]} job(s): ${jobs[*]}"
             t scancel "${jobs[@]}" 2>/dev/null || true
             # let slurmstepd kill the job processes before slurmd goes away
+            # shellcheck disable=SC2016  # expanded by that bash
             wait_for 20 "Slurm jobs to end" bash -c '[ -z "$(squeue -h -o %i)" ]' || true
         fi
     fi

@@ -155,7 +155,8 @@ sshd_status() {
     sshd_settings
     if p=$(pid_of "$SSHD_PIDFILE" sshd); then
         echo "  sshd: running on 127.0.0.1:$SSH_PORT, pid $p$(marked ssh sshd && echo ', started by cluster-up.sh')"
-        if sshd_probe; then echo "  login: ok (ssh $SSHD_ALIAS, or: ssh ${SSH_OPTS[*]} root@127.0.0.1)"; else echo "  login: FAILS"; fi
+        if [ ! -r "$SSH_KEY" ]; then echo "  login: not tested ($SSH_KEY is not readable)"
+        elif sshd_probe; then echo "  login: ok (ssh $SSHD_ALIAS, or: ssh ${SSH_OPTS[*]} root@127.0.0.1)"; else echo "  login: FAILS"; fi
     else
         echo "  sshd: stopped"
     fi
