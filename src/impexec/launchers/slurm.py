@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ._batch import HEREDOC, BatchWorkers, format_time, run_query
+from ._batch import HEREDOC, BatchWorkers, _Task, format_time, run_query
 
 _PENDING = {
     "PENDING",
@@ -149,6 +150,17 @@ class SlurmWorkers(BatchWorkers):
         if state == "CANCELLED":
             return "cancelled"
         return "failed"  # FAILED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, BOOT_FAIL, PREEMPTED ...
+
+    def exit_details(self, task: _Task) -> str:
+        """The exit code from ``sacct``, when the site keeps accounting ("" if not)."""
+        try:
+            proc = run_query(
+                ["sacct", "-X", "-n", "-P", "-j", task.key, "-o", "ExitCode"]
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        codes = proc.stdout.split()
+        return f"exit code {codes[0]}" if proc.returncode == 0 and codes else ""
 
     def cancel_argv(self, keys: Sequence[str]) -> list[str]:
         return ["scancel", *keys]
