@@ -272,7 +272,7 @@ def _ask(conn: ConnectionInfo, kind_name: str, timeout: float) -> dict[str, Any]
         sock.send_multipart(
             encode(conn.key, Kind[kind_name], session, int(time.time() * 1e6))
         )
-        if not sock.poll(timeout * 1000):
+        if not sock.poll(int(timeout * 1000)):
             raise TimeoutError(
                 f"no answer from {conn.address} within {timeout:g} s "
                 "(not running, wrong address, or wrong key)"

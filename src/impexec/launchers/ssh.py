@@ -69,8 +69,10 @@ class SSHWorkers(LocalWorkers):
             raise ValueError(f"processes must be an int >= 1, not {processes!r}")
         super().__init__(
             len(self.hosts) * processes,
-            python=python,
-            env=env,  # type: ignore[arg-type]
+            python=python
+            if python is None or isinstance(python, str)
+            else list(python),
+            env=dict(env or {}),
             start_timeout=start_timeout,
             echo_stderr=echo_stderr,
         )
