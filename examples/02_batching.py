@@ -1,0 +1,71 @@
+"""Batching: how chunksize moves a map between dynamic and static scheduling.
+
+    python examples/02_batching.py
+
+Many tiny calls (a few microseconds each) are dominated by per-task overhead:
+``chunksize=1`` sends each call on its own (best balance, most messages),
+``chunksize="static"`` sends one chunk per worker (fewest messages, no balancing), and
+``chunksize="auto"`` picks a few chunks per worker. For uneven, longer calls the balance
+matters more; ``map_unordered`` then hands back each chunk as soon as it is done.
+Timings depend on the machine; compare the rows, not the numbers.
+"""
+
+import random
+import time
+
+from impexec import ClusterExecutor
+
+TINY_CALLS = 5_000
+UNEVEN_CALLS = 40
+
+
+def tiny(x):
+    return x * x
+
+
+def uneven(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def timed(label, run):
+    start = time.perf_counter()
+    result = run()
+    print(f"  {label:<28} {time.perf_counter() - start:7.3f} s")
+    return result
+
+
+def main():
+    rng = random.Random(1)
+    delays = [rng.choice([0.005, 0.005, 0.005, 0.1]) for _ in range(UNEVEN_CALLS)]
+    with ClusterExecutor(workers=2) as ex:
+        ex.submit(tiny, 0).result(timeout=60)  # wait for a worker before timing
+        print(f"{TINY_CALLS} tiny calls:")
+        expected = [x * x for x in range(TINY_CALLS)]
+        for chunksize in (1, 64, "auto", "static"):
+            out = timed(f"map chunksize={chunksize!r}",
+                        lambda c=chunksize: list(ex.map(tiny, range(TINY_CALLS), chunksize=c)))
+            assert out == expected
+
+        print(f"{UNEVEN_CALLS} uneven calls (5 ms or 100 ms):")
+        for chunksize in (1, "static"):
+            timed(f"map chunksize={chunksize!r}",
+                  lambda c=chunksize: list(ex.map(uneven, delays, chunksize=c)))
+        first = []
+
+        def unordered():
+            out = []
+            for value in ex.map_unordered(uneven, delays, chunksize=1):
+                if not first:
+                    first.append(time.perf_counter())
+                out.append(value)
+            return out
+
+        start = time.perf_counter()
+        out = timed("map_unordered chunksize=1", unordered)
+        assert sorted(out) == sorted(delays)
+        print(f"  (map_unordered yielded its first result after {first[0] - start:.3f} s)")
+
+
+if __name__ == "__main__":
+    main()
