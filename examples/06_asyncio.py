@@ -3,8 +3,8 @@
     python examples/06_asyncio.py
 
 ``loop.run_in_executor(ex, fn, *args)`` and ``asyncio.wrap_future(ex.submit(...))`` turn
-impexec futures into awaitables, so a web handler or an async pipeline can fan work out to
-the workers while the event loop keeps serving. ``asyncio.wait_for`` timing out on a
+impexec futures into awaitables, so a web handler or an async pipeline can fan work out
+to the workers while the event loop keeps serving. ``asyncio.wait_for`` timing out on a
 task that has not been sent yet cancels it: it never runs.
 """
 
@@ -33,7 +33,9 @@ async def main(ex: ClusterExecutor) -> None:
     beats = asyncio.create_task(heartbeat(stop))
 
     # fan out and gather, in input order
-    values = await asyncio.gather(*(loop.run_in_executor(ex, simulate, s) for s in range(20)))
+    values = await asyncio.gather(
+        *(loop.run_in_executor(ex, simulate, s) for s in range(20))
+    )
     print(f"gathered {len(values)} results, mean {sum(values) / len(values):.3f}")
 
     # a submitted future, awaited

@@ -3,9 +3,9 @@
     python examples/imp_parallel_compat.py
 
 This is IMP.parallel's own pattern (a Manager, workers added to it, a context whose
-setup builds a model once per worker, tasks that receive what the setup returned):
-score a harmonic distance restraint at ten distances, on two local workers. For a Grid
-Engine cluster, add ``parallel.SGEQsubWorkerArray(20, "-q long.q")`` instead of the local
+setup builds a model once per worker, tasks that receive what the setup returned): score
+a harmonic distance restraint at ten distances, on two local workers. For a Grid Engine
+cluster, add ``parallel.SGEQsubWorkerArray(20, "-q long.q")`` instead of the local
 workers. New code can use ``ClusterExecutor.context`` directly (see
 03_context_setup_cache.py).
 """
@@ -33,7 +33,9 @@ class Task:
 
 def main() -> None:
     with parallel.Manager() as m:
-        m.add_worker(parallel.LocalWorker())  # IMP's older spelling: LocalSlave / add_slave
+        m.add_worker(
+            parallel.LocalWorker()
+        )  # IMP's older spelling: LocalSlave / add_slave
         m.add_worker(parallel.LocalWorker())
         c = m.get_context(setup)
         for dist in range(10):
@@ -42,7 +44,8 @@ def main() -> None:
         for dist, score in c.get_results_unordered():  # in the order they complete
             print(f"distance {dist}: score {score}")
             results.append((dist, score))
-    assert sorted(results) == [(d, 0.5 * d * d) for d in range(10)]
+    if sorted(results) != [(d, 0.5 * d * d) for d in range(10)]:
+        raise SystemExit(f"unexpected results: {results}")
 
 
 if __name__ == "__main__":

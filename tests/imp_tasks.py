@@ -1,4 +1,4 @@
-"""Setup and task callables for the IMP.parallel compatibility tests (imported by workers).
+"""Setup and task callables of the IMP.parallel compatibility tests (workers import it).
 
 Like IMP.parallel's own examples, these live in a module of their own so the workers can
 import them by name; tests put tests/ on the workers' PYTHONPATH.

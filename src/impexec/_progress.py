@@ -2,8 +2,8 @@
 
 Nothing in impexec draws a bar unless the caller wraps an iterable in :func:`progress`.
 The bar shows done/total, rate and ETA (tqdm's own), and, given the executor, the
-workers connected and the tasks resubmitted after a worker was lost, refreshed by a small
-thread every :data:`REFRESH_S` seconds even while no result arrives. Without tqdm
+workers connected and the tasks resubmitted after a worker was lost, refreshed by a
+small thread every :data:`REFRESH_S` seconds even while no result arrives. Without tqdm
 installed, :func:`progress` passes the items through unchanged.
 """
 
@@ -27,9 +27,16 @@ REFRESH_S = 0.5
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], *, executor: ClusterExecutor | None = None,
-             total: int | None = None, desc: str | None = None, file: IO[str] | None = None,
-             disable: bool | None = False, **tqdm_options: Any) -> Iterator[T]:
+def progress(
+    items: Iterable[T],
+    *,
+    executor: ClusterExecutor | None = None,
+    total: int | None = None,
+    desc: str | None = None,
+    file: IO[str] | None = None,
+    disable: bool | None = False,
+    **tqdm_options: Any,
+) -> Iterator[T]:
     """Yield ``items`` while a tqdm progress bar shows how far they got.
 
     ``items`` is either an iterable of results (e.g. ``ex.map(...)``), yielded unchanged
@@ -50,9 +57,11 @@ def progress(items: Iterable[T], *, executor: ClusterExecutor | None = None,
         The items (results in input order, or futures in completion order).
     """
     try:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
     except ImportError:
-        logger.info("progress bars need tqdm (pip install impexec[progress]); not showing one")
+        logger.info(
+            "progress bars need tqdm (pip install impexec[progress]); not showing one"
+        )
         yield from _as_iterable(items)
         return
     if total is None:
@@ -65,8 +74,12 @@ def progress(items: Iterable[T], *, executor: ClusterExecutor | None = None,
     refresher = None
     if executor is not None and not bar.disable:
         _show_statistics(bar, executor)
-        refresher = threading.Thread(target=_refresh, args=(bar, executor, stop),
-                                     name="impexec-progress", daemon=True)
+        refresher = threading.Thread(
+            target=_refresh,
+            args=(bar, executor, stop),
+            name="impexec-progress",
+            daemon=True,
+        )
         refresher.start()
     try:
         for item in _as_iterable(items):
@@ -82,8 +95,11 @@ def progress(items: Iterable[T], *, executor: ClusterExecutor | None = None,
 
 
 def _as_iterable(items: Iterable[Any]) -> Iterator[Any]:
-    if isinstance(items, (list, tuple, set, frozenset)) and items and all(
-            isinstance(f, Future) for f in items):
+    if (
+        isinstance(items, (list, tuple, set, frozenset))
+        and items
+        and all(isinstance(f, Future) for f in items)
+    ):
         return _completed(items)
     return iter(items)
 
@@ -105,11 +121,17 @@ def _refresh(bar: Any, executor: ClusterExecutor, stop: threading.Event) -> None
 def _show_statistics(bar: Any, executor: ClusterExecutor) -> None:
     try:
         stats = executor.statistics()
-    except Exception:  # the executor went away under us: the bar goes on without figures
+    except (
+        Exception
+    ):  # the executor went away under us: the bar goes on without figures
         logger.debug("no statistics for the progress bar", exc_info=True)
         return
-    bar.set_postfix(workers=stats.workers, resubmitted=stats.resubmitted,
-                    failed=stats.failed, refresh=True)
+    bar.set_postfix(
+        workers=stats.workers,
+        resubmitted=stats.resubmitted,
+        failed=stats.failed,
+        refresh=True,
+    )
 
 
 __all__ = ["REFRESH_S", "progress"]

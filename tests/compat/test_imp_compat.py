@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import imp_tasks
 import pytest
 
+import imp_tasks
 import impexec
 from impexec.compat import imp as parallel
 
@@ -17,10 +17,12 @@ FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.5}
 
 @pytest.fixture
 def markers(tmp_path, monkeypatch):
-    """Workers import imp_tasks from tests/ and drop a marker file per setup/task run."""
+    """Workers import imp_tasks from tests/ and drop a marker file per setup or task."""
     directory = tmp_path / "markers"
     directory.mkdir()
-    path = os.pathsep.join(p for p in (TESTS_DIR, os.environ.get("PYTHONPATH", "")) if p)
+    path = os.pathsep.join(
+        p for p in (TESTS_DIR, os.environ.get("PYTHONPATH", "")) if p
+    )
     monkeypatch.setenv("PYTHONPATH", path)
     monkeypatch.setenv("IMP_TASKS_MARKERS", str(directory))
     return directory
@@ -72,7 +74,11 @@ def test_a_context_runs_its_setup_once_per_worker_across_calls(manager, markers)
     [
         (None, imp_tasks.count_arguments, 0),  # no setup: no arguments
         (imp_tasks.setup, imp_tasks.count_arguments, 2),  # tuple: splatted
-        (imp_tasks.one_value, imp_tasks.count_arguments, 3),  # list: splatted too (as IMP)
+        (
+            imp_tasks.one_value,
+            imp_tasks.count_arguments,
+            3,
+        ),  # list: splatted too (as IMP)
         (imp_tasks.returns_none, imp_tasks.count_arguments, 0),  # None: nothing to pass
         (imp_tasks.returns_number, imp_tasks.add_one, 42),  # one value: one argument
     ],
@@ -138,7 +144,9 @@ def test_no_workers_and_late_workers_are_errors(manager):
     with pytest.raises(parallel.NoMoreWorkersError, match="no workers"):
         list(c.get_results_unordered())
     manager.add_worker(parallel.LocalWorker())
-    assert len(list(c.get_results_unordered())) == 0  # tasks were taken by the failed call
+    assert (
+        len(list(c.get_results_unordered())) == 0
+    )  # tasks were taken by the failed call
     with pytest.raises(RuntimeError, match="before the first"):
         manager.add_worker(parallel.LocalWorker())
     with pytest.raises(TypeError, match="not a worker"):

@@ -1,4 +1,4 @@
-"""pyABC runs ABC-SMC on ClusterExecutor unchanged (ConcurrentFutureSampler, MappingSampler).
+"""pyABC runs ABC-SMC on ClusterExecutor unchanged (both executor-based samplers).
 
 The model: ten draws from N(mu, 1), summarized by their mean; prior mu ~ N(0, 2²); the
 observed mean is 1.5. The exact posterior is normal with precision 1/4 + 10 = 10.25,
@@ -25,7 +25,9 @@ from concurrent.futures import wait
 import numpy as np
 import pytest
 
-pyabc = pytest.importorskip("pyabc", reason="needs pyabc (pip install impexec[integrations])")
+pyabc = pytest.importorskip(
+    "pyabc", reason="needs pyabc (pip install impexec[integrations])"
+)
 
 from impexec import ClusterExecutor  # noqa: E402
 
@@ -41,7 +43,7 @@ GENERATIONS = 3
 
 
 class GaussianMean:
-    """The model: the mean of ``N_DRAWS`` draws from N(mu, 1); drops a marker per run."""
+    """The mean of ``N_DRAWS`` draws from N(mu, 1); drops a marker file per run."""
 
     def __init__(self, markers: str | None = None):
         self.markers = markers
@@ -74,8 +76,9 @@ def ex():
 
 def run_abc(sampler, tmp_path, model=None, generations=GENERATIONS):
     prior = pyabc.Distribution(mu=pyabc.RV("norm", 0, PRIOR_SD))
-    abc = pyabc.ABCSMC(model or GaussianMean(), prior, distance, population_size=100,
-                       sampler=sampler)
+    abc = pyabc.ABCSMC(
+        model or GaussianMean(), prior, distance, population_size=100, sampler=sampler
+    )
     abc.new("sqlite:///" + str(tmp_path / "abc.db"), {"y": OBSERVED})
     return abc.run(max_nr_populations=generations)
 
@@ -120,13 +123,18 @@ def test_concurrent_future_sampler(ex, tmp_path, record_property):
 
     # Measurement (printed, not asserted): ms per evaluation in each generation. A
     # backlog of cancelled tasks slowing the next generation would show as a rise here.
-    rows = [(int(t), int(n), float(wall), 1000 * float(wall) / int(n))
-            for t, n, wall in zip(pops.t, pops.samples, pops.wall_time) if t >= 0]
-    print(f"\nConcurrentFutureSampler: {submitted} jobs, {stats.done} ran, "
-          f"{stats.cancelled} cancelled before dispatch")
+    rows = [
+        (int(t), int(n), float(wall), 1000 * float(wall) / int(n))
+        for t, n, wall in zip(pops.t, pops.samples, pops.wall_time, strict=True)
+        if t >= 0
+    ]
+    print(
+        f"\nConcurrentFutureSampler: {submitted} jobs, {stats.done} ran, "
+        f"{stats.cancelled} cancelled before dispatch"
+    )
     print(" t  submitted  wall_s  ms/evaluation")
     for row in rows:
-        print(" %d  %9d  %6.2f  %13.2f" % row)
+        print(" {}  {:9d}  {:6.2f}  {:13.2f}".format(*row))
     record_property("pyabc_generations", rows)
 
 
@@ -162,7 +170,9 @@ def test_a_mass_cancel_leaves_nothing_behind(ex, tmp_path, record_property):
     # cancel the rest without waiting, submit the next generation's work at once.
     runs = tmp_path / "runs"
     runs.mkdir()
-    ex.submit(noop).result(timeout=60)  # the workers are up (and have imported this module)
+    ex.submit(noop).result(
+        timeout=60
+    )  # the workers are up (and have imported this module)
     before = round_trips(ex)
     futures = [ex.submit(sleepy, i, str(runs)) for i in range(200)]
     futures[1].result(timeout=30)
@@ -178,8 +188,11 @@ def test_a_mass_cancel_leaves_nothing_behind(ex, tmp_path, record_property):
     ran = {int(name) for name in os.listdir(runs)}
     assert ran == set(range(200)) - cancelled
     # the first task after the cancel also waits for the tasks the workers still hold
-    print(f"\n{len(cancelled)} of 200 cancelled, {200 - len(cancelled)} already held by "
-          f"workers ran; round trip: {1000 * before:.2f} ms before, {1000 * first_after:.2f} "
-          f"ms for the first task after the cancel (behind the held tasks), "
-          f"{1000 * after:.2f} ms after")
+    print(
+        f"\n{len(cancelled)} of 200 cancelled, {200 - len(cancelled)} already held by "
+        f"workers ran; round trip: {1000 * before:.2f} ms before, "
+        f"{1000 * first_after:.2f} ms for the first task after the cancel (behind the "
+        f"held tasks), "
+        f"{1000 * after:.2f} ms after"
+    )
     record_property("round_trip_ms", (before * 1000, first_after * 1000, after * 1000))

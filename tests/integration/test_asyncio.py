@@ -1,4 +1,4 @@
-"""asyncio: loop.run_in_executor(ex, ...) and asyncio.wrap_future(ex.submit(...)) work."""
+"""asyncio: loop.run_in_executor(ex, ...) and asyncio.wrap_future(ex.submit(...))."""
 
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ def ex():
 def test_run_in_executor_gathers_results(ex):
     async def main():
         loop = asyncio.get_running_loop()
-        return await asyncio.gather(*(loop.run_in_executor(ex, square, i) for i in range(50)))
+        return await asyncio.gather(
+            *(loop.run_in_executor(ex, square, i) for i in range(50))
+        )
 
     assert asyncio.run(main()) == [i * i for i in range(50)]
 
@@ -56,7 +58,9 @@ def test_wrap_future_and_exceptions(ex):
 
     ok, err = asyncio.run(main())
     assert ok == 49
-    assert "remote boom" in str(err.__cause__)  # the remote traceback, as in ProcessPool
+    assert "remote boom" in str(
+        err.__cause__
+    )  # the remote traceback, as in ProcessPool
 
 
 def test_as_completed_interleaves_with_other_coroutines(ex):
@@ -71,8 +75,15 @@ def test_as_completed_interleaves_with_other_coroutines(ex):
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         tick_task = asyncio.create_task(ticker(stop))
-        results = [await f for f in asyncio.as_completed(
-            [loop.run_in_executor(ex, hold, 0.2), loop.run_in_executor(ex, square, 3)])]
+        results = [
+            await f
+            for f in asyncio.as_completed(
+                [
+                    loop.run_in_executor(ex, hold, 0.2),
+                    loop.run_in_executor(ex, square, 3),
+                ]
+            )
+        ]
         stop.set()
         return results, await tick_task
 

@@ -1,4 +1,4 @@
-"""Progress feedback: impexec.progress() draws a tqdm bar (opt-in); `impexec status --watch`."""
+"""Progress: impexec.progress() draws a tqdm bar (opt-in); `impexec status --watch`."""
 
 from __future__ import annotations
 
@@ -37,8 +37,15 @@ def ex():
 
 def test_a_map_shows_done_total_rate_and_the_executor_figures(ex):
     out = io.StringIO()
-    results = list(progress(ex.map(square, range(40), chunksize=4), executor=ex, total=40,
-                            file=out, desc="squares"))
+    results = list(
+        progress(
+            ex.map(square, range(40), chunksize=4),
+            executor=ex,
+            total=40,
+            file=out,
+            desc="squares",
+        )
+    )
     assert results == [x * x for x in range(40)]
     text = out.getvalue()
     assert "squares" in text
@@ -92,7 +99,9 @@ def test_status_watch_refreshes_the_figures(ex):
     path = ex.connection_file()
     proc = subprocess.Popen(
         [sys.executable, "-m", "impexec", "status", path, "--watch", "0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     lines: queue.Queue[str] = queue.Queue()
@@ -115,7 +124,10 @@ def test_status_watch_refreshes_the_figures(ex):
             pytest.fail(f"no {text!r} in `impexec status --watch` output: {seen}")
 
         wait_for("done=0")
-        assert sum(f.result(timeout=30) for f in [ex.submit(square, x) for x in range(5)]) == 30
+        assert (
+            sum(f.result(timeout=30) for f in [ex.submit(square, x) for x in range(5)])
+            == 30
+        )
         wait_for("done=5")  # the same process printed new figures
         assert any("workers=2" in line for line in seen)
     finally:

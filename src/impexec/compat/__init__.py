@@ -1,1 +1,1 @@
-"""Compatibility layers for code written against other parallel APIs (see compat.imp)."""
+"""Compatibility layers for code written against other parallel APIs (see imp.py)."""

@@ -2,7 +2,7 @@
 
 Code written for ``IMP.parallel`` runs with its import line changed::
 
-    from impexec.compat import imp as parallel      # was: import IMP.parallel as parallel
+    from impexec.compat import imp as parallel  # was: import IMP.parallel as parallel
 
     m = parallel.Manager()
     m.add_worker(parallel.LocalWorker())
@@ -19,11 +19,12 @@ context without a setup calls its tasks with no arguments. Where IMP.parallel wo
 (a setup returning ``None`` or a single non-sequence value), this layer passes no
 argument or that one value. The old ``*Slave`` spellings are kept as aliases, as in IMP.
 
-The names map onto impexec like this: ``Manager`` → one :class:`~impexec.ClusterExecutor`
-started at the first ``get_results_unordered``; ``LocalWorker`` → one
-:class:`~impexec.LocalWorkers` process; ``SGEQsubWorkerArray(n, options)`` →
-``SGEWorkers(n, ...)``; ``Context`` → :meth:`ClusterExecutor.context`. A worker runs one
-task at a time, and a task whose worker dies is run again on another worker, as IMP does.
+The names map onto impexec like this: ``Manager`` → one
+:class:`~impexec.ClusterExecutor` started at the first ``get_results_unordered``;
+``LocalWorker`` → one :class:`~impexec.LocalWorkers` process; ``SGEQsubWorkerArray(n,
+options)`` → ``SGEWorkers(n, ...)``; ``Context`` → :meth:`ClusterExecutor.context`. A
+worker runs one task at a time, and a task whose worker dies is run again on another
+worker, as IMP does.
 """
 
 from __future__ import annotations
@@ -71,11 +72,13 @@ class RemoteError(Error):
         self.worker = worker
 
     def __str__(self) -> str:
-        return (f"{type(self.exc).__name__}: {self.exc} from {self.worker or 'a worker'}\n"
-                f"Remote traceback:\n{self.traceback}")
+        return (
+            f"{type(self.exc).__name__}: {self.exc} from {self.worker or 'a worker'}\n"
+            f"Remote traceback:\n{self.traceback}"
+        )
 
 
-# -- workers --------------------------------------------------------------------------------
+# -- workers --------------------------------------------------------------------------
 class Worker:
     """One worker (one process, one task at a time). Use a subclass."""
 
@@ -105,7 +108,7 @@ class SGEQsubWorkerArray(WorkerArray):
 
     Args:
         numworker: the number of workers (array tasks).
-        options: extra ``qsub`` options, as one string (e.g. ``"-q long.q -l h_rt=2:0:0"``).
+        options: extra ``qsub`` options as one string, e.g. ``"-q long.q"``.
 
     Raises:
         ImportError: this impexec has no ``impexec.launchers.sge`` (SGEWorkers).
@@ -125,18 +128,19 @@ class SGEQsubWorkerArray(WorkerArray):
         return f"<SGEQsubWorkerArray {self._numworker} {self._options!r}>"
 
 
-def _sge_workers_class() -> Any:
-    # Imported here, not at module import: local-only users need no batch-system support.
+def _sge_workers_class() -> Callable[..., Launcher]:
+    # imported here, not at module import: local-only users need no batch support
     try:
         from ..launchers.sge import SGEWorkers
     except ImportError as exc:
         raise ImportError(
             "SGEQsubWorkerArray needs impexec.launchers.sge.SGEWorkers (Grid Engine "
-            f"support), which this impexec installation does not provide: {exc}") from exc
+            f"support), which this impexec installation does not provide: {exc}"
+        ) from exc
     return SGEWorkers
 
 
-# -- manager and contexts -------------------------------------------------------------------
+# -- manager and contexts -------------------------------------------------------------
 class Manager:
     """Holds the workers and runs contexts' tasks on them (one ClusterExecutor).
 
@@ -157,8 +161,13 @@ class Manager:
     exit) stops it.
     """
 
-    def __init__(self, python: str | None = None, host: str | None = None,
-                 output: str = "slave%d.output", **executor_options: Any):
+    def __init__(
+        self,
+        python: str | None = None,
+        host: str | None = None,
+        output: str = "slave%d.output",
+        **executor_options: Any,
+    ):
         self._python = python
         self._host = host
         self._output = output
@@ -270,7 +279,9 @@ def _unordered_results(futures: set[Future[Any]]) -> Iterator[Any]:
     pending = set(futures)
     try:
         while pending:
-            done, pending = wait(pending, timeout=_WAIT_SLICE, return_when=FIRST_COMPLETED)
+            done, pending = wait(
+                pending, timeout=_WAIT_SLICE, return_when=FIRST_COMPLETED
+            )
             for fut in done:
                 yield _result(fut)
     finally:
@@ -287,9 +298,9 @@ def _result(fut: Future[Any]) -> Any:
     raise RemoteError(exc, str(exc.__cause__ or ""), None) from exc
 
 
-# -- run on the workers ------------------------------------------------------------------------
+# -- run on the workers ---------------------------------------------------------------
 def _run_startup(startup: Callable[[], Any]) -> tuple[Any, ...]:
-    """The context setup: IMP splats what the startup returns into each task's arguments."""
+    """The context's setup: IMP splats the startup's return value into each task."""
     value = startup()
     if value is None:
         return ()
