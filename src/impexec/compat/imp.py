@@ -261,8 +261,8 @@ class Context:
                 this call are cancelled).
             NoMoreWorkersError: no worker could be started.
         """
+        submit = self._submitter()  # may raise: the tasks then stay for a later call
         tasks, self._tasks = self._tasks, []
-        submit = self._submitter()
         futures = {submit(_call_task, task) for task in tasks}
         return _unordered_results(futures)
 
