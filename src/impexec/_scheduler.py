@@ -261,8 +261,12 @@ class Scheduler:
                 self._idle[ident] = w
         else:
             self._idle.pop(ident, None)
-            if ident not in self._partial:
-                self._partial[ident] = w
+            # to the back: the next task goes to another worker with free slots, so
+            # prefetched work spreads round-robin (left in place, the first partial worker
+            # took every task up to its capacity, which adaptive prefetch can make 65
+            # after a burst of tiny tasks, while another worker idled)
+            self._partial.pop(ident, None)
+            self._partial[ident] = w
 
     def assign(self, claim: Callable[[Task], bool]) -> list[Assignment]:
         """Hand pending tasks to workers with free slots.

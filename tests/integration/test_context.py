@@ -8,6 +8,7 @@ evictions happen on the worker itself, not in the client's bookkeeping).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import gc
 import time
@@ -96,13 +97,16 @@ def test_contexts_interleave_on_two_workers(ex: impexec.ClusterExecutor, tmp_pat
 
 
 def test_locality_does_not_starve_an_idle_worker(ex: impexec.ClusterExecutor, tmp_path: Path) -> None:
-    # a worker that does not hold the context is idle: it gets work (and sets up) rather
-    # than the holder queueing everything
+    # a worker that does not hold the context gets work (and sets up) rather than the
+    # holder queueing everything; after a burst of tiny tasks (which makes adaptive
+    # prefetch deep) the prefetched tasks still spread over both workers
+    list(ex.map(abs, range(50)))
     with ex.context(ct.setup, str(tmp_path), "spread") as ctx:
-        futs = [ctx.submit(ct.whoami, i, sleep=0.2) for i in range(6)]
-        ran_on = {f.result(timeout=TIMEOUT)[2] for f in futs}
+        futs = [ctx.submit(ct.whoami, i, sleep=0.1) for i in range(10)]
+        ran_on = collections.Counter(f.result(timeout=TIMEOUT)[2] for f in futs)
     assert len(ran_on) == 2
-    assert pids_of(ct.setup_counts(tmp_path), "spread") == ran_on
+    assert min(ran_on.values()) >= 3, ran_on
+    assert pids_of(ct.setup_counts(tmp_path), "spread") == set(ran_on)
 
 
 # -- eviction ------------------------------------------------------------------------------
