@@ -97,3 +97,8 @@ def init_counts(log_dir: str | Path) -> collections.Counter[int]:
 
 def failing_initializer() -> None:
     raise RuntimeError("initializer failed on purpose")
+
+
+def crashing_setup() -> None:
+    """A setup that kills its worker process (a segfault in a model's C++ code, say)."""
+    os._exit(17)

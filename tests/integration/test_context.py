@@ -304,3 +304,74 @@ def test_failing_initializer_surfaces_as_worker_start_error(tmp_path: Path) -> N
             ex.context(ct.setup, str(tmp_path), "never")
     finally:
         shutdown_with_deadline(ex)
+
+
+def test_setup_that_kills_its_worker_fails_with_worker_lost(
+        make_executor: Callable[..., Any], tmp_path: Path) -> None:
+    ex = make_executor(2, max_retries=1)
+    wait_for_workers(ex)
+    crashing = ex.context(ct.crashing_setup)
+    fut = crashing.submit(ct.whoami)
+    exc = fut.exception(timeout=TIMEOUT)
+    assert isinstance(exc, impexec.WorkerLostError)
+    assert exc.attempts == 2
+    # the launcher replaced the workers; other contexts run
+    with ex.context(ct.setup, str(tmp_path), "after-crash") as ctx:
+        assert ctx.submit(ct.whoami).result(timeout=TIMEOUT)[0] == "after-crash"
+
+
+# -- protocol: a worker that lacks a context asks for the setup --------------------------------
+def test_worker_without_the_context_gets_the_task_again_with_setup(
+        make_executor: Callable[..., Any], raw_socket: Callable[..., Any]) -> None:
+    """A hand-driven worker (real sockets, real broker) answers NEED_SETUP once."""
+    import json
+    import os
+
+    import zmq
+
+    from impexec._protocol import Flag, Kind, decode, encode
+    from impexec._serialize import get_serializer
+
+    key = os.urandom(32)
+    ex = make_executor(None, key=key, heartbeat_interval=0.5, heartbeat_timeout=20.0)
+    wid = os.urandom(16)
+    sock = raw_socket(zmq.DEALER, identity=wid, rcvtimeo_ms=int(TIMEOUT * 1000))
+    sock.connect(ex.address)
+    seq = iter(range(1, 1000))
+    sock.send_multipart(encode(key, Kind.READY, b"\0" * 8, next(seq), frames=[json.dumps(
+        {"worker": wid.hex(), "pid": 0, "host": "hand", "tag": ""}).encode()]))
+
+    def receive(kind: Kind) -> Any:
+        while True:
+            for msg in decode(key, sock.recv_multipart(), None):
+                if msg.kind == kind:
+                    return msg
+
+    session = bytes.fromhex(receive(Kind.WELCOME).json()["session"])
+    ser = get_serializer("cloudpickle")
+
+    def answer(task: Any, value: Any = None, flags: int = Flag.OK) -> None:
+        frames = ser.dumps(value) if flags & Flag.OK else []
+        sock.send_multipart(encode(key, Kind.RESULT, session, next(seq), task_id=task.task_id,
+                                   flags=flags, serializer=task.serializer, frames=frames))
+
+    ctx = ex.context(ct.setup, "/nonexistent", "hand")
+    first = ctx.submit(ct.whoami, 1)
+    task = receive(Kind.TASK)
+    assert task.flags & Flag.HAS_SETUP  # a new worker gets the setup with the first task
+    setup, args, _ = ser.loads([task.frames[0]])
+    assert (setup, args) == (ct.setup, ("/nonexistent", "hand"))
+    answer(task, "one")
+    assert first.result(timeout=TIMEOUT) == "one"
+
+    second = ctx.submit(ct.whoami, 2)
+    task = receive(Kind.TASK)
+    assert not task.flags & Flag.HAS_SETUP  # the broker believes we hold it
+    answer(task, flags=Flag.NEED_SETUP)  # ... but we lost it
+    again = receive(Kind.TASK)
+    assert again.task_id == task.task_id
+    assert again.flags & Flag.HAS_SETUP
+    answer(again, "two")
+    assert second.result(timeout=TIMEOUT) == "two"
+    ctx.close()
+    assert receive(Kind.DROP_CONTEXT).ctx_id == ctx.id
