@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,11 @@ class ConnectionInfo:
     """
 
     address: str
-    key: bytes
+    key: bytes = field(repr=False)  # secrets stay out of reprs, logs and tracebacks
     session: bytes = b""
     server_key: str | None = None
     client_public: str | None = None
-    client_secret: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -358,3 +358,13 @@ def test_result_larger_than_the_limit_fails_its_future_only(
         fut.result(timeout=60)
     assert ex.submit(big_bytes, 1000).result(timeout=60) == b"\1" * 1000
     assert_still_works(ex)
+
+
+def test_connection_info_repr_hides_secrets() -> None:
+    key = os.urandom(32)
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    conn = ConnectionInfo(address="tcp://127.0.0.1:1", key=key, server_key=public,
+                          client_public=public, client_secret=secret)
+    text = repr(conn) + str(conn)
+    assert key.hex() not in text and repr(key) not in text and secret not in text
+    assert ConnectionInfo.from_json(conn.to_json()) == conn  # the file still has them
