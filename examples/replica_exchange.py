@@ -41,7 +41,7 @@ def build_model(limit: float, n: int) -> dict:
 def sample(model: dict, state: tuple, temperature: float, steps: int, seed: int) -> tuple:
     """Metropolis steps from *state*; returns (state, energy, accepted moves, setup id)."""
     table, limit, scale = model["table"], model["limit"], model["scale"]
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - sampling, not cryptography
 
     def energy(x: float, y: float) -> float:
         return table[round((x + limit) * scale)][round((y + limit) * scale)]
@@ -64,7 +64,7 @@ def main() -> None:
     moves = [0] * len(TEMPERATURES)
     swaps_tried, swaps_done = [0] * (len(TEMPERATURES) - 1), [0] * (len(TEMPERATURES) - 1)
     setups, right_well = set(), 0
-    rng = random.Random(1)
+    rng = random.Random(1)  # noqa: S311 - sampling, not cryptography
     with ClusterExecutor(workers=2) as ex, ex.context(build_model, LIMIT, N) as ctx:
         for r in range(ROUNDS):
             seeds = [rng.randrange(2**32) for _ in TEMPERATURES]
@@ -83,9 +83,9 @@ def main() -> None:
             right_well += states[0][0] > 0
     print(f"{ROUNDS} rounds x {len(TEMPERATURES)} replicas x {STEPS} steps "
           f"in {time.perf_counter() - start:.1f} s")
-    for t, m in zip(TEMPERATURES, moves):
+    for t, m in zip(TEMPERATURES, moves, strict=True):
         print(f"  T={t:<4}  move acceptance {m / (ROUNDS * STEPS):6.1%}")
-    for i, (tried, done) in enumerate(zip(swaps_tried, swaps_done)):
+    for i, (tried, done) in enumerate(zip(swaps_tried, swaps_done, strict=True)):
         print(f"  swap T={TEMPERATURES[i]} <-> {TEMPERATURES[i + 1]}: {done}/{tried} accepted")
     print(f"  coldest replica in the right-hand well after {right_well}/{ROUNDS} rounds")
     print(f"setup ran {len(setups)} times (once per worker: {sorted(setups)}), "

@@ -135,8 +135,12 @@ class Context(Executor):
             _wait_all(pending)
             self._release()
         elif self._release.alive:
-            threading.Thread(target=lambda: (_wait_all(pending), self._release()),
+            threading.Thread(target=self._release_when_done, args=(pending,),
                              name="impexec-context-close", daemon=True).start()
+
+    def _release_when_done(self, pending: list[Future[Any]]) -> None:
+        _wait_all(pending)
+        self._release()
 
     @property
     def closed(self) -> bool:

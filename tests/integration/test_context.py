@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import context_tasks as ct
 import pytest
 
+import context_tasks as ct
 import impexec
 
 #: Seconds any single wait in these tests may take.
@@ -228,7 +228,7 @@ def test_a_context_garbage_collected_unclosed_is_dropped(ex: impexec.ClusterExec
 def total_via_executor(executor: cf.Executor, xs: list[int]) -> tuple[list[Any], list[Any], list[Any]]:
     """Code that knows only concurrent.futures.Executor."""
     futs = [executor.submit(ct.scaled, x, factor=2) for x in xs]
-    done, not_done = cf.wait(futs, timeout=TIMEOUT)
+    _, not_done = cf.wait(futs, timeout=TIMEOUT)
     assert not not_done
     mapped = list(executor.map(ct.scaled, xs, xs, timeout=TIMEOUT))
     completed = [f.result() for f in cf.as_completed(futs, timeout=TIMEOUT)]
