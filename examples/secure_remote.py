@@ -26,7 +26,6 @@ import zmq
 
 from impexec import ClusterExecutor
 
-
 logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # shows the refusal
 
 

@@ -24,6 +24,7 @@ routing id, and pyzmq's own debug lines (which print client *public* keys) go to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -127,8 +128,8 @@ class DropLog:
                 return
         self._last[source] = now
         more, self._unlogged = self._unlogged, 0
-        self.log.warning("dropped %s from %s: %s%s", self.what, source, why,
-                         f" ({more} more dropped and not logged since the last warning)" if more else "")
+        tail = f" ({more} more dropped and not logged since the last warning)" if more else ""
+        self.log.warning("dropped %s from %s: %s%s", self.what, source, why, tail)
 
 
 class _ClientKeys:
@@ -150,7 +151,7 @@ class _ClientKeys:
 def _auth_class() -> type:
     from zmq.auth.thread import ThreadAuthenticator
 
-    class _Authenticator(ThreadAuthenticator):  # type: ignore[misc]
+    class _Authenticator(ThreadAuthenticator):
         provider: _ClientKeys | None = None
 
         async def handle_zap_message(self, msg: list[bytes]) -> None:
@@ -180,7 +181,7 @@ class RouterGuard:
         router.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
         router.setsockopt(zmq.RCVHWM, PEER_QUEUE)
         router.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_TIMEOUT_S * 1000)
-        if self.encrypt:
+        if curve_secret is not None:
             router.setsockopt(zmq.CURVE_SERVER, 1)
             router.setsockopt(zmq.CURVE_SECRETKEY, curve_secret)
             router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
@@ -196,7 +197,8 @@ class RouterGuard:
         """Start the ZAP handler (with encryption) and the handshake monitor."""
         if self.encrypt:
             auth = _auth_class()(zctx, log=_zap_logger())
-            auth.provider = _ClientKeys(self.clients, self.refused)
+            # its own DropLog: this one is also used by the monitor thread
+            auth.provider = _ClientKeys(self.clients, DropLog(logger, "a connection"))
             auth.start()
             auth.thread.name = "impexec-zap"
             auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=auth.provider)
@@ -213,10 +215,8 @@ class RouterGuard:
         """Stop both threads (idempotent); call before closing the ROUTER."""
         self._stop.set()
         if self._monitor_thread is not None:
-            try:
+            with contextlib.suppress(zmq.ZMQError):  # already closed
                 self.router.disable_monitor()
-            except zmq.ZMQError:
-                pass  # already closed
             self._monitor_thread.join(5.0)
             self._monitor_thread = None
         if self._auth is not None:
@@ -227,7 +227,8 @@ class RouterGuard:
         from zmq.utils.monitor import recv_monitor_message
 
         mon = self._monitor
-        assert mon is not None
+        if mon is None:
+            return
         try:
             while not self._stop.is_set():
                 if not mon.poll(500):

@@ -35,12 +35,25 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from security_tasks import drop_count, marker_path, recv_messages, sentinel_pickle, wait_for
 
 from impexec._connection import ConnectionInfo
-from impexec._protocol import HEADER, MAX_FRAMES, PROTOCOL_VERSION, Flag, Kind, decode, encode
+from impexec._protocol import (
+    HEADER,
+    MAX_FRAMES,
+    PROTOCOL_VERSION,
+    Flag,
+    Kind,
+    decode,
+    encode,
+)
 from impexec._serialize import get_serializer
 from impexec._worker import EXIT_DISMISSED, EXIT_OK
+from security_tasks import (
+    drop_count,
+    marker_path,
+    recv_messages,
+    sentinel_pickle,
+)
 
 #: Frames thrown at each target (the issue asks for at least 100,000).
 FRAMES_PER_TARGET = 100_000
@@ -78,7 +91,7 @@ class Forge:
     def header(self) -> bytes:
         r = self.rng
         return HEADER.pack(r.choice((PROTOCOL_VERSION, PROTOCOL_VERSION, r.randint(0, 255))),
-                           r.choice(KINDS + [0, 99, 255]), r.randint(0, 255), r.randint(0, 255),
+                           r.choice([*KINDS, 0, 99, 255]), r.randint(0, 255), r.randint(0, 255),
                            r.choice((0, 1, 2, 3, MAX_FRAMES, MAX_FRAMES + 1, 2**32 - 1)),
                            r.randbytes(8), r.getrandbits(64), r.getrandbits(64), r.getrandbits(64),
                            r.getrandbits(64))

@@ -21,6 +21,11 @@ from typing import Any
 
 import pytest
 import zmq
+
+from impexec._connection import ConnectionInfo
+from impexec._protocol import Flag, Kind, encode
+from impexec._security import MAX_MESSAGE_SIZE_ENV, parse_size
+from impexec._worker import EXIT_NO_BROKER, Worker
 from security_tasks import (
     drop_count,
     join_as_fake_worker,
@@ -29,11 +34,6 @@ from security_tasks import (
     sentinel_pickle,
     wait_for,
 )
-
-from impexec._connection import ConnectionInfo
-from impexec._protocol import Flag, Kind, encode
-from impexec._security import MAX_MESSAGE_SIZE_ENV, parse_size
-from impexec._worker import EXIT_NO_BROKER, Worker
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE support")
 
