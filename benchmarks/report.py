@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import platform
 import sys
@@ -118,7 +119,9 @@ def _fmt(metric: Metric, value: float) -> str:
 def _ratio(r: float) -> str:
     if r >= 100:
         return f"{r:,.0f}×"
-    return f"{r:.2f}×" if r >= 0.1 else f"{r:.2g}×"
+    if r >= 0.1 or r <= 0:
+        return f"{r:.2f}×"
+    return f"{r:.{1 - math.floor(math.log10(r))}f}×"  # two significant digits
 
 
 def _cell_text(cell: dict | None, metric: Metric) -> str:
