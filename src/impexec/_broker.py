@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -30,7 +31,7 @@ import zmq
 
 from . import __version__
 from ._errors import ProtocolError, SerializationError, WorkerLostError, WorkerStartError
-from ._protocol import Flag, Kind, decode, encode
+from ._protocol import Flag, Kind, decode, encode, recv_frames, send_frames
 from ._scheduler import Scheduler, Statistics, Task, WorkerRecord
 from ._security import DropLog, RouterGuard
 from ._serialize import get_serializer
@@ -63,6 +64,7 @@ class Broker(threading.Thread):
         curve_clients: tuple[bytes, ...] = (),
         on_worker_joined: Callable[[WorkerRecord], None] | None = None,
         max_message_size: int | None = None,  # None: $IMPEXEC_MAX_MESSAGE_SIZE or 4 GiB
+        extra_binds: Sequence[str] = (),
     ):
         super().__init__(name="impexec-broker", daemon=True)
         self.scheduler = scheduler
@@ -108,24 +110,52 @@ class Broker(threading.Thread):
         else:
             self._router.bind(address)
             self.address = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        for extra in extra_binds:
+            self._router.bind(extra)
         self._guard.start(self._zctx)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._poller = zmq.Poller()
-        self._poller.register(self._router, zmq.POLLIN)
-        self._poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        self._router_fd = self._router.getsockopt(zmq.FD)
+        # Guards the scheduler, the ROUTER socket and the sequence counter. Caller threads
+        # take it to dispatch their own tasks (no hop through this thread); this thread
+        # holds it except while it sleeps in select(). Futures are resolved outside it.
+        self._lock = threading.RLock()
+        self._later: list[tuple[Any, ...]] = []  # (future, ok, value) or (future, msg)
+        self._closed = False
 
     # -- called from other threads -----------------------------------------------------
     def enqueue(self, item: Any) -> None:
         """Hand a Task (or a zero-argument callable to run here) to the broker thread."""
         self._inbox.append(item)
         if self._sleeping:
-            self._sleeping = False
-            try:
-                self._wake_w.send(b"\0")
-            except (BlockingIOError, OSError):
-                pass  # a wake-up is already pending, or we are closing
+            self._wake()
+
+    def _wake(self) -> None:
+        self._sleeping = False
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending, or we are closing
+
+    def submit_now(self, task: Task) -> None:
+        """Caller thread: queue *task* and send it to a worker with a free slot at once.
+
+        The ROUTER's ZeroMQ FD is edge-triggered: any use of the socket may consume the
+        signal that a message is waiting, so whoever uses it checks ZMQ_EVENTS after and
+        wakes the broker thread if something is readable (as pyzmq's asyncio shim does).
+        """
+        with self._lock:
+            if self._closed:
+                self._inbox.append(task)  # teardown fails it with the broker's error
+                return
+            self.scheduler.submit(task)
+            self._dispatch()
+            readable = self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN
+        if self._later:
+            self._flush()
+        if readable and self._sleeping:
+            self._wake()
 
     def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
         """Run *fn* on the broker thread and return its result (or raise its error)."""
@@ -171,36 +201,51 @@ class Broker(threading.Thread):
     def _loop(self) -> None:
         sched = self.scheduler
         next_house = time.monotonic() + self._hb_interval
+        fds = [self._router_fd, self._wake_r.fileno()]
         while True:
-            if self._inbox:
-                self._drain_inbox()
-            if sched.n_pending:
-                self._dispatch()
-            now = time.monotonic()
-            if now >= next_house:
-                self._housekeeping(now)
-                next_house = now + self._hb_interval
-            if sched.idle():
-                self.idle_event.set()
-                if self._stop_when_idle:
-                    return
-            else:
-                self.idle_event.clear()
-            self._sleeping = True
-            if self._inbox:
+            with self._lock:
+                if self._inbox:
+                    self._drain_inbox()
+                more = self._receive()
+                if sched.n_pending:
+                    self._dispatch()
+                now = time.monotonic()
+                if now >= next_house:
+                    self._housekeeping(now)
+                    next_house = now + self._hb_interval
+                if sched.idle() and not self._later:
+                    self.idle_event.set()
+                    if self._stop_when_idle and not self._inbox:
+                        self._closed = True
+                        return
+                else:
+                    self.idle_event.clear()
+                more = more or bool(self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+                self._sleeping = True
+            if self._later:
+                self._flush()
+            if more or self._inbox:
                 self._sleeping = False
                 continue
             timeout = max(0.0, next_house - time.monotonic())
-            events = dict(self._poller.poll(timeout * 1000))
+            readable, _, _ = select.select(fds, [], [], timeout)
             self._sleeping = False
-            if events.get(self._wake_r.fileno()):
+            if self._wake_r.fileno() in readable:
                 try:
                     while self._wake_r.recv(4096):
                         pass
                 except BlockingIOError:
                     pass
-            if events.get(self._router):
-                self._receive()
+
+    def _flush(self) -> None:
+        """Resolve the futures settled under the lock (their callbacks may submit)."""
+        with self._lock:
+            later, self._later = self._later, []
+        for item in later:
+            if len(item) == 2:
+                _resolve_message(*item)
+            else:
+                _resolve(*item)
 
     def _drain_inbox(self) -> None:
         inbox, submit = self._inbox, self.scheduler.submit
@@ -217,7 +262,7 @@ class Broker(threading.Thread):
 
     def _send(self, ident: bytes, frames: list[Any]) -> bool:
         try:
-            self._router.send_multipart([ident, *frames], copy=False)
+            send_frames(self._router, [ident, *frames])
             return True
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
@@ -249,16 +294,17 @@ class Broker(threading.Thread):
     def _finish(self, ident: bytes, task: Task, ok: bool, value: Any) -> None:
         done = self.scheduler.complete(ident, task.id, ok=ok)
         if done is not None:
-            _resolve(done.future, ok, value)
+            self._later.append((done.future, ok, value))
 
     # -- receiving ---------------------------------------------------------------------
-    def _receive(self) -> None:
+    def _receive(self) -> bool:
+        """Handle what has arrived; True if the batch limit left messages unread."""
         router = self._router
         for _ in range(RECV_BATCH):
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(router, zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             ident = frames[0].bytes
             try:
                 for msg in decode(self._key, frames[1:], None):
@@ -267,6 +313,7 @@ class Broker(threading.Thread):
                 self._dropped(ident, str(exc))
             except Exception:  # a bug handling one message must not take the broker down
                 logger.exception("error while handling a message from %s", ident.hex()[:12])
+        return True
 
     def _dropped(self, ident: bytes, why: str) -> None:
         self._drop_log(f"peer {ident.hex()[:12]}", why)
@@ -345,6 +392,7 @@ class Broker(threading.Thread):
             "session": self._session.hex(),
             "heartbeat_interval": self._hb_interval,
             "heartbeat_timeout": self._hb_timeout,
+            "max_message_size": self._guard.max_message_size,  # per frame (ZeroMQ MAXMSGSIZE)
         }
         frames: list[Any] = [json.dumps(welcome).encode()]
         flags = 0
@@ -397,17 +445,7 @@ class Broker(threading.Thread):
         if task is None:
             logger.debug("dropped a duplicate or late result for task %d", msg.task_id)
             return
-        # verified above (decode checks the HMAC before we get here): safe to unpickle
-        try:
-            value = get_serializer(msg.serializer).loads(msg.frames)
-        except Exception as exc:
-            ok = False
-            value = SerializationError(
-                f"the {'result' if msg.flags & Flag.OK else 'exception'} of the task could not "
-                f"be deserialized on the client: {type(exc).__name__}: {exc}"
-            )
-            value.__cause__ = exc
-        _resolve(task.future, ok, value)
+        self._later.append((task.future, msg))  # unpickled outside the lock
 
     # -- worker loss -------------------------------------------------------------------
     def _release_drained(self, w: WorkerRecord) -> None:
@@ -418,12 +456,12 @@ class Broker(threading.Thread):
     def _forget(self, w: WorkerRecord, *, lost: bool) -> None:
         for lt in self.scheduler.remove_worker(w.ident, lost=lost):
             names = ", ".join(lt.task.lost_on)
-            _resolve(lt.task.future, False, WorkerLostError(
+            self._later.append((lt.task.future, False, WorkerLostError(
                 f"the task's worker was lost on each of its {lt.attempts} attempts "
                 f"(max_retries={self.scheduler.max_retries}; workers: {names}); the task "
                 "probably kills its worker (crash, os._exit, out of memory)",
                 attempts=lt.attempts, workers=tuple(lt.task.lost_on),
-            ))
+            )))
         self._initializing.discard(w.ident)
         if w.tag:
             self.connected_tags.discard(w.tag)
@@ -452,7 +490,7 @@ class Broker(threading.Thread):
     def fail_open_tasks(self, err: BaseException) -> None:
         """Broker thread: no worker can start: every open future fails with *err*."""
         for t in self.scheduler.fail_all():
-            _resolve(t.future, False, err)
+            self._later.append((t.future, False, err))
 
     def _housekeeping(self, now: float) -> None:
         for w in self.scheduler.expire(now):
@@ -467,9 +505,17 @@ class Broker(threading.Thread):
 
     def cancel_pending(self) -> None:
         for t in self.scheduler.cancel_pending():
-            t.future.cancel()
+            self._later.append((t.future, None, None))
 
     def _teardown(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._teardown_locked()
+        self._flush()
+        self.stopped.set()
+        self.idle_event.set()
+
+    def _teardown_locked(self) -> None:
         try:
             for ident in list(self.scheduler.workers):
                 # main socket only: the worker finishes its loop and exits cleanly;
@@ -484,19 +530,17 @@ class Broker(threading.Thread):
 
             broken = BrokenClusterError(f"the impexec broker thread died: {err!r}")
             for t in self.scheduler.fail_all():
-                _resolve(t.future, False, broken)
+                self._later.append((t.future, False, broken))
             while self._inbox:
                 item = self._inbox.popleft()
                 if isinstance(item, Task):
-                    _resolve(item.future, False, broken)
+                    self._later.append((item.future, False, broken))
         # give ZeroMQ a moment to flush the SHUTDOWNs, then close
         self._guard.close()  # ZAP and monitor threads, before the socket and the context
         self._router.close(linger=200)
         self._wake_r.close()
         self._wake_w.close()
         self._zctx.term()
-        self.stopped.set()
-        self.idle_event.set()
 
 
 def _claim(task: Task) -> bool:
@@ -506,7 +550,25 @@ def _claim(task: Task) -> bool:
     return bool(future.set_running_or_notify_cancel())
 
 
-def _resolve(future: Any, ok: bool, value: Any) -> None:
+def _resolve_message(future: Any, msg: Any) -> None:
+    """Unpickle a RESULT's payload (its signature was verified) into its future."""
+    ok = bool(msg.flags & Flag.OK)
+    try:
+        value = get_serializer(msg.serializer).loads(msg.frames)
+    except Exception as exc:
+        ok = False
+        value = SerializationError(
+            f"the {'result' if msg.flags & Flag.OK else 'exception'} of the task could not "
+            f"be deserialized on the client: {type(exc).__name__}: {exc}"
+        )
+        value.__cause__ = exc
+    _resolve(future, ok, value)
+
+
+def _resolve(future: Any, ok: bool | None, value: Any) -> None:
+    if ok is None:
+        future.cancel()
+        return
     try:
         if ok:
             future.set_result(value)

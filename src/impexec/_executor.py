@@ -8,6 +8,7 @@ workers. See docs/internals.md for the life of a task.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import ipaddress
 import itertools
 import logging
@@ -133,6 +134,11 @@ class ClusterExecutor(Executor):
         self._scheduler = Scheduler(max_retries=max_retries, heartbeat_timeout=heartbeat_timeout,
                                     prefetch=prefetch, max_contexts=max_contexts)
         self._start_error: WorkerStartError | None = None
+        self._tmpdir = Path(tempfile.mkdtemp(prefix="impexec-"))
+        # Workers on this machine dial a Unix socket in the private (0700) directory:
+        # ~20 µs faster per round trip than TCP loopback, and reachable by this user only.
+        ipc = f"ipc://{self._tmpdir}/broker.sock"
+        extra_binds = [ipc] if os.name == "posix" and len(ipc) < 100 else []
         self._broker = Broker(
             scheduler=self._scheduler, key=self._key, session=session, address=bind,
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
@@ -140,6 +146,7 @@ class ClusterExecutor(Executor):
             initializer_frames=init_frames, initializer_serializer=self._ser.code,
             curve_secret=curve_secret, on_worker_joined=self._on_worker_joined,
             curve_clients=(client_public,) if client_public else (),
+            extra_binds=extra_binds,
         )
         host = self._broker.address.split("://", 1)[1].rsplit(":", 1)[0]
         port = self._broker.address.rsplit(":", 1)[1]
@@ -162,8 +169,11 @@ class ClusterExecutor(Executor):
         self._ids = itertools.count(1)
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
-        self._tmpdir = Path(tempfile.mkdtemp(prefix="impexec-"))
         self.connection_file_path = self._conn.write(self._tmpdir / "connection.json")
+        self.local_connection_file_path = self.connection_file_path
+        if extra_binds:
+            self.local_connection_file_path = dataclasses.replace(
+                self._conn, address=extra_binds[0]).write(self._tmpdir / "connection-local.json")
         self._broker.start()
         self._launcher_thread = threading.Thread(target=self._watch_launchers,
                                                  name="impexec-launchers", daemon=True)
@@ -212,7 +222,7 @@ class ClusterExecutor(Executor):
     def _enqueue(self, task: Task) -> Future[Any]:
         with self._shutdown_lock:
             self._check_open()
-            self._broker.enqueue(task)
+            self._broker.submit_now(task)
         return task.future  # type: ignore[no-any-return]
 
     def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -412,6 +422,7 @@ class _Host:
         self._ex = ex
         self.connection = ex._conn
         self.connection_file = ex.connection_file_path
+        self.local_connection_file = ex.local_connection_file_path
 
     def is_connected(self, tag: str) -> bool:
         return tag in self._ex._broker.connected_tags

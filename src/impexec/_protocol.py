@@ -64,9 +64,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import zmq
+from zmq.backend import Socket as _BaseSocket
+
 from ._errors import ProtocolError
 
 logger = logging.getLogger(__name__)
+
+# pyzmq's send_multipart/recv_multipart cost ~9 µs for a 5-frame message, mostly Python
+# glue (enum flag arithmetic, copy-threshold checks); calling the Cython methods directly
+# costs ~1.5 µs (send) and ~4.5 µs (recv). This is the per-task hot path on both sides.
+_send = _BaseSocket.send
+_recv = _BaseSocket.recv
+_SNDMORE = int(zmq.SNDMORE)
+#: Frames at least this large are sent without copying (ZeroMQ keeps a reference).
+ZERO_COPY_THRESHOLD = 64 * 1024
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!BBBBI8sQQQQ")
@@ -191,3 +203,26 @@ def decode(key: bytes, frames: Sequence[Any], session: bytes | None) -> Iterator
             raise ProtocolError("message from another session (another executor, or a replay)")
         yield Message(Kind(kind), sess, seq, task_id, ctx_id, aux, flags, ser, payload)
         i += 2 + nframes
+
+
+def _nbytes(frame: Any) -> int:
+    return len(frame) if isinstance(frame, bytes) else memoryview(frame).nbytes
+
+
+def send_frames(sock: Any, frames: Sequence[Any], flags: int = 0) -> None:
+    """Send one multipart message; big frames go zero-copy, small ones are copied."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        _send(sock, frame, flags | (_SNDMORE if i < last else 0),
+              _nbytes(frame) < ZERO_COPY_THRESHOLD)
+
+
+def recv_frames(sock: Any, flags: int = 0) -> list[Any]:
+    """Receive one multipart message as zmq.Frame objects (no copy of big payloads).
+
+    Raises zmq.Again with ``flags=zmq.NOBLOCK`` when nothing is waiting.
+    """
+    parts = [_recv(sock, flags, False)]
+    while parts[-1].more:
+        parts.append(_recv(sock, 0, False))
+    return parts

@@ -35,6 +35,7 @@ class Serializer:
     def __init__(self, name: str, code: int, pickler: Callable[..., Any], loads: Callable[..., Any]):
         self.name = name
         self.code = code  # travels in every header, so a worker needs no configuration
+        self._fast_path = name == "cloudpickle"
         self._pickler = pickler
         self._loads = loads
 
@@ -49,6 +50,20 @@ class Serializer:
             buffers.append(raw)
             return False
 
+        if self._fast_path:
+            # The C pickler is ~7x faster than building a CloudPickler. Its output is the
+            # same as cloudpickle's unless it referred to something by name that the
+            # worker cannot import: objects defined in __main__ (then "__main__" is in
+            # the pickle) or modules registered to go by value. Anything it cannot
+            # pickle at all (lambdas, local classes) raises, and cloudpickle takes over.
+            try:
+                data = pickle.dumps(obj, protocol=5, buffer_callback=keep)
+            except Exception:
+                data = None
+            if data is not None and b"__main__" not in data and not _by_value_modules():
+                return [data, *buffers]
+            buffers.clear()
+
         out = io.BytesIO()
         self._pickler(out, protocol=5, buffer_callback=keep).dump(obj)
         return [out.getbuffer(), *buffers]
@@ -56,6 +71,11 @@ class Serializer:
     def loads(self, frames: Sequence[Any]) -> Any:
         """Rebuild an object from the frames ``dumps`` made (one pickle + its buffers)."""
         return self._loads(frames[0], buffers=frames[1:])
+
+
+def _by_value_modules() -> bool:
+    """Has the user registered modules with cloudpickle.register_pickle_by_value?"""
+    return bool(getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None))
 
 
 def _dill_serializer() -> Serializer:

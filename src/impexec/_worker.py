@@ -30,7 +30,7 @@ import zmq
 from . import __version__
 from ._connection import ConnectionInfo
 from ._errors import ProtocolError, SerializationError
-from ._protocol import Flag, Kind, Message, decode, encode
+from ._protocol import Flag, Kind, Message, decode, encode, recv_frames, send_frames
 from ._security import DropLog
 from ._serialize import ExceptionWithTraceback, get_serializer
 
@@ -217,7 +217,7 @@ class Worker:
             if self._dismissed:
                 return EXIT_DISMISSED
             while sock.poll(timeout):
-                for msg in self._accept(sock.recv_multipart(copy=False)):
+                for msg in self._accept(recv_frames(sock)):
                     if msg.kind == Kind.TASK:
                         queue.append(msg)
                     elif msg.kind == Kind.SHUTDOWN:
@@ -240,7 +240,7 @@ class Worker:
                 continue
             # each result leaves at once: held back, it would be lost with the process if
             # the next task crashes it, and the broker would blame the wrong task
-            sock.send_multipart(self._run_task(msg), copy=False)
+            send_frames(sock, self._run_task(msg))
             if self._dismissed:
                 return EXIT_DISMISSED
 

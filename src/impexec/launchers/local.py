@@ -81,7 +81,9 @@ class LocalWorkers(Launcher):
         # the worker must find the same impexec as this process, even when it is not installed
         pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
-        cmd = self.worker_command(slot.tag)
+        # the executor's Unix-socket connection file when it has one (same machine)
+        local = getattr(self.host, "local_connection_file", None)
+        cmd = self.worker_command(slot.tag, str(local) if local else None)
         slot.started = time.monotonic()
         try:
             slot.proc = subprocess.Popen(
