@@ -69,8 +69,8 @@ def _block_workers(ex: cf.Executor, gate: Released, n: int = 2) -> list[cf.Futur
     """Occupy every worker, and wait until each blocker runs, so later tasks queue."""
     if isinstance(ex, impexec.ClusterExecutor):
         # a worker may hold a prefetched task behind its running one: place the blockers
-        # only once every worker is there to take one
-        _wait_for_workers(ex, n)
+        # only once both workers are there, so that each later task finds an idle one
+        _wait_for_workers(ex, 2)
     started = [gate.dir / f"started{i}" for i in range(n)]
     futs = [ex.submit(tasks.announce_then_wait, str(s), gate.path) for s in started]
     deadline = time.monotonic() + TIMEOUT
