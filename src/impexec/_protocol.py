@@ -48,6 +48,9 @@ WELCOME         broker → worker  JSON: session, worker id echoed, heartbeat se
                                  [initializer pickle] when HAS_SETUP
 ==============  ===============  ================================================
 
+Payload frames of TREE_MIN bytes or more enter the MAC as a parallel SHA-256 tree digest
+(see :func:`_tree_digest`).
+
 Nothing is unpickled before :func:`verify` has checked the signature with
 :func:`hmac.compare_digest`; control payloads are JSON and never pickles.
 """
@@ -59,7 +62,9 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,12 +143,50 @@ class Message:
             raise ProtocolError(f"{self.kind.name} with a malformed JSON payload: {exc}") from None
 
 
+#: Payload frames at least this large enter the MAC through a tree digest (below).
+TREE_MIN = 8 * 1024 * 1024
+#: Leaf size of the tree digest.
+TREE_CHUNK = 4 * 1024 * 1024
+_HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _tree_digest(buf: memoryview) -> bytes:
+    """SHA-256 over the SHA-256 digests of TREE_CHUNK-sized leaves, hashed in parallel.
+
+    One SHA-256 stream runs at ~1.5 GB/s, and a 100 MB array is hashed four times on a
+    round trip (signed and verified each way). hashlib releases the GIL on large
+    inputs, so the leaves are hashed by a few short-lived threads at once. The MAC stays
+    HMAC-SHA256 keyed over the header and, for such a frame, its length and this digest:
+    forging it needs a SHA-256 collision.
+    """
+    n = buf.nbytes
+    leaves = [buf[i : i + TREE_CHUNK] for i in range(0, n, TREE_CHUNK)]
+    digests: list[bytes] = [b""] * len(leaves)
+    k = min(_HASH_THREADS, len(leaves))
+
+    def work(first: int) -> None:
+        for j in range(first, len(leaves), k):
+            digests[j] = hashlib.sha256(leaves[j]).digest()
+
+    threads = [threading.Thread(target=work, args=(i,), name="impexec-hash") for i in range(1, k)]
+    for t in threads:
+        t.start()
+    work(0)
+    for t in threads:
+        t.join()
+    return hashlib.sha256(b"".join(digests)).digest()
+
+
 def _mac(key: bytes, header: bytes, frames: Sequence[Any]) -> bytes:
     mac = hmac.new(key, header, hashlib.sha256)
     for f in frames:
-        buf = f.buffer if hasattr(f, "buffer") else f
-        mac.update(memoryview(buf).nbytes.to_bytes(8, "big"))
-        mac.update(buf)
+        buf = memoryview(f.buffer if hasattr(f, "buffer") else f)
+        n = buf.nbytes
+        mac.update(n.to_bytes(8, "big"))
+        if n >= TREE_MIN:
+            mac.update(_tree_digest(buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf))
+        else:
+            mac.update(buf)
     return mac.digest()
 
 
