@@ -188,3 +188,32 @@ def test_broker_drops_and_logs_junk_and_keeps_working(
     assert record.name.startswith("impexec")
     assert ex.submit(tasks.square, 4).result(timeout=60) == 16
     assert ex.statistics().workers == 1  # the intruder did not become a worker
+
+
+def test_worker_drops_and_logs_junk_from_its_broker(raw_socket: Any, tmp_path: Any) -> None:
+    """A worker facing a fake broker that answers its READY with junk: dropped, logged."""
+    import subprocess
+    import sys
+
+    from impexec._connection import ConnectionInfo
+
+    router = raw_socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    conn = ConnectionInfo(address=f"tcp://127.0.0.1:{port}", key=KEY).write(tmp_path / "c.json")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "impexec", "worker", "--connect", str(conn), "--connect-timeout", "3"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        ident, *frames = router.recv_multipart()
+        assert next(decode(KEY, frames, None)).kind is Kind.READY
+        router.send_multipart([ident, b"junk", b"frames"])
+        router.send_multipart([ident, *encode(b"x" * 32, Kind.WELCOME, SESSION, 1)])
+        _, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+    assert worker.returncode == 3  # EXIT_NO_BROKER: no valid WELCOME came
+    assert "WARNING" in err
+    assert "dropped" in err.lower()
