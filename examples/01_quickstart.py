@@ -33,8 +33,16 @@ def main():
 
         # map: results in input order; chunksize batches calls per dispatch
         numbers = range(10**6, 10**6 + 2000)
-        primes = [n for n, p in zip(numbers, ex.map(is_prime, numbers, chunksize="auto")) if p]
-        print(f"{len(primes)} primes in [{numbers[0]}, {numbers[-1]}], first {primes[:3]}")
+        primes = [
+            n
+            for n, p in zip(
+                numbers, ex.map(is_prime, numbers, chunksize="auto"), strict=True
+            )
+            if p
+        ]
+        print(
+            f"{len(primes)} primes in [{numbers[0]}, {numbers[-1]}], first {primes[:3]}"
+        )
 
         # as_completed: handle results as they arrive
         futures = {ex.submit(slow_square, x): x for x in range(6)}

@@ -1,4 +1,4 @@
-"""Fixtures shared by every test directory: leak checks, executors, sockets, a fake clock.
+"""Fixtures for every test directory: leak checks, executors, sockets, a fake clock.
 
 * ``no_leaks`` (autouse): after each test, no new thread whose name starts with
   ``impexec`` is alive and no new child process exists (after a grace period). Mark a
@@ -7,7 +7,7 @@
   under a deadline (a hang fails the test with every thread's stack).
 * ``make_executor``: a factory for ClusterExecutors with other options; each one made is
   shut down the same way at teardown.
-* ``fake_clock``: a callable clock that only moves when told (``fake_clock.advance(s)``).
+* ``fake_clock``: a clock that only moves when told (``fake_clock.advance(s)``).
 * ``zmq_context`` and ``raw_socket(kind)``: raw ZeroMQ sockets (LINGER 0) closed at
   teardown, for talking to a broker or a worker by hand.
 * ``shutdown_with_deadline(ex)``: the helper the fixtures use, for tests that make
@@ -19,6 +19,7 @@ file puts tests/ on ``PYTHONPATH`` for every process the tests start.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import sys
@@ -35,7 +36,7 @@ import zmq
 TESTS_DIR = Path(__file__).resolve().parent
 #: Seconds a finished test's threads and child processes get to go away.
 LEAK_GRACE_S = 5.0
-#: Seconds an executor fixture's shutdown may take before the test fails with a stack dump.
+#: Seconds an executor fixture's shutdown may take before the test fails (stack dump).
 SHUTDOWN_DEADLINE_S = 30.0
 #: Long-lived helpers of the standard library's multiprocessing, shared by every later
 #: ProcessPoolExecutor: not leaks.
@@ -52,13 +53,18 @@ if str(TESTS_DIR) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "allow_leaks(reason): skip the no_leaks check for this test (say why)"
+        "markers",
+        "allow_leaks(reason): skip the no_leaks check for this test (say why)",
     )
 
 
-# -- leak checks ---------------------------------------------------------------------------
+# -- leak checks -----------------------------------------------------------------------
 def _impexec_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith("impexec") and t.is_alive()}
+    return {
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("impexec") and t.is_alive()
+    }
 
 
 def _children() -> set[tuple[int, float]]:
@@ -66,28 +72,29 @@ def _children() -> set[tuple[int, float]]:
         kids = psutil.Process().children(recursive=True)
     except psutil.Error:
         return set()
-    out = set()
-    for p in kids:
-        try:
-            if p.status() == psutil.STATUS_ZOMBIE:
-                continue
-            cmdline = " ".join(p.cmdline())
-            if any(helper in cmdline for helper in SHARED_HELPERS):
-                continue
-            out.add((p.pid, p.create_time()))
-        except psutil.Error:
-            continue  # exited meanwhile
-    return out
+    return {key for key in map(_child_key, kids) if key is not None}
+
+
+def _child_key(p: psutil.Process) -> tuple[int, float] | None:
+    """(pid, start time) of a live child that counts as a leak; None otherwise."""
+    try:
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if any(helper in " ".join(p.cmdline()) for helper in SHARED_HELPERS):
+            return None
+        return p.pid, p.create_time()
+    except psutil.Error:
+        return None  # exited meanwhile
 
 
 def _describe_children(kids: set[tuple[int, float]]) -> list[str]:
-    out = []
-    for pid, _ in kids:
+    def describe(pid: int) -> str:
         try:
-            out.append(f"{pid}: {' '.join(psutil.Process(pid).cmdline())[:200]}")
+            return f"{pid}: {' '.join(psutil.Process(pid).cmdline())[:200]}"
         except psutil.Error:
-            out.append(f"{pid}: (gone)")
-    return out
+            return f"{pid}: (gone)"
+
+    return [describe(pid) for pid, _ in kids]
 
 
 @pytest.fixture(autouse=True)
@@ -110,20 +117,24 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         time.sleep(0.05)
     problems = []
     if threads:
-        problems.append("threads still alive: " + ", ".join(sorted(t.name for t in threads)))
+        problems.append(
+            "threads still alive: " + ", ".join(sorted(t.name for t in threads))
+        )
     if children:
-        problems.append("child processes still alive: " + "; ".join(_describe_children(children)))
+        problems.append(
+            "child processes still alive: " + "; ".join(_describe_children(children))
+        )
     for pid, _ in children:  # do not let one leak fail every later test too
-        try:
+        with contextlib.suppress(psutil.Error):
             psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
-    pytest.fail(f"{request.node.nodeid} leaked " + " and ".join(problems), pytrace=False)
+    pytest.fail(
+        f"{request.node.nodeid} leaked " + " and ".join(problems), pytrace=False
+    )
 
 
-# -- executors -----------------------------------------------------------------------------
+# -- executors -------------------------------------------------------------------------
 def shutdown_with_deadline(ex: Any, deadline: float = SHUTDOWN_DEADLINE_S) -> None:
-    """``ex.shutdown(wait=True, cancel_futures=True)``; fail with all stacks if it hangs."""
+    """``ex.shutdown(wait=True, cancel_futures=True)``; fail with stacks if it hangs."""
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -138,21 +149,25 @@ def shutdown_with_deadline(ex: Any, deadline: float = SHUTDOWN_DEADLINE_S) -> No
     t.join(deadline)
     if t.is_alive():
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        pytest.fail(f"shutdown of {ex!r} took more than {deadline} s (stacks on stderr)",
-                    pytrace=False)
+        pytest.fail(
+            f"shutdown of {ex!r} took more than {deadline} s (stacks on stderr)",
+            pytrace=False,
+        )
     if errors:
         raise errors[0]
 
 
 @pytest.fixture(name="shutdown_with_deadline")
 def _shutdown_with_deadline_fixture() -> Callable[..., None]:
-    """The :func:`shutdown_with_deadline` helper, for tests that make executors themselves."""
+    """:func:`shutdown_with_deadline`, for tests that make their own executors."""
     return shutdown_with_deadline
 
 
 @pytest.fixture
 def make_executor() -> Iterator[Callable[..., Any]]:
-    """Factory: ``make_executor(workers=2, **options)`` → a ClusterExecutor, shut down later.
+    """Factory: ``make_executor(workers=2, **options)`` → a ClusterExecutor.
+
+    Each one made is shut down at teardown.
 
     Defaults to fast heartbeats (``FAST``); explicit options win.
     """
@@ -176,9 +191,9 @@ def executor(make_executor: Callable[..., Any]) -> Any:
     return make_executor(2)
 
 
-# -- clock ---------------------------------------------------------------------------------
+# -- clock -----------------------------------------------------------------------------
 class FakeClock:
-    """A monotonic clock for I/O-free code: ``clock()`` reads it, ``advance(s)`` moves it."""
+    """A monotonic clock for I/O-free code: ``clock()`` reads, ``advance(s)`` moves."""
 
     def __init__(self, start: float = 1000.0):
         self.now = start
@@ -198,24 +213,28 @@ def fake_clock() -> FakeClock:
     return FakeClock()
 
 
-# -- raw ZeroMQ ----------------------------------------------------------------------------
+# -- raw ZeroMQ ------------------------------------------------------------------------
 @pytest.fixture
 def zmq_context() -> Iterator[zmq.Context[Any]]:
-    """A private ZeroMQ context, terminated at teardown (sockets must be closed by then)."""
+    """A private ZeroMQ context, terminated at teardown (close sockets before)."""
     ctx: zmq.Context[Any] = zmq.Context()
     yield ctx
     ctx.destroy(linger=0)
 
 
 @pytest.fixture
-def raw_socket(zmq_context: zmq.Context[Any]) -> Iterator[Callable[..., zmq.Socket[Any]]]:
+def raw_socket(
+    zmq_context: zmq.Context[Any],
+) -> Iterator[Callable[..., zmq.Socket[Any]]]:
     """Factory: ``raw_socket(zmq.DEALER, identity=b"...")`` → a socket with LINGER 0.
 
     Every socket it made is closed at teardown.
     """
     made: list[zmq.Socket[Any]] = []
 
-    def make(kind: int, *, identity: bytes | None = None, rcvtimeo_ms: int = 5000) -> zmq.Socket[Any]:
+    def make(
+        kind: int, *, identity: bytes | None = None, rcvtimeo_ms: int = 5000
+    ) -> zmq.Socket[Any]:
         sock = zmq_context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, rcvtimeo_ms)

@@ -60,7 +60,7 @@ def sleep_then_write_marker(seconds: float, path: str) -> str:
 
 
 def wait_for_file(path: str, timeout: float = 30.0) -> bool:
-    """Block until *path* exists (a test's way to hold a worker busy, then release it)."""
+    """Block until *path* exists (a test holds a worker busy, then releases it)."""
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if time.monotonic() > deadline:
@@ -70,7 +70,7 @@ def wait_for_file(path: str, timeout: float = 30.0) -> bool:
 
 
 def announce_then_wait(started: str, release: str, timeout: float = 30.0) -> bool:
-    """Create *started*, then block until *release* exists: holds one worker, visibly."""
+    """Create *started*, then block until *release* exists: holds a worker, visibly."""
     Path(started).touch()
     return wait_for_file(release, timeout)
 
@@ -79,7 +79,7 @@ def nbytes(array: Any) -> int:
     return int(array.nbytes)
 
 
-# -- objects that fail at pickling time (on either side) -------------------------------------
+# -- objects that fail at pickling time (on either side) -------------------------------
 def _raise_at_unpickle(message: str) -> Any:
     raise RuntimeError(message)
 
@@ -133,7 +133,7 @@ def return_error_at_unpickle() -> ErrorAtUnpickle:
     return ErrorAtUnpickle()
 
 
-# -- crash helpers: the worker process dies ------------------------------------------------
+# -- crash helpers: the worker process dies --------------------------------------------
 def exit_now(code: int = 1) -> None:
     os._exit(code)
 
@@ -157,7 +157,7 @@ def hang(seconds: float = 3600.0) -> None:
 
 
 def exit_if_first(marker: str, code: int = 1) -> str:
-    """Exit the first time (no marker yet), succeed on a retry: a task worth resubmitting."""
+    """Exit the first time (no marker yet), succeed on a retry (worth resubmitting)."""
     if not os.path.exists(marker):
         Path(marker).write_text("died once")
         os._exit(code)

@@ -1,4 +1,4 @@
-"""Every example runs to the end: ``examples/*.py`` in a fresh interpreter, with a timeout.
+"""Every example runs to the end: ``examples/*.py`` in a fresh interpreter, timed out.
 
 An example that needs something CI does not have (a Slurm cluster, a remote host) says
 so with a ``# ci: skip  (reason)`` line; it is reported as skipped with that reason.
@@ -32,11 +32,18 @@ def test_example_runs(path: Path, tmp_path: Path) -> None:
         pytest.skip(f"{path.name} is marked '# ci: skip'{mark.group(1)}")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
     proc = subprocess.run(
-        [sys.executable, str(path)], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=EXAMPLE_TIMEOUT_S, check=False,
+        [sys.executable, str(path)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=EXAMPLE_TIMEOUT_S,
+        check=False,
     )
     assert proc.returncode == 0, (
-        f"{path.name} exited with {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}"
+        f"{path.name} exited with {proc.returncode}\n"
+        f"--- stdout ---\n{proc.stdout[-4000:]}"
         f"\n--- stderr ---\n{proc.stderr[-4000:]}"
     )
     assert proc.stdout.strip(), f"{path.name} printed nothing"
@@ -46,4 +53,6 @@ def test_examples_have_a_docstring_saying_how_to_run_them() -> None:
     for path in _examples():
         text = path.read_text()
         assert text.startswith('"""'), f"{path.name} has no docstring header"
-        assert "python examples/" in text.split('"""')[1], f"{path.name} does not say how to run it"
+        assert "python examples/" in text.split('"""')[1], (
+            f"{path.name} does not say how to run it"
+        )

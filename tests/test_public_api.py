@@ -1,4 +1,4 @@
-"""The public surface: what ``impexec`` exports and the signatures the contract promises."""
+"""The public surface: what ``impexec`` exports, and the promised signatures."""
 
 from __future__ import annotations
 
@@ -34,10 +34,13 @@ def test_all_is_sorted_and_complete() -> None:
     public = {
         name
         for name, value in vars(impexec).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
         and name != "annotations"
     }
-    assert public <= set(impexec.__all__), f"exported but not in __all__: {public - set(impexec.__all__)}"
+    assert public <= set(impexec.__all__), (
+        f"exported but not in __all__: {public - set(impexec.__all__)}"
+    )
 
 
 def test_contract_names_exported() -> None:
@@ -59,7 +62,9 @@ def test_executor_is_a_real_executor() -> None:
 
 
 def _params(fn: object) -> list[tuple[str, object, object]]:
-    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]  # type: ignore[arg-type]
+    return [
+        (p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()
+    ]  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("method", ["submit", "shutdown"])
@@ -87,9 +92,17 @@ def test_map_signature() -> None:
 def test_constructor_options() -> None:
     params = inspect.signature(impexec.ClusterExecutor).parameters
     expected = {
-        "address": None, "advertise": None, "max_retries": 3, "heartbeat_interval": 1.0,
-        "heartbeat_timeout": 10.0, "serializer": "cloudpickle", "initializer": None,
-        "initargs": (), "key": None, "encrypt": False, "prefetch": None,
+        "address": None,
+        "advertise": None,
+        "max_retries": 3,
+        "heartbeat_interval": 1.0,
+        "heartbeat_timeout": 10.0,
+        "serializer": "cloudpickle",
+        "initializer": None,
+        "initargs": (),
+        "key": None,
+        "encrypt": False,
+        "prefetch": None,
     }
     assert params["workers"].default is None
     for name, default in expected.items():
@@ -98,7 +111,12 @@ def test_constructor_options() -> None:
 
 
 def test_exception_tree() -> None:
-    for name in ("SerializationError", "WorkerLostError", "WorkerStartError", "BrokenClusterError"):
+    for name in (
+        "SerializationError",
+        "WorkerLostError",
+        "WorkerStartError",
+        "BrokenClusterError",
+    ):
         assert issubclass(getattr(impexec, name), impexec.ImpexecError)
     assert issubclass(impexec.SerializationError, pickle.PicklingError)
     assert issubclass(impexec.BrokenClusterError, cf.BrokenExecutor)
@@ -106,7 +124,10 @@ def test_exception_tree() -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [impexec.WorkerLostError("lost", 4, ("w1", "w2")), impexec.WorkerStartError("no start", "tail")],
+    [
+        impexec.WorkerLostError("lost", 4, ("w1", "w2")),
+        impexec.WorkerStartError("no start", "tail"),
+    ],
 )
 def test_errors_survive_pickling(error: Exception) -> None:
     back = pickle.loads(pickle.dumps(error))
@@ -121,6 +142,8 @@ def test_launchers_share_the_base() -> None:
 
 
 def test_imp_compat_names() -> None:
-    imp = pytest.importorskip("impexec.compat.imp", reason="impexec.compat.imp not written yet")
+    imp = pytest.importorskip(
+        "impexec.compat.imp", reason="impexec.compat.imp not written yet"
+    )
     for name in ("Manager", "LocalWorker", "SGEQsubWorkerArray"):
         assert hasattr(imp, name), name

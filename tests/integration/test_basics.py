@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tasks
 
 import impexec
+import tasks
 from impexec import ClusterExecutor, SerializationError
 
 TIMEOUT = 60
@@ -32,18 +32,33 @@ def _wait_until(predicate: Any, what: str, timeout: float = TIMEOUT) -> None:
         time.sleep(0.02)
 
 
-# -- statistics and connection files --------------------------------------------------------
+# -- statistics and connection files ---------------------------------------------------
 def test_statistics_counts(executor: ClusterExecutor) -> None:
-    assert [f.result(timeout=TIMEOUT) for f in [executor.submit(tasks.square, i) for i in range(5)]] == [
-        0, 1, 4, 9, 16]
+    assert [
+        f.result(timeout=TIMEOUT)
+        for f in [executor.submit(tasks.square, i) for i in range(5)]
+    ] == [0, 1, 4, 9, 16]
     with pytest.raises(ValueError):
         executor.submit(tasks.raise_value_error).result(timeout=TIMEOUT)
     _wait_until(lambda: executor.statistics().workers == 2, "2 workers")
     st = executor.statistics()
     assert isinstance(st, impexec.Statistics)
-    assert (st.done, st.failed, st.queued, st.running, st.resubmitted) == (5, 1, 0, 0, 0)
+    assert (st.done, st.failed, st.queued, st.running, st.resubmitted) == (
+        5,
+        1,
+        0,
+        0,
+        0,
+    )
     assert st.workers_joined >= 2
-    assert set(st.as_dict()) >= {"workers", "queued", "running", "done", "failed", "resubmitted"}
+    assert set(st.as_dict()) >= {
+        "workers",
+        "queued",
+        "running",
+        "done",
+        "failed",
+        "resubmitted",
+    }
 
 
 def test_statistics_after_shutdown(executor: ClusterExecutor) -> None:
@@ -66,7 +81,11 @@ def test_connection_file_is_private(executor: ClusterExecutor, tmp_path: Path) -
 
 def test_worker_count_before_and_after_connect(make_executor: Any) -> None:
     ex = make_executor(3)
-    assert ex.worker_count() in (1, 2, 3)  # requested before any connect, then connected
+    assert ex.worker_count() in (
+        1,
+        2,
+        3,
+    )  # requested before any connect, then connected
     _wait_until(lambda: ex.worker_count() == 3, "3 workers")
     assert "ClusterExecutor" in repr(ex)
 
@@ -80,12 +99,18 @@ def test_no_workers_yet_means_tasks_wait(make_executor: Any) -> None:
     fut.cancel()  # shutdown below must not wait for workers that never come
 
 
-# -- serializers ------------------------------------------------------------------------------
+# -- serializers -----------------------------------------------------------------------
 @pytest.mark.parametrize("serializer", ["cloudpickle", "pickle", "dill"])
 def test_serializers(make_executor: Any, serializer: str) -> None:
     ex = make_executor(1, serializer=serializer)
     assert ex.submit(tasks.add, 2, 3).result(timeout=TIMEOUT) == 5
-    assert list(ex.map(tasks.square, range(5), chunksize=2, timeout=TIMEOUT)) == [0, 1, 4, 9, 16]
+    assert list(ex.map(tasks.square, range(5), chunksize=2, timeout=TIMEOUT)) == [
+        0,
+        1,
+        4,
+        9,
+        16,
+    ]
     with pytest.raises(ValueError, match="boom"):
         ex.submit(tasks.raise_value_error).result(timeout=TIMEOUT)
     if serializer == "pickle":
@@ -100,27 +125,37 @@ def test_unknown_serializer_rejected() -> None:
         ClusterExecutor(0, serializer="marshal")
 
 
-# -- what cannot travel ------------------------------------------------------------------------
+# -- what cannot travel ----------------------------------------------------------------
 @pytest.mark.parametrize(
     "task",
-    [tasks.return_unpicklable, tasks.raise_unpicklable, tasks.return_error_at_pickle,
-     tasks.return_error_at_unpickle],
+    [
+        tasks.return_unpicklable,
+        tasks.raise_unpicklable,
+        tasks.return_error_at_pickle,
+        tasks.return_error_at_unpickle,
+    ],
 )
-def test_result_that_cannot_travel_fails_only_its_future(make_executor: Any, task: Any) -> None:
+def test_result_that_cannot_travel_fails_only_its_future(
+    make_executor: Any, task: Any
+) -> None:
     ex = make_executor(1)
     before = ex.submit(tasks.pid).result(timeout=TIMEOUT)
     fut = ex.submit(task)
-    with pytest.raises(Exception) as info:  # noqa: B017 - the type depends on the case
+    with pytest.raises(Exception) as info:
         fut.result(timeout=TIMEOUT)
     assert not isinstance(info.value, impexec.WorkerLostError)
-    if task is not tasks.return_error_at_unpickle:  # that one pickles; the client fails to load it
+    if (
+        task is not tasks.return_error_at_unpickle
+    ):  # that one pickles; the client fails to load it
         assert isinstance(info.value, SerializationError)
     # the same worker lives on and takes more work
     assert ex.submit(tasks.pid).result(timeout=TIMEOUT) == before
     assert ex.statistics().workers_lost == 0
 
 
-def test_submit_raises_naming_the_unpicklable_argument(executor: ClusterExecutor) -> None:
+def test_submit_raises_naming_the_unpicklable_argument(
+    executor: ClusterExecutor,
+) -> None:
     lock = threading.Lock()
     with pytest.raises(SerializationError) as info:
         executor.submit(tasks.identity, [1, 2, lock])
@@ -141,7 +176,9 @@ def test_map_raises_naming_an_unpicklable_item(executor: ClusterExecutor) -> Non
         list(executor.map(tasks.identity, [1, threading.Lock()], timeout=TIMEOUT))
 
 
-def test_argument_failing_to_unpickle_on_the_worker_fails_its_future(make_executor: Any) -> None:
+def test_argument_failing_to_unpickle_on_the_worker_fails_its_future(
+    make_executor: Any,
+) -> None:
     ex = make_executor(1)
     fut = ex.submit(tasks.identity, tasks.ErrorAtUnpickle())
     with pytest.raises(RuntimeError, match="ErrorAtUnpickle"):
@@ -149,27 +186,33 @@ def test_argument_failing_to_unpickle_on_the_worker_fails_its_future(make_execut
     assert ex.submit(tasks.square, 3).result(timeout=TIMEOUT) == 9
 
 
-# -- data -------------------------------------------------------------------------------------
+# -- data ------------------------------------------------------------------------------
 @pytest.mark.parametrize("serializer", ["cloudpickle", "pickle"])
 def test_large_numpy_array_round_trip(make_executor: Any, serializer: str) -> None:
     np = pytest.importorskip("numpy")
     ex = make_executor(1, serializer=serializer)
-    array = np.random.default_rng(0).random(4 * 1024 * 1024 // 8 * 8)  # 32 MB of float64
+    array = np.random.default_rng(0).random(
+        4 * 1024 * 1024 // 8 * 8
+    )  # 32 MB of float64
     back = ex.submit(tasks.identity, array).result(timeout=TIMEOUT)
     assert back.dtype == array.dtype
     assert np.array_equal(back, array)
     assert ex.submit(tasks.nbytes, array).result(timeout=TIMEOUT) == array.nbytes
-    views = ex.submit(tasks.identity, [array[:10], array[10:20]]).result(timeout=TIMEOUT)
+    views = ex.submit(tasks.identity, [array[:10], array[10:20]]).result(
+        timeout=TIMEOUT
+    )
     assert np.array_equal(views[1], array[10:20])
 
 
 def test_bytes_payloads(executor: ClusterExecutor) -> None:
     blob = os.urandom(3 * 1024 * 1024)
     assert executor.submit(tasks.identity, blob).result(timeout=TIMEOUT) == blob
-    assert executor.submit(tasks.identity, bytearray(blob)).result(timeout=TIMEOUT) == bytearray(blob)
+    assert executor.submit(tasks.identity, bytearray(blob)).result(
+        timeout=TIMEOUT
+    ) == bytearray(blob)
 
 
-# -- cancel ------------------------------------------------------------------------------------
+# -- cancel ----------------------------------------------------------------------------
 def test_cancelled_tasks_never_run(make_executor: Any, tmp_path: Path) -> None:
     ex = make_executor(1, prefetch=0)
     release = tmp_path / "release"
@@ -189,7 +232,9 @@ def test_cancelled_tasks_never_run(make_executor: Any, tmp_path: Path) -> None:
     assert ex.statistics().cancelled == 3
 
 
-def test_abandoned_map_does_not_block_shutdown(make_executor: Any, tmp_path: Path) -> None:
+def test_abandoned_map_does_not_block_shutdown(
+    make_executor: Any, tmp_path: Path
+) -> None:
     ex = make_executor(2)
     it = ex.map(tasks.sleep_then, [0.05] * 1000, range(1000), buffersize=4)
     assert next(it) == 0
@@ -199,6 +244,8 @@ def test_abandoned_map_does_not_block_shutdown(make_executor: Any, tmp_path: Pat
 
 
 def test_initializer_runs_in_every_worker(make_executor: Any, tmp_path: Path) -> None:
-    ex = make_executor(2, initializer=tasks.write_marker, initargs=(str(tmp_path / "init"),))
+    ex = make_executor(
+        2, initializer=tasks.write_marker, initargs=(str(tmp_path / "init"),)
+    )
     assert ex.submit(tasks.square, 2).result(timeout=TIMEOUT) == 4
     assert (tmp_path / "init").read_text() == "ran"

@@ -1,4 +1,4 @@
-"""The Executor contract, run against ProcessPoolExecutor (the oracle) and ClusterExecutor.
+"""The Executor contract, run on ProcessPoolExecutor (the oracle) and ClusterExecutor.
 
 Every test takes ``ex``, parametrized over both; a test of something only impexec has
 takes ``cluster`` (the ClusterExecutor alone). Where ProcessPoolExecutor lacks a feature
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tasks
 
 import impexec
+import tasks
 
 TIMEOUT = 60  # seconds: generous, every wait has one; the machine is shared
 
@@ -33,7 +33,9 @@ def _process_pool() -> cf.ProcessPoolExecutor:
 
 
 @pytest.fixture(params=["ProcessPoolExecutor", "ClusterExecutor"])
-def ex(request: pytest.FixtureRequest, make_executor: Any, shutdown_with_deadline: Any) -> Iterator[cf.Executor]:
+def ex(
+    request: pytest.FixtureRequest, make_executor: Any, shutdown_with_deadline: Any
+) -> Iterator[cf.Executor]:
     if request.param == "ClusterExecutor":
         yield make_executor(2)
         return
@@ -88,7 +90,7 @@ def _wait_for_workers(ex: impexec.ClusterExecutor, n: int = 2) -> None:
         time.sleep(0.02)
 
 
-# -- submit and results ----------------------------------------------------------------------
+# -- submit and results ----------------------------------------------------------------
 def test_submit_returns_result(ex: cf.Executor) -> None:
     assert ex.submit(tasks.add, 2, 3).result(timeout=TIMEOUT) == 5
     assert ex.submit(pow, 2, 10).result(timeout=TIMEOUT) == 1024
@@ -124,11 +126,13 @@ def test_exception_in_one_task_leaves_others_alone(ex: cf.Executor) -> None:
     assert [f.result(timeout=TIMEOUT) for f in good] == [0, 1, 4, 9, 16]
 
 
-# -- map ---------------------------------------------------------------------------------
+# -- map -------------------------------------------------------------------------------
 def test_map_keeps_input_order(ex: cf.Executor) -> None:
     # uneven run times: completion order differs from input order
     delays = [0.03 * (i % 3) for i in range(12)]
-    assert list(ex.map(tasks.sleep_then, delays, range(12), timeout=TIMEOUT)) == list(range(12))
+    assert list(ex.map(tasks.sleep_then, delays, range(12), timeout=TIMEOUT)) == list(
+        range(12)
+    )
 
 
 def test_map_several_iterables_stops_at_shortest(ex: cf.Executor) -> None:
@@ -147,8 +151,12 @@ def test_map_chunksize(ex: cf.Executor, chunksize: int) -> None:
 
 
 @pytest.mark.parametrize("chunksize", ["static", "auto", 1, 3, 1000])
-def test_map_chunksize_impexec(cluster: impexec.ClusterExecutor, chunksize: Any) -> None:
-    out = list(cluster.map(tasks.square, range(101), chunksize=chunksize, timeout=TIMEOUT))
+def test_map_chunksize_impexec(
+    cluster: impexec.ClusterExecutor, chunksize: Any
+) -> None:
+    out = list(
+        cluster.map(tasks.square, range(101), chunksize=chunksize, timeout=TIMEOUT)
+    )
     assert out == [i * i for i in range(101)]
 
 
@@ -156,7 +164,9 @@ def test_map_exception_raised_at_its_position(ex: cf.Executor) -> None:
     it = ex.map(tasks.identity, [1, 2, cf.CancelledError], timeout=TIMEOUT)
     assert next(it) == 1
     assert next(it) == 2
-    assert next(it) is cf.CancelledError  # a value that happens to be a class, not raised
+    assert (
+        next(it) is cf.CancelledError
+    )  # a value that happens to be a class, not raised
     it2 = ex.map(tasks.raise_value_error, ["first"], timeout=TIMEOUT)
     with pytest.raises(ValueError, match="first"):
         next(it2)
@@ -214,14 +224,20 @@ def test_map_buffersize_with_chunks_impexec(cluster: impexec.ClusterExecutor) ->
 
 
 def test_map_unordered_yields_every_result(cluster: impexec.ClusterExecutor) -> None:
-    out = list(cluster.map_unordered(tasks.square, range(40), chunksize=3, timeout=TIMEOUT))
+    out = list(
+        cluster.map_unordered(tasks.square, range(40), chunksize=3, timeout=TIMEOUT)
+    )
     assert sorted(out) == [i * i for i in range(40)]
 
 
-def test_map_unordered_yields_in_completion_order(cluster: impexec.ClusterExecutor) -> None:
+def test_map_unordered_yields_in_completion_order(
+    cluster: impexec.ClusterExecutor,
+) -> None:
     _wait_for_workers(cluster)
     # the slow first call does not hold back the fast ones behind it
-    it = cluster.map_unordered(tasks.sleep_then, [1.5, 0.0], ["slow", "fast"], timeout=TIMEOUT)
+    it = cluster.map_unordered(
+        tasks.sleep_then, [1.5, 0.0], ["slow", "fast"], timeout=TIMEOUT
+    )
     assert next(it) == "fast"
     assert next(it) == "slow"
 
@@ -239,7 +255,7 @@ def test_map_static_needs_a_length(cluster: impexec.ClusterExecutor) -> None:
         cluster.map(tasks.square, iter(range(5)), chunksize="static")
 
 
-# -- futures helpers -------------------------------------------------------------------------
+# -- futures helpers -------------------------------------------------------------------
 def test_as_completed_and_wait(ex: cf.Executor) -> None:
     futs = [ex.submit(tasks.sleep_then, 0.02 * i, i) for i in range(6)]
     assert {f.result() for f in cf.as_completed(futs, timeout=TIMEOUT)} == set(range(6))
@@ -251,7 +267,9 @@ def test_as_completed_and_wait(ex: cf.Executor) -> None:
 def test_wait_first_exception(ex: cf.Executor, gate: Released) -> None:
     (blocked,) = _block_workers(ex, gate, 1)
     bad = ex.submit(tasks.raise_value_error)
-    done, not_done = cf.wait([blocked, bad], timeout=TIMEOUT, return_when=cf.FIRST_EXCEPTION)
+    done, not_done = cf.wait(
+        [blocked, bad], timeout=TIMEOUT, return_when=cf.FIRST_EXCEPTION
+    )
     assert bad in done
     assert blocked in not_done
     gate.release()
@@ -276,8 +294,10 @@ def test_done_callback_runs_once(ex: cf.Executor) -> None:
     assert late == [fut]
 
 
-# -- cancel ---------------------------------------------------------------------------------
-def test_cancel_undispatched_task_never_runs(ex: cf.Executor, gate: Released, tmp_path: Path) -> None:
+# -- cancel ----------------------------------------------------------------------------
+def test_cancel_undispatched_task_never_runs(
+    ex: cf.Executor, gate: Released, tmp_path: Path
+) -> None:
     blockers = _block_workers(ex, gate)
     markers = [tmp_path / f"marker{i}" for i in range(20)]
     futs = [ex.submit(tasks.write_marker, str(m)) for m in markers]
@@ -306,7 +326,7 @@ def test_cancel_done_or_running_future_fails(ex: cf.Executor, gate: Released) ->
     assert not running.cancel()
 
 
-# -- shutdown ------------------------------------------------------------------------------
+# -- shutdown --------------------------------------------------------------------------
 def test_shutdown_wait_completes_pending(ex: cf.Executor) -> None:
     futs = [ex.submit(tasks.sleep_then, 0.02, i) for i in range(10)]
     ex.shutdown(wait=True)
@@ -314,7 +334,9 @@ def test_shutdown_wait_completes_pending(ex: cf.Executor) -> None:
     assert [f.result(timeout=0) for f in futs] == list(range(10))
 
 
-def test_shutdown_cancel_futures_cancels_queued(ex: cf.Executor, gate: Released, tmp_path: Path) -> None:
+def test_shutdown_cancel_futures_cancels_queued(
+    ex: cf.Executor, gate: Released, tmp_path: Path
+) -> None:
     blockers = _block_workers(ex, gate)
     markers = [tmp_path / f"m{i}" for i in range(20)]
     futs = [ex.submit(tasks.write_marker, str(m)) for m in markers]
@@ -326,7 +348,7 @@ def test_shutdown_cancel_futures_cancels_queued(ex: cf.Executor, gate: Released,
     while not all(f.done() for f in futs):
         assert time.monotonic() < deadline, "futures still pending after shutdown"
         time.sleep(0.01)
-    for f, m in zip(futs, markers):
+    for f, m in zip(futs, markers, strict=True):
         assert f.done()
         if f.cancelled():
             assert not m.exists()
@@ -354,7 +376,9 @@ def test_context_manager_waits_and_shuts_down(ex: cf.Executor) -> None:
         ex.submit(tasks.square, 1)
 
 
-def test_lambdas_and_closures_with_cloudpickle(cluster: impexec.ClusterExecutor) -> None:
+def test_lambdas_and_closures_with_cloudpickle(
+    cluster: impexec.ClusterExecutor,
+) -> None:
     offset = 10
     assert cluster.submit(lambda x: x + offset, 5).result(timeout=TIMEOUT) == 15
     assert list(cluster.map(lambda x: x - offset, [10, 11], timeout=TIMEOUT)) == [0, 1]

@@ -62,7 +62,9 @@ def test_resolve_file(tmp_path: Path) -> None:
     path = _info().write(tmp_path / "conn.json")
     assert resolve(str(path)).key == KEY
     other = "ab" * 16
-    assert resolve(str(path), other).key == bytes.fromhex(other)  # --key overrides the file
+    assert resolve(str(path), other).key == bytes.fromhex(
+        other
+    )  # --key overrides the file
 
 
 def test_resolve_url_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,8 +79,14 @@ def test_resolve_url_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("text", "ok"),
-    [(KEY.hex(), True), ("  " + KEY.hex() + "\n", True), ("ab" * 16, True),
-     ("ab" * 15, False), ("not hex at all!", False), ("", False)],
+    [
+        (KEY.hex(), True),
+        ("  " + KEY.hex() + "\n", True),
+        ("ab" * 16, True),
+        ("ab" * 15, False),
+        ("not hex at all!", False),
+        ("", False),
+    ],
 )
 def test_parse_key_text(text: str, ok: bool) -> None:
     if ok:

@@ -23,7 +23,7 @@ from impexec._mapping import (
 )
 
 
-# -- planning -----------------------------------------------------------------------------------
+# -- planning --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("chunksize", "n_items", "n_workers", "expected"),
     [
@@ -40,7 +40,9 @@ from impexec._mapping import (
         ("auto", None, 4, AUTO_UNKNOWN_LENGTH_CHUNK),
     ],
 )
-def test_plan_chunksize(chunksize: Any, n_items: int | None, n_workers: int, expected: int) -> None:
+def test_plan_chunksize(
+    chunksize: Any, n_items: int | None, n_workers: int, expected: int
+) -> None:
     assert plan_chunksize(chunksize, n_items, n_workers) == expected
 
 
@@ -70,14 +72,19 @@ def test_input_length() -> None:
 def test_buffersize_checks_and_default() -> None:
     check_buffersize(None)
     check_buffersize(1)
-    for bad, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+    for bad, error in (
+        (0, ValueError),
+        (-1, ValueError),
+        (1.5, TypeError),
+        (True, TypeError),
+    ):
         with pytest.raises(error):
             check_buffersize(bad)
     assert default_buffersize(1) == MIN_BUFFERSIZE
     assert default_buffersize(1000) >= 1000
 
 
-# -- laziness --------------------------------------------------------------------------------
+# -- laziness --------------------------------------------------------------------------
 class Counting:
     def __init__(self, limit: int | None = None) -> None:
         self.consumed = 0
@@ -94,11 +101,15 @@ def test_chunks_are_lazy_and_zip_the_inputs() -> None:
     it = chunks((src, itertools.count(100)), 3)
     assert next(it) == [(0, 100), (1, 101), (2, 102)]
     assert src.consumed == 3
-    assert list(chunks((range(7),), 3)) == [[(0,), (1,), (2,)], [(3,), (4,), (5,)], [(6,)]]
+    assert list(chunks((range(7),), 3)) == [
+        [(0,), (1,), (2,)],
+        [(3,), (4,), (5,)],
+        [(6,)],
+    ]
 
 
 class Recorder:
-    """A submit function: records each chunk and hands back a Future the test resolves."""
+    """A submit function: records each chunk, returns a Future the test resolves."""
 
     def __init__(self, *, immediate: bool = True) -> None:
         self.immediate = immediate
@@ -129,7 +140,7 @@ def test_bounded_read_ahead_on_infinite_input(run: Any) -> None:
 def test_ordered_yields_in_input_order_whatever_completes_first() -> None:
     submit = Recorder(immediate=False)
     it = ordered(submit, chunks((range(6),), 2), 10, None)
-    for fut, chunk in reversed(list(zip(submit.futures, submit.chunks))):
+    for fut, chunk in reversed(list(zip(submit.futures, submit.chunks, strict=True))):
         fut.set_result([a[0] for a in chunk])
     assert list(it) == [0, 1, 2, 3, 4, 5]
 

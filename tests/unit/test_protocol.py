@@ -1,4 +1,4 @@
-"""The wire protocol: round trips, and every malformed message is refused before unpickling.
+"""The wire protocol: round trips; malformed messages are refused before unpickling.
 
 The last tests go through a real broker: junk sent to an executor's address is dropped
 and logged at WARNING, and the executor goes on working.
@@ -12,9 +12,9 @@ import time
 from typing import Any
 
 import pytest
-import tasks
 import zmq
 
+import tasks
 from impexec._errors import ProtocolError
 from impexec._protocol import (
     HEADER,
@@ -41,11 +41,27 @@ def _one(frames: list[Any], session: bytes | None = SESSION, key: bytes = KEY) -
 @pytest.mark.parametrize("kind", list(Kind))
 def test_round_trip_every_kind(kind: Kind) -> None:
     payload = [b"first", bytearray(b"second"), memoryview(b"third")]
-    frames = encode(KEY, kind, SESSION, 7, task_id=11, ctx_id=13, aux=17,
-                    flags=Flag.OK | Flag.CHUNK, serializer=2, frames=payload)
+    frames = encode(
+        KEY,
+        kind,
+        SESSION,
+        7,
+        task_id=11,
+        ctx_id=13,
+        aux=17,
+        flags=Flag.OK | Flag.CHUNK,
+        serializer=2,
+        frames=payload,
+    )
     msg = _one(frames)
     assert msg.kind is kind
-    assert (msg.session, msg.seq, msg.task_id, msg.ctx_id, msg.aux) == (SESSION, 7, 11, 13, 17)
+    assert (msg.session, msg.seq, msg.task_id, msg.ctx_id, msg.aux) == (
+        SESSION,
+        7,
+        11,
+        13,
+        17,
+    )
     assert msg.flags == Flag.OK | Flag.CHUNK
     assert msg.serializer == 2
     assert [bytes(f) for f in msg.frames] == [b"first", b"second", b"third"]
@@ -60,11 +76,17 @@ def test_round_trip_json_and_empty_payload() -> None:
 
 
 def test_batched_records_decode_in_order() -> None:
-    frames = [*encode(KEY, Kind.HEARTBEAT, SESSION, 1),
-              *encode(KEY, Kind.RESULT, SESSION, 2, task_id=5, frames=[b"x"]),
-              *encode(KEY, Kind.GOODBYE, SESSION, 3)]
+    frames = [
+        *encode(KEY, Kind.HEARTBEAT, SESSION, 1),
+        *encode(KEY, Kind.RESULT, SESSION, 2, task_id=5, frames=[b"x"]),
+        *encode(KEY, Kind.GOODBYE, SESSION, 3),
+    ]
     msgs = list(decode(KEY, frames, SESSION))
-    assert [(m.kind, m.seq) for m in msgs] == [(Kind.HEARTBEAT, 1), (Kind.RESULT, 2), (Kind.GOODBYE, 3)]
+    assert [(m.kind, m.seq) for m in msgs] == [
+        (Kind.HEARTBEAT, 1),
+        (Kind.RESULT, 2),
+        (Kind.GOODBYE, 3),
+    ]
 
 
 def test_round_trip_through_zmq_frames(raw_socket: Any) -> None:
@@ -85,9 +107,19 @@ def _header(frames: list[Any]) -> tuple[Any, ...]:
 
 
 def _with_header(frames: list[Any], **changes: Any) -> list[Any]:
-    names = ["version", "kind", "serializer", "flags", "nframes", "session", "seq",
-             "task_id", "ctx_id", "aux"]
-    fields = dict(zip(names, _header(frames)))
+    names = [
+        "version",
+        "kind",
+        "serializer",
+        "flags",
+        "nframes",
+        "session",
+        "seq",
+        "task_id",
+        "ctx_id",
+        "aux",
+    ]
+    fields = dict(zip(names, _header(frames), strict=True))
     fields.update(changes)
     return [frames[0], HEADER.pack(*(fields[n] for n in names)), *frames[2:]]
 
@@ -100,7 +132,9 @@ def _resign(frames: list[Any], key: bytes = KEY) -> list[Any]:
 
 
 def _good(**kw: Any) -> list[Any]:
-    return encode(KEY, Kind.RESULT, SESSION, 5, task_id=9, frames=[b"payload", b"buffer"], **kw)
+    return encode(
+        KEY, Kind.RESULT, SESSION, 5, task_id=9, frames=[b"payload", b"buffer"], **kw
+    )
 
 
 def _flip(data: bytes, at: int = 0) -> bytes:
@@ -117,8 +151,12 @@ BAD_MESSAGES = {
     "short signature": lambda f: [bytes(f[0])[:-1], *f[1:]],
     "short header": lambda f: [f[0], bytes(f[1])[:-1], *f[2:]],
     "empty": lambda f: [b"", b""],
-    "wrong key": lambda f: encode(b"x" * 32, Kind.RESULT, SESSION, 5, frames=[b"payload"]),
-    "wrong session": lambda f: encode(KEY, Kind.RESULT, b"o" * 8, 5, frames=[b"payload"]),
+    "wrong key": lambda f: encode(
+        b"x" * 32, Kind.RESULT, SESSION, 5, frames=[b"payload"]
+    ),
+    "wrong session": lambda f: encode(
+        KEY, Kind.RESULT, b"o" * 8, 5, frames=[b"payload"]
+    ),
     "unknown kind": lambda f: _resign(_with_header(f, kind=200)),
     "wrong version": lambda f: _resign(_with_header(f, version=PROTOCOL_VERSION + 1)),
     "oversize nframes": lambda f: _resign(_with_header(f, nframes=MAX_FRAMES + 1)),
@@ -159,13 +197,15 @@ def test_header_layout_is_fixed() -> None:
     assert SIG_SIZE == 32
 
 
-# -- through a real broker -------------------------------------------------------------------
+# -- through a real broker -------------------------------------------------------------
 JUNK = {
     "garbage frames": [b"hello", b"world"],
     "wrong key": encode(b"x" * 32, Kind.HEARTBEAT, SESSION, 1),
     "truncated": [b"\0" * SIG_SIZE],
-    "tampered task": [b"\0" * SIG_SIZE, HEADER.pack(PROTOCOL_VERSION, Kind.RESULT, 1, 0, 0,
-                                                    SESSION, 1, 1, 0, 0)],
+    "tampered task": [
+        b"\0" * SIG_SIZE,
+        HEADER.pack(PROTOCOL_VERSION, Kind.RESULT, 1, 0, 0, SESSION, 1, 1, 0, 0),
+    ],
 }
 
 
@@ -190,8 +230,10 @@ def test_broker_drops_and_logs_junk_and_keeps_working(
     assert ex.statistics().workers == 1  # the intruder did not become a worker
 
 
-def test_worker_drops_and_logs_junk_from_its_broker(raw_socket: Any, tmp_path: Any) -> None:
-    """A worker facing a fake broker that answers its READY with junk: dropped, logged."""
+def test_worker_drops_and_logs_junk_from_its_broker(
+    raw_socket: Any, tmp_path: Any
+) -> None:
+    """A fake broker answers a worker's READY with junk: dropped and logged."""
     import subprocess
     import sys
 
@@ -199,10 +241,24 @@ def test_worker_drops_and_logs_junk_from_its_broker(raw_socket: Any, tmp_path: A
 
     router = raw_socket(zmq.ROUTER)
     port = router.bind_to_random_port("tcp://127.0.0.1")
-    conn = ConnectionInfo(address=f"tcp://127.0.0.1:{port}", key=KEY).write(tmp_path / "c.json")
+    conn = ConnectionInfo(address=f"tcp://127.0.0.1:{port}", key=KEY).write(
+        tmp_path / "c.json"
+    )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "impexec", "worker", "--connect", str(conn), "--connect-timeout", "3"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "impexec",
+            "worker",
+            "--connect",
+            str(conn),
+            "--connect-timeout",
+            "3",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         ident, *frames = router.recv_multipart()

@@ -1,4 +1,4 @@
-"""The scheduling policy, without sockets or processes: time comes from ``fake_clock``."""
+"""The scheduling policy, without sockets or processes; time from ``fake_clock``."""
 
 from __future__ import annotations
 
@@ -37,12 +37,14 @@ def placed(assignments: list[Assignment]) -> list[tuple[int, bytes]]:
     return [(a.task.id, a.worker.ident) for a in assignments]
 
 
-def finish(s: Scheduler, task: Task, ok: bool = True, run_s: float = 0.0) -> Task | None:
+def finish(
+    s: Scheduler, task: Task, ok: bool = True, run_s: float = 0.0
+) -> Task | None:
     assert task.worker is not None
     return s.complete(task.worker, task.id, ok=ok, run_s=run_s)
 
 
-# -- dispatch order and credits --------------------------------------------------------------
+# -- dispatch order and credits --------------------------------------------------------
 def test_tasks_dispatched_in_submit_order_idle_workers_first() -> None:
     s = make(2, prefetch=1)
     submit(s, 1, 2, 3, 4, 5)
@@ -75,7 +77,9 @@ def test_adaptive_prefetch_grows_for_short_tasks() -> None:
     tasks = submit(s, *range(1, 201))
     first = s.assign(ALWAYS)
     assert len(first) == 2  # nothing known yet: one running + one prefetched
-    finish(s, tasks[0], run_s=1e-6)  # very short tasks: hold more to hide the round trip
+    finish(
+        s, tasks[0], run_s=1e-6
+    )  # very short tasks: hold more to hide the round trip
     more = s.assign(ALWAYS)
     assert len(s.workers[b"w0"].assigned) == 1 + MAX_PREFETCH
     assert len(more) == MAX_PREFETCH
@@ -90,7 +94,7 @@ def test_adaptive_prefetch_stays_low_for_long_tasks() -> None:
     assert len(s.workers[b"w0"].assigned) == 2
 
 
-# -- contexts ---------------------------------------------------------------------------------
+# -- contexts --------------------------------------------------------------------------
 def test_context_locality_prefers_the_worker_holding_it() -> None:
     s = make(3, prefetch=0)
     (t1,) = submit(s, 1, ctx=7)
@@ -137,7 +141,7 @@ def test_contexts_per_worker_are_bounded_lru() -> None:
     assert list(s.workers[b"w0"].contexts) == [2, 3]
 
 
-# -- heartbeats and lost workers ----------------------------------------------------------------
+# -- heartbeats and lost workers -------------------------------------------------------
 def test_heartbeat_expiry_with_fake_clock(fake_clock: Any) -> None:
     s = make(2, now=fake_clock(), heartbeat_timeout=0.5)
     fake_clock.advance(0.4)
@@ -164,7 +168,9 @@ def test_lost_worker_requeues_queued_without_penalty_and_charges_running() -> No
     st = s.statistics()
     assert (st.workers, st.workers_lost, st.resubmitted, st.queued) == (1, 1, 3, 3)
     on_w1 = [t for t in tasks if t not in on_w0]
-    assert all(t.state == "assigned" and t.worker == b"w1" for t in on_w1)  # w1 keeps its own
+    assert all(
+        t.state == "assigned" and t.worker == b"w1" for t in on_w1
+    )  # w1 keeps its own
 
 
 def test_goodbye_charges_nothing() -> None:
@@ -250,7 +256,7 @@ def test_result_from_a_worker_thought_lost_completes_the_requeued_task() -> None
     assert s.idle()
 
 
-# -- cancel, drain, shutdown --------------------------------------------------------------------
+# -- cancel, drain, shutdown -----------------------------------------------------------
 def test_claim_false_drops_a_cancelled_task() -> None:
     s = make(2, prefetch=0)
     submit(s, 1, 2, 3)
@@ -292,7 +298,7 @@ def test_invalid_options() -> None:
         Scheduler(prefetch=-1)
 
 
-# -- cost ---------------------------------------------------------------------------------------
+# -- cost ------------------------------------------------------------------------------
 class _CountingContexts(OrderedDict):  # type: ignore[type-arg]
     lookups = 0
 
@@ -307,7 +313,9 @@ def test_assign_does_not_scan_every_worker() -> None:
     for w in s.workers.values():
         w.contexts = _CountingContexts()
     _CountingContexts.lookups = 0
-    submit(s, 1, ctx=42)  # a context no worker holds: the locality scan must give up early
+    submit(
+        s, 1, ctx=42
+    )  # a context no worker holds: the locality scan must give up early
     (a,) = s.assign(ALWAYS)
     assert _CountingContexts.lookups <= 2 * (LOCALITY_SCAN + 2)
     # a full round: every worker gets one task; every step stays bounded

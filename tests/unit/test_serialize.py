@@ -7,8 +7,8 @@ import threading
 from typing import Any
 
 import pytest
-import tasks
 
+import tasks
 from impexec import SerializationError
 from impexec._serialize import (
     OOB_THRESHOLD,
@@ -65,7 +65,7 @@ def test_unknown_serializer() -> None:
         get_serializer(99)
 
 
-# -- naming the culprit ------------------------------------------------------------------------
+# -- naming the culprit ----------------------------------------------------------------
 class Holder:
     def __init__(self) -> None:
         self.fine = 1
@@ -79,10 +79,15 @@ class Holder:
         ([("argument 0", [1, 2, threading.Lock()])], "argument 0[2]"),
         ([("argument 1", {"k": (0, threading.Lock())})], "argument 1['k'][1]"),
         ([("argument 0", Holder())], "argument 0.lock"),
-        ([("argument 0", 1), ("keyword argument 'x'", tasks.ErrorAtPickle())], "keyword argument 'x'"),
+        (
+            [("argument 0", 1), ("keyword argument 'x'", tasks.ErrorAtPickle())],
+            "keyword argument 'x'",
+        ),
     ],
 )
-def test_error_names_the_innermost_culprit(named: list[tuple[str, Any]], where: str) -> None:
+def test_error_names_the_innermost_culprit(
+    named: list[tuple[str, Any]], where: str
+) -> None:
     ser = get_serializer("cloudpickle")
     err = serialization_error(ser, named, TypeError("x"))
     assert isinstance(err, SerializationError)
@@ -92,11 +97,13 @@ def test_error_names_the_innermost_culprit(named: list[tuple[str, Any]], where: 
 
 
 def test_error_names_the_type() -> None:
-    err = serialization_error(get_serializer("pickle"), [("argument 0", threading.Lock())], TypeError())
+    err = serialization_error(
+        get_serializer("pickle"), [("argument 0", threading.Lock())], TypeError()
+    )
     assert "_thread.lock" in str(err)
 
 
-# -- function cache ------------------------------------------------------------------------------
+# -- function cache --------------------------------------------------------------------
 def test_function_cache_reuses_bytes_and_forgets_dead_functions() -> None:
     ser = get_serializer("cloudpickle")
     cache = FunctionCache(ser)
@@ -113,7 +120,7 @@ def test_function_cache_reuses_bytes_and_forgets_dead_functions() -> None:
     assert ser.loads([cache.dumps(other)])(3) == 9
 
 
-# -- remote tracebacks ---------------------------------------------------------------------------
+# -- remote tracebacks -----------------------------------------------------------------
 def _raise_here() -> None:
     raise KeyError("remote problem")
 
