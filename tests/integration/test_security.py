@@ -372,3 +372,16 @@ def test_connection_info_repr_hides_secrets() -> None:
     text = repr(conn) + str(conn)
     assert key.hex() not in text and repr(key) not in text and secret not in text
     assert ConnectionInfo.from_json(conn.to_json()) == conn  # the file still has them
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_exposed_bind_warns_unless_encrypted(encrypt: bool, make_executor: Any,
+                                             warnings_log: pytest.LogCaptureFixture) -> None:
+    ex = make_executor(None, address="tcp://0.0.0.0:0", encrypt=encrypt)
+    conn = conn_of(ex)
+    exposed = [r.getMessage() for r in warnings_log.records if "without encrypt=True" in r.getMessage()]
+    if encrypt:
+        assert exposed == []
+    else:
+        assert len(exposed) == 1 and "can read the tasks and results" in exposed[0]
+    assert conn.key.hex() not in warnings_log.text
