@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import gc
 import os
 import sys
 import threading
@@ -106,6 +107,9 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     threads_before = _impexec_threads()
     children_before = _children()
     yield
+    # collect now, so that a ResourceWarning of an object this test dropped (an unwaited
+    # Popen, an open socket) is reported for this test, not for a later one
+    gc.collect()
     deadline = time.monotonic() + LEAK_GRACE_S
     while True:
         threads = _impexec_threads() - threads_before
