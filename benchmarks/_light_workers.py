@@ -13,9 +13,9 @@ Seen from the broker, each identity is a real worker (``src/impexec/_worker.py``
 Differences from the real worker, and why they do not matter to the broker:
 
 - One thread waits on every main socket with epoll on their ZMQ_FD (zmq.Poller costs
-  O(sockets) per call: ~220 µs for 250 sockets, more than a task); tasks run inline, in arrival order per identity
-  (the order the broker relies on). A long task would block the other identities and
-  their heartbeats: use no-op or microsecond tasks only.
+  O(sockets) per call: ~220 µs for 250 sockets, more than a task). Tasks run inline,
+  in arrival order per identity (the order the broker relies on). A long task would
+  block the other identities and their heartbeats: use no-op or microsecond tasks only.
 - Heartbeat sockets are not polled: every TICK_S a tenth of the identities send their
   HEARTBEAT after reading the broker's reply to their previous one, so the broker sees
   each identity once per interval, spread evenly over time (as independent processes
@@ -63,15 +63,26 @@ HB_SUFFIX = b"h"
 class _Identity:
     """One worker as the broker sees it: two sockets, their counters, its contexts."""
 
-    __slots__ = ("wid", "main", "hb", "seq", "hb_seq", "broker_seq", "hb_broker_seq",
-                 "welcomed", "contexts")
+    __slots__ = (
+        "broker_seq",
+        "contexts",
+        "hb",
+        "hb_broker_seq",
+        "hb_seq",
+        "main",
+        "seq",
+        "welcomed",
+        "wid",
+    )
 
     def __init__(self, wid: bytes, main: zmq.Socket[Any]):
         self.wid = wid
         self.main = main
         self.hb: zmq.Socket[Any] | None = None
         self.seq = 0  # our messages on main (READY is 1)
-        self.hb_seq = 0  # our messages on hb (a counter per socket, as the broker checks)
+        self.hb_seq = (
+            0  # our messages on hb (a counter per socket, as the broker checks)
+        )
         self.broker_seq = 0  # the broker's last accepted seq, per socket: replay guard
         self.hb_broker_seq = 0
         self.welcomed = False
@@ -81,8 +92,14 @@ class _Identity:
 class LightWorkerHost:
     """K worker identities in this process; :meth:`run` serves them until SHUTDOWN."""
 
-    def __init__(self, conn: ConnectionInfo, n: int, *, tag: str = "",
-                 connect_timeout: float = CONNECT_TIMEOUT_S):
+    def __init__(
+        self,
+        conn: ConnectionInfo,
+        n: int,
+        *,
+        tag: str = "",
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+    ):
         if n < 1:
             raise ValueError("need at least one identity")
         self.conn = conn
@@ -139,30 +156,36 @@ class LightWorkerHost:
     def _run(self, zctx: zmq.Context[Any]) -> int:
         epoll = self._epoll
         assert epoll is not None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "tag": self.tag,
-                "python": sys.version.split()[0], "impexec": __version__, "light": True}
+        key = self.conn.key
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "tag": self.tag,
+            "python": sys.version.split()[0],
+            "impexec": __version__,
+            "light": True,
+        }
         for _ in range(self.n):
             wid = os.urandom(16)
             idn = _Identity(wid, self._socket(zctx, wid))
             self._by_sock[idn.main] = idn
-            # ZMQ_FD is readable when the socket has commands to process, not exactly when
-            # a message waits: level-triggered epoll, and a socket is always read until
-            # EAGAIN after a wake-up (or after sending on it), so no message is missed
+            # ZMQ_FD is readable when the socket has commands to process, not exactly
+            # when a message waits: level-triggered epoll, and a socket is always read
+            # to EAGAIN after a wake-up (or after sending on it), so nothing is missed
             fd = idn.main.getsockopt(zmq.FD)
             self._by_fd[fd] = idn
             epoll.register(fd, select.EPOLLIN)
-            idn.seq = 1  # READY goes with a zero session: the broker tells it in WELCOME
-            send_frames(idn.main, encode(self.conn.key, Kind.READY, b"\0" * 8, 1,
-                                         frames=[json.dumps({**info, "worker": wid.hex()}).encode()]))
-            # ZMQ_FD only signals again once the socket has found its queue empty: a
-            # socket just used for sending must be read (to EAGAIN) before epoll waits
-            self._serve(zctx, idn)
+            # READY goes with a zero session: the broker tells it in WELCOME
+            idn.seq = 1
+            ready = json.dumps({**info, "worker": wid.hex()}).encode()
+            zero = b"\0" * 8
+            send_frames(idn.main, encode(key, Kind.READY, zero, 1, frames=[ready]))
+            self._serve(zctx, idn)  # read to EAGAIN (see above) before epoll waits
         parent = os.getppid()
         started = time.monotonic()
         last_heard = started
         next_tick = started + TICK_S
         tick = 0
-        slices = max(1, round(self.hb_interval / TICK_S))
         while self._by_sock:
             now = time.monotonic()
             for fd, _ in epoll.poll(max(0.0, next_tick - now)):
@@ -174,18 +197,22 @@ class LightWorkerHost:
                 continue
             next_tick = now + TICK_S
             welcomed = [i for i in self._by_sock.values() if i.welcomed]
-            if len(welcomed) < len(self._by_sock):
-                if now - started > self.connect_timeout:
-                    sys.stderr.write(f"light workers: {len(self._by_sock) - len(welcomed)} of "
-                                     f"{self.n} got no WELCOME from {self.conn.address}\n")
-                    return EXIT_NO_BROKER
+            waiting = len(self._by_sock) - len(welcomed)
+            if waiting and now - started > self.connect_timeout:
+                sys.stderr.write(
+                    f"light workers: {waiting} of {self.n} got no WELCOME from "
+                    f"{self.conn.address}\n"
+                )
+                return EXIT_NO_BROKER
             slices = max(1, round(self.hb_interval / TICK_S))
             tick += 1
-            for idn in welcomed[tick % slices::slices]:
+            for idn in welcomed[tick % slices :: slices]:
                 if self._heartbeat(idn):
                     last_heard = now
-            if now - last_heard > self.hb_timeout and len(welcomed) == len(self._by_sock):
-                sys.stderr.write(f"light workers: no word from the broker for {self.hb_timeout:g} s\n")
+            if not waiting and now - last_heard > self.hb_timeout:
+                sys.stderr.write(
+                    f"light workers: no word from the broker in {self.hb_timeout:g} s\n"
+                )
                 return EXIT_BROKER_GONE
             if os.getppid() != parent:
                 return EXIT_BROKER_GONE  # orphaned: our parent (the benchmark) is gone
@@ -195,7 +222,9 @@ class LightWorkerHost:
         """Verified, fresh messages of one receive (the worker's replay guard)."""
         out = []
         try:
-            for msg in decode(self.conn.key, frames, None if not idn.welcomed else self.session):
+            for msg in decode(
+                self.conn.key, frames, None if not idn.welcomed else self.session
+            ):
                 last = idn.hb_broker_seq if hb else idn.broker_seq
                 if msg.seq <= last:
                     continue
@@ -238,10 +267,10 @@ class LightWorkerHost:
                 elif kind == Kind.DROP_CONTEXT:
                     idn.contexts.pop(msg.ctx_id, None)
                 # HEARTBEAT (after an initializer) and DRAIN need nothing: tasks never
-                # wait here, and the broker sends SHUTDOWN once a draining worker is empty
+                # wait here; the broker sends SHUTDOWN once a draining worker is empty
 
     def _heartbeat(self, idn: _Identity) -> bool:
-        """Read the broker's answers on the heartbeat socket, then send the next beat."""
+        """Read the broker's answers on the heartbeat socket; send the next beat."""
         hb = idn.hb
         if hb is None:
             return False
@@ -295,14 +324,23 @@ class LightWorkerHost:
                 entry = idn.contexts.get(msg.ctx_id)
                 if entry is None:
                     if not first:
-                        return encode(self.conn.key, Kind.RESULT, self.session, idn.seq,
-                                      task_id=msg.task_id, flags=Flag.NEED_SETUP,
-                                      serializer=msg.serializer)
+                        return encode(
+                            self.conn.key,
+                            Kind.RESULT,
+                            self.session,
+                            idn.seq,
+                            task_id=msg.task_id,
+                            flags=Flag.NEED_SETUP,
+                            serializer=msg.serializer,
+                        )
                     try:
                         setup, sargs, skw = ser.loads([msg.frames[0]])
                         entry = (True, setup(*sargs, **skw))
                     except Exception as exc:
-                        entry = (False, ExceptionWithTraceback(exc, "(in the context's setup)\n"))
+                        entry = (
+                            False,
+                            ExceptionWithTraceback(exc, "(in the context's setup)\n"),
+                        )
                     idn.contexts[msg.ctx_id] = entry
                     while len(idn.contexts) > self.max_contexts:
                         idn.contexts.popitem(last=False)
@@ -311,7 +349,7 @@ class LightWorkerHost:
                     raise _Done
                 prefix = (entry[1],)
             fn = self._load_fn(ser, msg.frames[first])
-            call = ser.loads(msg.frames[first + 1:])
+            call = ser.loads(msg.frames[first + 1 :])
             if msg.flags & Flag.CHUNK:
                 value = [fn(*prefix, *args) for args in call]
             else:
@@ -322,9 +360,17 @@ class LightWorkerHost:
         except Exception as exc:
             ok, value = False, ExceptionWithTraceback(exc)
         run_us = int((time.perf_counter() - started) * 1e6)
-        return encode(self.conn.key, Kind.RESULT, self.session, idn.seq, task_id=msg.task_id,
-                      flags=Flag.OK if ok else 0, aux=run_us, serializer=msg.serializer,
-                      frames=ser.dumps(value))
+        return encode(
+            self.conn.key,
+            Kind.RESULT,
+            self.session,
+            idn.seq,
+            task_id=msg.task_id,
+            flags=Flag.OK if ok else 0,
+            aux=run_us,
+            serializer=msg.serializer,
+            frames=ser.dumps(value),
+        )
 
 
 class _Done(Exception):
@@ -333,7 +379,7 @@ class _Done(Exception):
 
 # -- helpers for the benchmark and the test --------------------------------------------
 def raise_fd_limit(want: int = 65536) -> int:
-    """Raise this process's open-file soft limit towards *want*; returns the new limit."""
+    """Raise the open-file soft limit towards *want*; returns the new limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = want if hard == resource.RLIM_INFINITY else min(want, hard)
     if soft < target:
@@ -349,17 +395,29 @@ def split(total: int, procs: int) -> list[int]:
     return [base + (i < extra) for i in range(procs)]
 
 
-def spawn(connection_file: str | os.PathLike[str], total: int, procs: int,
-          *, env: dict[str, str] | None = None) -> list[subprocess.Popen[bytes]]:
-    """Start *total* identities in up to *procs* host processes (children of this one)."""
+def spawn(
+    connection_file: str | os.PathLike[str],
+    total: int,
+    procs: int,
+    *,
+    env: dict[str, str] | None = None,
+) -> list[subprocess.Popen[bytes]]:
+    """Start *total* identities in up to *procs* host processes (our children)."""
     raise_fd_limit()  # children inherit the raised soft limit
     script = str(Path(__file__).resolve())
-    return [subprocess.Popen([sys.executable, script, str(connection_file), "-n", str(k)],
-                             env=env, stdin=subprocess.DEVNULL)
-            for k in split(total, procs)]
+    return [
+        subprocess.Popen(
+            [sys.executable, script, str(connection_file), "-n", str(k)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        for k in split(total, procs)
+    ]
 
 
-def reap(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> list[int | None]:
+def reap(
+    procs: list[subprocess.Popen[bytes]], timeout: float = 15.0
+) -> list[int | None]:
     """Wait for the host processes to exit; kill those still running after *timeout*.
 
     Returns each one's exit code (None: it had to be killed).
@@ -369,7 +427,7 @@ def reap(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> list[in
     for p in procs:
         try:
             codes.append(p.wait(max(0.0, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # noqa: PERF203  (a few processes, once)
             p.kill()
             p.wait(5.0)
             codes.append(None)
@@ -377,15 +435,21 @@ def reap(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> list[in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("connection_file")
-    parser.add_argument("-n", type=int, default=100, help="worker identities in this process")
+    parser.add_argument(
+        "-n", type=int, default=100, help="worker identities in this process"
+    )
     parser.add_argument("--tag", default="")
     parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S)
     args = parser.parse_args(argv)
     raise_fd_limit()
     conn = ConnectionInfo.read(args.connection_file)
-    return LightWorkerHost(conn, args.n, tag=args.tag, connect_timeout=args.connect_timeout).run()
+    return LightWorkerHost(
+        conn, args.n, tag=args.tag, connect_timeout=args.connect_timeout
+    ).run()
 
 
 if __name__ == "__main__":

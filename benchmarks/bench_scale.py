@@ -40,10 +40,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # _light_workers, when run as a script or with -m
 
+import _light_workers as light  # noqa: E402
 import psutil  # noqa: E402
 import zmq  # noqa: E402
 
-import _light_workers as light  # noqa: E402
 import impexec  # noqa: E402
 from impexec import _broker  # noqa: E402
 
@@ -174,46 +174,64 @@ def _fmt(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
 
 
-def report(rows: list[dict[str, Any]], args: argparse.Namespace, load0: str) -> str:
+def _pct(r: dict[str, Any], key: str) -> str:
+    return f"{r[key]:.1f}%" if key in r else "-"
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
     base = rows[0]
+    vs = f"vs W={base['workers']}"
+    columns: list[tuple[str, Any]] = [
+        ("workers", lambda r: f"{r['workers']:,}"),
+        ("host procs", lambda r: str(r["host_processes"])),
+        ("join s", lambda r: f"{r['join_s']:.2f}"),
+        ("submit tasks/s", lambda r: _fmt(r["submit_per_s"])),
+        (vs, lambda r: f"{r['submit_per_s'] / base['submit_per_s']:.2f}x"),
+        ("map items/s", lambda r: _fmt(r["map_items_per_s"])),
+        (vs, lambda r: f"{r['map_items_per_s'] / base['map_items_per_s']:.2f}x"),
+        ("broker µs/task", lambda r: f"{r['broker_us_per_task']:.1f}"),
+        ("client µs/task", lambda r: f"{r['process_us_per_task']:.1f}"),
+        ("hosts µs/task", lambda r: f"{r['hosts_us_per_task']:.1f}"),
+        ("idle: broker", lambda r: _pct(r, "idle_broker_pct")),
+        ("idle: client", lambda r: _pct(r, "idle_process_pct")),
+        ("idle: hosts", lambda r: _pct(r, "idle_hosts_pct")),
+        ("load 1 min", lambda r: r["load_after"].split(" /")[0]),
+    ]
+    lines = [
+        "| " + " | ".join(name for name, _ in columns) + " |",
+        "|" + "--:|" * len(columns),
+    ]
+    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
+    return lines
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace, load0: str) -> str:
+    cpu = platform.processor() or platform.machine()
     lines = [
         f"# impexec scale benchmark ({time.strftime('%Y-%m-%d %H:%M:%S %Z')})",
         "",
-        f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; "
-        f"{platform.platform()}",
+        f"- Machine: {cpu}, {os.cpu_count()} logical CPUs; {platform.platform()}",
         f"- Python {platform.python_version()}, impexec {impexec.__version__}, "
         f"pyzmq {zmq.pyzmq_version()}, libzmq {zmq.zmq_version()}",
-        f"- Settings: submit {args.tasks} no-op tasks; map {args.items} items, chunksize "
-        f"{args.chunksize}; median of {args.repeats} after a warm-up; up to {args.procs} light "
-        f"worker processes; heartbeat 1 s, timeout 10 s; idle window {args.idle:g} s",
+        f"- Settings: submit {args.tasks:,} no-op tasks; map {args.items:,} items, "
+        f"chunksize {args.chunksize}; median of {args.repeats} after a warm-up; up to "
+        f"{args.procs} light worker processes; heartbeat 1 s, timeout 10 s; idle "
+        f"window {args.idle:g} s",
         f"- Load average at start: {load0} (1/5/15 min); at end: {_loadavg()}",
         "",
-        "| workers | host procs | join s | submit tasks/s | vs W="
-        f"{base['workers']} | map items/s | vs W={base['workers']} | broker µs/task | "
-        "process µs/task | idle broker CPU | idle client CPU | idle hosts CPU | load (1 min) |",
-        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    for r in rows:
-        idle = [f"{r[k]:.1f}%" if k in r else "-" for k in
-                ("idle_broker_pct", "idle_process_pct", "idle_hosts_pct")]
-        lines.append(
-            f"| {r['workers']:,} | {r['host_processes']} | {r['join_s']:.2f} | "
-            f"{_fmt(r['submit_per_s'])} | {r['submit_per_s'] / base['submit_per_s']:.2f}× | "
-            f"{_fmt(r['map_items_per_s'])} | {r['map_items_per_s'] / base['map_items_per_s']:.2f}× | "
-            f"{r['broker_us_per_task']:.1f} | {r['process_us_per_task']:.1f} | "
-            f"{' | '.join(idle)} | {r['load_after'].split(' /')[0]} |"
-        )
-    lines += [
+        *_table(rows),
         "",
-        "CPU shares are of one core (100% = one core busy). 'broker' is the broker thread "
-        "alone; 'client' the whole client process (caller thread, broker, ZeroMQ's I/O "
-        "thread); 'hosts' the light worker processes. µs/task are CPU time during the "
-        "submit runs divided by the tasks.",
+        "µs/task: CPU time during the submit runs / tasks (broker: the broker thread; "
+        "client: the whole client process, i.e. caller thread + broker + ZeroMQ's I/O "
+        "thread; hosts: the light worker processes). idle: CPU share of one core while "
+        "the workers only heartbeat (100% = one core busy).",
     ]
     lost = [r for r in rows if r.get("workers_lost") or r.get("idle_lost")]
     if lost:
-        lines.append("⚠ workers were declared lost during: " +
-                     ", ".join(str(r["workers"]) for r in lost))
+        lines.append(
+            "WARNING: workers were declared lost with W = "
+            + ", ".join(str(r["workers"]) for r in lost)
+        )
     return "\n".join(lines)
 
 
@@ -236,16 +254,30 @@ def _profiled_loop(path: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workers", default="2,10,100,1000", help="comma-separated W values")
-    p.add_argument("--tasks", type=int, default=5000, help="no-op submits per repetition")
-    p.add_argument("--items", type=int, default=200_000, help="map items per repetition")
+    p.add_argument(
+        "--workers", default="2,10,100,1000", help="comma-separated W values"
+    )
+    p.add_argument(
+        "--tasks", type=int, default=5000, help="no-op submits per repetition"
+    )
+    p.add_argument(
+        "--items", type=int, default=200_000, help="map items per repetition"
+    )
     p.add_argument("--chunksize", type=int, default=200, help="map chunk size")
-    p.add_argument("--procs", type=int, default=4, help="light worker processes (at most)")
+    p.add_argument(
+        "--procs", type=int, default=4, help="light worker processes (at most)"
+    )
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--idle", type=float, default=10.0,
-                   help="seconds of idle heartbeat traffic to measure per W (0: skip)")
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=10.0,
+        help="seconds of idle heartbeat traffic to measure per W (0: skip)",
+    )
     p.add_argument("--json", help="also write the rows here")
-    p.add_argument("--profile", help="cProfile the broker thread; stats to PATH.<workers>")
+    p.add_argument(
+        "--profile", help="cProfile the broker thread; stats to PATH.<workers>"
+    )
     args = p.parse_args(argv)
     light.raise_fd_limit()
     if args.profile:
@@ -256,16 +288,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"W={w} ...", file=sys.stderr, flush=True)
         rows.append(measure(w, args))
         r = rows[-1]
-        print(f"  submit {r['submit_per_s']:,.0f}/s  map {r['map_items_per_s']:,.0f} items/s  "
-              f"broker {r['broker_us_per_task']:.1f} client {r['process_us_per_task']:.1f} "
-              f"hosts {r['hosts_us_per_task']:.1f} µs/task  idle broker "
-              f"{r.get('idle_broker_pct', 0):.1f}%  load {r['load_after']}", file=sys.stderr, flush=True)
+        print(
+            f"  submit {r['submit_per_s']:,.0f}/s, map {r['map_items_per_s']:,.0f} "
+            f"items/s, load {r['load_after']}",
+            file=sys.stderr,
+            flush=True,
+        )
     print(report(rows, args, load0))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     leftover = [t.name for t in threading.enumerate() if t.name.startswith("impexec")]
     if leftover:
-        print(f"⚠ threads left behind: {leftover}", file=sys.stderr)
+        print(f"WARNING: threads left behind: {leftover}", file=sys.stderr)
     return 0
 
 

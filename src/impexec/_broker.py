@@ -147,8 +147,9 @@ class Broker(threading.Thread):
 
         When the broker thread holds the lock (it is receiving), the task goes to the
         inbox instead: it picks it up on its next turn and dispatches it in a batch.
-        Waiting for the lock cost the caller ~40 µs of CPU per task once every task found
-        a free slot (many workers; issue 8: 2× the client's CPU per task at 1,000).
+        Waiting for the lock cost the caller ~40 µs of CPU per task once every task
+        found a free slot (many workers; issue 8: twice the client's CPU per task with
+        1,000 workers).
         """
         if not self._lock.acquire(blocking=False):
             self.enqueue(task)

@@ -1,4 +1,4 @@
-"""Hundreds of workers on one broker: they join, share the work, and all leave at shutdown.
+"""Hundreds of workers on one broker: they join, share the work, leave at shutdown.
 
 The workers are lightweight (``benchmarks/_light_workers.py``: many worker identities
 per process, each with its own sockets, handshake and heartbeats), so 200 of them fit
@@ -27,7 +27,8 @@ OPTIONS = {"heartbeat_interval": 0.5, "heartbeat_timeout": 15.0}
 
 def _load_light() -> Any:
     spec = importlib.util.spec_from_file_location(
-        "_light_workers", ROOT / "benchmarks" / "_light_workers.py")
+        "_light_workers", ROOT / "benchmarks" / "_light_workers.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -38,7 +39,9 @@ light = _load_light()
 
 
 @pytest.fixture
-def cluster(shutdown_with_deadline: Callable[..., None]) -> Iterator[tuple[ClusterExecutor, list[Any]]]:
+def cluster(
+    shutdown_with_deadline: Callable[..., None],
+) -> Iterator[tuple[ClusterExecutor, list[Any]]]:
     ex = ClusterExecutor(None, **OPTIONS)
     hosts = light.spawn(ex.connection_file(), N_WORKERS, N_HOSTS)
     try:
@@ -53,7 +56,9 @@ def _wait_workers(ex: ClusterExecutor, hosts: list[Any], n: int) -> None:
     while ex.statistics().workers < n:
         exited = [h.returncode for h in hosts if h.poll() is not None]
         assert not exited, f"a light worker host exited early: {exited}"
-        assert time.monotonic() < deadline, f"only {ex.statistics().workers} of {n} joined"
+        assert time.monotonic() < deadline, (
+            f"only {ex.statistics().workers} of {n} joined"
+        )
         time.sleep(0.05)
 
 
@@ -63,7 +68,9 @@ def test_hosts_split_identities_evenly() -> None:
     assert light.split(2, 4) == [1, 1]
 
 
-def test_200_workers_share_the_work_and_leave(cluster: tuple[ClusterExecutor, list[Any]]) -> None:
+def test_200_workers_share_the_work_and_leave(
+    cluster: tuple[ClusterExecutor, list[Any]],
+) -> None:
     ex, hosts = cluster
     _wait_workers(ex, hosts, N_WORKERS)
     stats = ex.statistics()
@@ -73,8 +80,9 @@ def test_200_workers_share_the_work_and_leave(cluster: tuple[ClusterExecutor, li
     # there). A map of near no-op tasks, one item per task, over 200 workers:
     assert list(ex.map(abs, range(2000), timeout=TIMEOUT)) == list(range(2000))
     # chunked, and results in input order
-    assert list(ex.map(pow, range(5000), [2] * 5000, chunksize=7, timeout=TIMEOUT)) == \
-        [x * x for x in range(5000)]
+    assert list(ex.map(pow, range(5000), [2] * 5000, chunksize=7, timeout=TIMEOUT)) == [
+        x * x for x in range(5000)
+    ]
     futures = [ex.submit(pow, i, 2) for i in range(600)]
     assert [f.result(timeout=TIMEOUT) for f in futures] == [i * i for i in range(600)]
 
@@ -86,7 +94,8 @@ def test_200_workers_share_the_work_and_leave(cluster: tuple[ClusterExecutor, li
     # the work went to many workers, not a few (counted from the broker's records, on
     # its thread: the identities of one host share a pid, so results cannot tell)
     busy = ex._broker.call(
-        lambda: sum(1 for w in ex._scheduler.workers.values() if w.completed), TIMEOUT)
+        lambda: sum(1 for w in ex._scheduler.workers.values() if w.completed), TIMEOUT
+    )
     assert busy > N_WORKERS // 2, f"only {busy} of {N_WORKERS} workers got a task"
 
     ex.shutdown(wait=True)
@@ -94,7 +103,9 @@ def test_200_workers_share_the_work_and_leave(cluster: tuple[ClusterExecutor, li
     assert light.reap(hosts, timeout=TIMEOUT) == [0] * N_HOSTS
 
 
-def test_light_worker_exceptions_travel_back(cluster: tuple[ClusterExecutor, list[Any]]) -> None:
+def test_light_worker_exceptions_travel_back(
+    cluster: tuple[ClusterExecutor, list[Any]],
+) -> None:
     ex, hosts = cluster
     _wait_workers(ex, hosts, N_WORKERS)
     with pytest.raises(ZeroDivisionError):

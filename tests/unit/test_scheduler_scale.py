@@ -38,9 +38,15 @@ def make(n_workers: int) -> CountingScheduler:
 def stranded(s: Scheduler) -> list[str]:
     """Workers with a free slot that assign() can no longer find."""
     capacity = s._capacity()
-    return [w.name for w in s.workers.values()
-            if not w.draining and not w.isolated and len(w.assigned) < capacity
-            and w.ident not in s._idle and w.ident not in s._partial]
+    return [
+        w.name
+        for w in s.workers.values()
+        if not w.draining
+        and not w.isolated
+        and len(w.assigned) < capacity
+        and w.ident not in s._idle
+        and w.ident not in s._partial
+    ]
 
 
 def test_capacity_rise_refiles_only_the_full_workers() -> None:
@@ -86,8 +92,13 @@ def test_complete_work_is_flat_in_workers() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from([0.0, 1e-6, 5e-5, 1e-3, 0.1])),
-                min_size=1, max_size=120))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.sampled_from([0.0, 1e-6, 5e-5, 1e-3, 0.1])),
+        min_size=1,
+        max_size=120,
+    )
+)
 def test_no_worker_with_a_free_slot_is_stranded(steps: list[tuple[int, float]]) -> None:
     # random submits, completions (with run times that move the capacity both ways),
     # drains: after each step every worker with a free slot is in a pool
