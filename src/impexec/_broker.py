@@ -535,17 +535,20 @@ class Broker(threading.Thread):
                                          aux=1))
         except Exception:  # closing anyway
             logger.debug("could not say goodbye to every worker", exc_info=True)
+        from ._errors import BrokenClusterError
+
         err = self.crash
         if err is not None:
-            from ._errors import BrokenClusterError
-
             broken = BrokenClusterError(f"the impexec broker thread died: {err!r}")
             for t in self.scheduler.fail_all():
                 self._later.append((t.future, False, broken))
-            while self._inbox:
-                item = self._inbox.popleft()
-                if isinstance(item, Task):
-                    self._later.append((item.future, False, broken))
+        else:
+            broken = BrokenClusterError("the executor was shut down before this task was sent")
+        # nothing may be left waiting on a broker that is gone (no future ever hangs)
+        while self._inbox:
+            item = self._inbox.popleft()
+            if isinstance(item, Task):
+                self._later.append((item.future, False, broken))
         # give ZeroMQ a moment to flush the SHUTDOWNs, then close
         self._guard.close()  # ZAP and monitor threads, before the socket and the context
         self._router.close(linger=200)
