@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", default="2,10,100,1000", help="comma-separated W values"
     )
     p.add_argument(
-        "--tasks", type=int, default=5000, help="no-op submits per repetition"
+        "--tasks", type=int, default=10_000, help="no-op submits per repetition"
     )
     p.add_argument(
         "--items", type=int, default=200_000, help="map items per repetition"
