@@ -2,20 +2,23 @@
 """Scale benchmark: task rate and broker cost as the number of workers grows (issue 8).
 
     python benchmarks/bench_scale.py                          # W = 2, 10, 100, 1000
-    python benchmarks/bench_scale.py --workers 2,1000 --tasks 5000 --procs 4
+    python benchmarks/bench_scale.py --workers 2,1000 --tasks 20000 --procs 4
     python benchmarks/bench_scale.py --profile /tmp/broker.prof   # cProfile the broker
 
-For each W, a fresh ``ClusterExecutor(None, heartbeat_interval=1.0,
-heartbeat_timeout=10.0)`` gets W lightweight workers (``_light_workers.py``: up to
---procs processes, each serving its share of worker identities on one poller; every
-identity has its own two sockets, READY/WELCOME handshake and heartbeats, exactly like a
-real worker on the wire). Then, median of --repeats after a warm-up:
+Each repetition of each W runs on a fresh ``ClusterExecutor(None,
+heartbeat_interval=1.0, heartbeat_timeout=10.0)`` with W lightweight workers
+(``_light_workers.py``: up to --procs processes, 2 by default so that every W loads the
+machine with the same processes; every identity has its own two sockets, READY/WELCOME
+handshake and heartbeats, exactly like a real worker on the wire). Repetitions go round
+the Ws (so a drifting load hits them all alike); medians of --repeats, each after a
+warm-up:
 
 - submit: ``[ex.submit(noop) for _ in range(N)]``, then wait for all → tasks/s;
-- map: ``list(ex.map(echo, range(M), chunksize=C))`` → items/s (and chunks/s);
-- the CPU the broker thread and the whole client process spend per task;
-- idle: CPU share of the broker thread (and of the client process, which includes
-  ZeroMQ's I/O thread) over --idle seconds while the W workers only heartbeat.
+- map: ``list(ex.map(echo, range(M), chunksize=C))``, checked → items/s;
+- CPU per task during the submit run: the broker thread, the whole client process,
+  the light worker processes;
+- idle (last repetition): CPU share of the broker thread (and of the client process,
+  which includes ZeroMQ's I/O thread) over --idle seconds of heartbeats only.
 
 The figure that matters is the ratio of each rate to the rate with the smallest W (the
 issue asks ≥ 0.8 at 1,000 workers vs 2). The machine's load average is printed with the
@@ -118,55 +121,64 @@ def run_map(ex: impexec.ClusterExecutor, m: int, chunksize: int) -> float:
     return m / elapsed
 
 
-def measure(w: int, args: argparse.Namespace) -> dict[str, Any]:
-    row: dict[str, Any] = {"workers": w, "load_before": _loadavg()}
+def measure_round(w: int, args: argparse.Namespace, *, idle: bool) -> dict[str, Any]:
+    """One repetition for W workers, on a fresh executor and fresh light workers."""
+    r: dict[str, Any] = {"workers": w}
     ex = impexec.ClusterExecutor(None, heartbeat_interval=1.0, heartbeat_timeout=10.0)
     procs: list[Any] = []
     try:
         procs = light.spawn(ex.connection_file(), w, args.procs)
-        row["host_processes"] = len(procs)
-        row["join_s"] = wait_workers(ex, w, procs)
+        r["host_processes"] = len(procs)
+        r["join_s"] = wait_workers(ex, w, procs)
         clock = ThreadClock(ex._broker.native_id or 0)
         run_submit(ex, min(args.tasks, 1000))  # warm-up: caches, adaptive prefetch
         run_map(ex, args.chunksize * 10, args.chunksize)
-        submit, mapped, b_cpu, p_cpu, h_cpu = [], [], [], [], []
-        for _ in range(args.repeats):
-            b0, p0 = clock.read()
-            h0 = _children_cpu(procs)
-            submit.append(run_submit(ex, args.tasks))
-            b1, p1 = clock.read()
-            b_cpu.append((b1 - b0) / args.tasks * 1e6)
-            p_cpu.append((p1 - p0) / args.tasks * 1e6)
-            h_cpu.append((_children_cpu(procs) - h0) / args.tasks * 1e6)
-            mapped.append(run_map(ex, args.items, args.chunksize))
-        row["submit_per_s"] = statistics.median(submit)
-        row["submit_all"] = submit
-        row["map_items_per_s"] = statistics.median(mapped)
-        row["map_all"] = mapped
-        row["broker_us_per_task"] = statistics.median(b_cpu)
-        row["process_us_per_task"] = statistics.median(p_cpu)
-        row["hosts_us_per_task"] = statistics.median(h_cpu)
-        stats = ex.statistics()
-        row["workers_seen"] = stats.workers
-        row["workers_lost"] = stats.workers_lost
-        if args.idle > 0:
+        b0, p0 = clock.read()
+        h0 = _children_cpu(procs)
+        r["submit_per_s"] = run_submit(ex, args.tasks)
+        b1, p1 = clock.read()
+        r["broker_us_per_task"] = (b1 - b0) / args.tasks * 1e6
+        r["process_us_per_task"] = (p1 - p0) / args.tasks * 1e6
+        r["hosts_us_per_task"] = (_children_cpu(procs) - h0) / args.tasks * 1e6
+        r["map_items_per_s"] = run_map(ex, args.items, args.chunksize)
+        if idle:
             b0, p0 = clock.read()
             c0 = _children_cpu(procs)
             t0 = time.perf_counter()
             time.sleep(args.idle)
             elapsed = time.perf_counter() - t0
             b1, p1 = clock.read()
-            row["idle_broker_pct"] = (b1 - b0) / elapsed * 100
-            row["idle_process_pct"] = (p1 - p0) / elapsed * 100
-            row["idle_hosts_pct"] = (_children_cpu(procs) - c0) / elapsed * 100
-            row["idle_lost"] = ex.statistics().workers_lost
-        row["load_after"] = _loadavg()
+            r["idle_broker_pct"] = (b1 - b0) / elapsed * 100
+            r["idle_process_pct"] = (p1 - p0) / elapsed * 100
+            r["idle_hosts_pct"] = (_children_cpu(procs) - c0) / elapsed * 100
+        r["workers_lost"] = ex.statistics().workers_lost
+        r["load_after"] = _loadavg()
     finally:
         t0 = time.perf_counter()
         ex.shutdown(wait=True, cancel_futures=True)
-        codes = light.reap(procs, timeout=30.0)
-        row["shutdown_s"] = time.perf_counter() - t0
-        row["host_exit_codes"] = codes
+        r["host_exit_codes"] = light.reap(procs, timeout=30.0)
+        r["shutdown_s"] = time.perf_counter() - t0
+    return r
+
+
+MEDIANS = (
+    "join_s",
+    "submit_per_s",
+    "map_items_per_s",
+    "broker_us_per_task",
+    "process_us_per_task",
+    "hosts_us_per_task",
+)
+
+
+def merge(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row of one W: medians over its rounds, plus every repetition's figures."""
+    row = {**rounds[-1]}  # idle figures, load, process count: from the last round
+    for key in MEDIANS:
+        row[key] = statistics.median(r[key] for r in rounds)
+        row[key + "_all"] = [r[key] for r in rounds]
+    row["workers_lost"] = sum(r["workers_lost"] for r in rounds)
+    row["host_exit_codes"] = [c for r in rounds for c in r["host_exit_codes"]]
     return row
 
 
@@ -214,7 +226,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, load0: str) -> 
         f"- Python {platform.python_version()}, impexec {impexec.__version__}, "
         f"pyzmq {zmq.pyzmq_version()}, libzmq {zmq.zmq_version()}",
         f"- Settings: submit {args.tasks:,} no-op tasks; map {args.items:,} items, "
-        f"chunksize {args.chunksize}; median of {args.repeats} after a warm-up; up to "
+        f"chunksize {args.chunksize}; median of {args.repeats} rounds over the Ws, "
+        f"a fresh executor and a warm-up each; up to "
         f"{args.procs} light worker processes; heartbeat 1 s, timeout 10 s; idle "
         f"window {args.idle:g} s",
         f"- Load average at start: {load0} (1/5/15 min); at end: {_loadavg()}",
@@ -226,7 +239,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, load0: str) -> 
         "thread; hosts: the light worker processes). idle: CPU share of one core while "
         "the workers only heartbeat (100% = one core busy).",
     ]
-    lost = [r for r in rows if r.get("workers_lost") or r.get("idle_lost")]
+    lost = [r for r in rows if r["workers_lost"]]
     if lost:
         lines.append(
             "WARNING: workers were declared lost with W = "
@@ -265,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--chunksize", type=int, default=200, help="map chunk size")
     p.add_argument(
-        "--procs", type=int, default=4, help="light worker processes (at most)"
+        "--procs", type=int, default=2, help="light worker processes (at most)"
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
@@ -283,17 +296,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         _profiled_loop(args.profile)
     load0 = _loadavg()
-    rows = []
-    for w in (int(x) for x in args.workers.split(",")):
-        print(f"W={w} ...", file=sys.stderr, flush=True)
-        rows.append(measure(w, args))
-        r = rows[-1]
-        print(
-            f"  submit {r['submit_per_s']:,.0f}/s, map {r['map_items_per_s']:,.0f} "
-            f"items/s, load {r['load_after']}",
-            file=sys.stderr,
-            flush=True,
-        )
+    widths = [int(x) for x in args.workers.split(",")]
+    rounds: dict[int, list[dict[str, Any]]] = {w: [] for w in widths}
+    # repetitions go round the Ws (2, 10, ..., 2, 10, ...), not W after W: on a shared
+    # machine the load drifts, and every W should see the same drift
+    for rep in range(args.repeats):
+        for w in widths:
+            print(
+                f"round {rep + 1}/{args.repeats}, W={w} ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            r = measure_round(w, args, idle=args.idle > 0 and rep == args.repeats - 1)
+            rounds[w].append(r)
+            print(
+                f"  submit {r['submit_per_s']:,.0f}/s, map {r['map_items_per_s']:,.0f} "
+                f"items/s, load {r['load_after']}",
+                file=sys.stderr,
+                flush=True,
+            )
+    rows = [merge(rounds[w]) for w in widths]
     print(report(rows, args, load0))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
