@@ -80,10 +80,8 @@ class _Identity:
         self.main = main
         self.hb: zmq.Socket[Any] | None = None
         self.seq = 0  # our messages on main (READY is 1)
-        self.hb_seq = (
-            0  # our messages on hb (a counter per socket, as the broker checks)
-        )
-        self.broker_seq = 0  # the broker's last accepted seq, per socket: replay guard
+        self.hb_seq = 0  # our messages on hb: the broker checks a counter per socket
+        self.broker_seq = 0  # the broker's last accepted seq, per socket (replays)
         self.hb_broker_seq = 0
         self.welcomed = False
         self.contexts: OrderedDict[int, tuple[bool, Any]] = OrderedDict()
@@ -131,10 +129,6 @@ class LightWorkerHost:
             s.setsockopt(zmq.CURVE_SECRETKEY, (self.conn.client_secret or "").encode())
         s.connect(self.conn.address)
         return s
-
-    def _send(self, idn: _Identity, kind: Kind, **kw: Any) -> None:
-        idn.seq += 1
-        send_frames(idn.main, encode(self.conn.key, kind, self.session, idn.seq, **kw))
 
     # -- main loop --------------------------------------------------------------------
     def run(self) -> int:
@@ -261,6 +255,16 @@ class LightWorkerHost:
                     idn.welcomed = True
                     idn.hb = self._socket(zctx, idn.wid + HB_SUFFIX)
                     self._heartbeat(idn)
+                    if msg.flags & Flag.HAS_SETUP:
+                        # the executor's initializer, once per identity as per process;
+                        # a main-socket HEARTBEAT then tells the broker it succeeded
+                        fn, args = get_serializer(msg.serializer).loads(msg.frames[1:])
+                        fn(*args)
+                        idn.seq += 1
+                        beat = encode(
+                            self.conn.key, Kind.HEARTBEAT, self.session, idn.seq
+                        )
+                        send_frames(idn.main, beat)
                 elif kind == Kind.SHUTDOWN:
                     self._close(idn)
                     return True
