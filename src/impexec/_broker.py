@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 
 from . import __version__
-from ._errors import ProtocolError, SerializationError, WorkerLostError, WorkerStartError
+from ._errors import BrokenClusterError, ProtocolError, SerializationError, WorkerLostError, WorkerStartError
 from ._protocol import Flag, Kind, decode, encode, recv_frames, send_frames
 from ._scheduler import Scheduler, Statistics, Task, WorkerRecord
 from ._security import DropLog, RouterGuard
@@ -153,10 +153,12 @@ class Broker(threading.Thread):
         """
         if not self._lock.acquire(blocking=False):
             self.enqueue(task)
+            if self.stopped.is_set():  # raced with teardown: nobody will read the inbox
+                self._fail_orphans()
             return
         try:
             if self._closed:
-                self._inbox.append(task)  # teardown fails it with the broker's error
+                task.future.set_exception(BrokenClusterError("the executor's broker has stopped"))
                 return
             self.scheduler.submit(task)
             self._dispatch()
@@ -167,6 +169,15 @@ class Broker(threading.Thread):
             self._flush()
         if readable and self._sleeping:
             self._wake()
+
+    def _fail_orphans(self) -> None:
+        while True:
+            try:
+                item = self._inbox.popleft()
+            except IndexError:
+                return
+            if isinstance(item, Task):
+                _resolve(item.future, False, BrokenClusterError("the executor's broker has stopped"))
 
     def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
         """Run *fn* on the broker thread and return its result (or raise its error)."""
@@ -535,8 +546,6 @@ class Broker(threading.Thread):
                                          aux=1))
         except Exception:  # closing anyway
             logger.debug("could not say goodbye to every worker", exc_info=True)
-        from ._errors import BrokenClusterError
-
         err = self.crash
         if err is not None:
             broken = BrokenClusterError(f"the impexec broker thread died: {err!r}")

@@ -363,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         if args.watch:
+            # Ctrl-C ends the watch even when started from a shell or CI runner that
+            # ignores SIGINT for background jobs (Python keeps an inherited SIG_IGN)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             while True:
                 data = _request(args.target, args.key, "STATUS", args.timeout)
                 if not args.json:

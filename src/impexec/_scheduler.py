@@ -234,7 +234,9 @@ class Scheduler:
         if self.prefetch is not None:
             return 1 + self.prefetch
         if self._mean_run_s <= 0:
-            return 2
+            # nothing has finished yet, so the tasks may be long: no prefetch, or the
+            # first worker would hold tasks that a second, just starting, could run
+            return 1
         extra = math.ceil(PREFETCH_TARGET_S / self._mean_run_s)
         return 1 + max(1, min(MAX_PREFETCH, extra))
 
