@@ -431,7 +431,7 @@ def reap(
     for p in procs:
         try:
             codes.append(p.wait(max(0.0, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:  # noqa: PERF203  (a few processes, once)
+        except subprocess.TimeoutExpired:
             p.kill()
             p.wait(5.0)
             codes.append(None)

@@ -341,7 +341,7 @@ class ExecutorSpec:
         for dist in self.packages:
             try:
                 out[dist] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:  # noqa: PERF203
+            except importlib.metadata.PackageNotFoundError:
                 out[dist] = "not installed"
         return out
 

@@ -58,7 +58,7 @@ def versions() -> dict[str, str]:
     for dist in PACKAGES:
         try:
             out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:  # noqa: PERF203
+        except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     return out
 

@@ -99,7 +99,7 @@ def _reap_zombies() -> None:
         try:
             if p.status() == psutil.STATUS_ZOMBIE:
                 os.waitpid(p.pid, os.WNOHANG)
-        except (psutil.Error, ChildProcessError, OSError):  # noqa: PERF203
+        except (psutil.Error, ChildProcessError, OSError):
             pass
 
 

@@ -36,7 +36,7 @@ def timed(label, run):
 
 
 def main():
-    rng = random.Random(1)  # noqa: S311 - task durations, not secrets
+    rng = random.Random(1)
     delays = [rng.choice([0.005, 0.005, 0.005, 0.1]) for _ in range(UNEVEN_CALLS)]
     with ClusterExecutor(workers=2) as ex:
         ex.submit(tiny, 0).result(timeout=60)  # wait for a worker before timing

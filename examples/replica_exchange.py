@@ -41,7 +41,7 @@ def build_model(limit: float, n: int) -> dict:
 def sample(model: dict, state: tuple, temperature: float, steps: int, seed: int) -> tuple:
     """Metropolis steps from *state*; returns (state, energy, accepted moves, setup id)."""
     table, limit, scale = model["table"], model["limit"], model["scale"]
-    rng = random.Random(seed)  # noqa: S311 - sampling, not cryptography
+    rng = random.Random(seed)
 
     def energy(x: float, y: float) -> float:
         return table[round((x + limit) * scale)][round((y + limit) * scale)]
@@ -64,7 +64,7 @@ def main() -> None:
     moves = [0] * len(TEMPERATURES)
     swaps_tried, swaps_done = [0] * (len(TEMPERATURES) - 1), [0] * (len(TEMPERATURES) - 1)
     setups, right_well = set(), 0
-    rng = random.Random(1)  # noqa: S311 - sampling, not cryptography
+    rng = random.Random(1)
     with ClusterExecutor(workers=2) as ex, ex.context(build_model, LIMIT, N) as ctx:
         for r in range(ROUNDS):
             seeds = [rng.randrange(2**32) for _ in TEMPERATURES]

@@ -103,7 +103,7 @@ class Broker(threading.Thread):
         # limits (MAXMSGSIZE, RCVHWM per peer), CURVE server + ZAP client check: _security
         self._guard = RouterGuard(self._router, curve_secret=curve_secret,
                                   curve_clients=curve_clients, max_message_size=max_message_size)
-        if address.endswith(":0") or address.endswith(":*"):
+        if address.endswith((":0", ":*")):
             base = address.rsplit(":", 1)[0]
             port = self._router.bind_to_random_port(base)
             self.address = f"{base}:{port}"

@@ -94,7 +94,8 @@ class Context(Executor):
         """
         return self._submitted(lambda: self._ex._submit(fn, args, kwargs, ctx_id=self.id))
 
-    def _submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes, chunk: list[tuple[Any, ...]]) -> Future[Any]:
+    def _submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes,
+                      chunk: list[tuple[Any, ...]]) -> Future[Any]:
         return self._submitted(lambda: self._ex._submit_chunk(fn, fn_frame, chunk, ctx_id=self.id))
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,

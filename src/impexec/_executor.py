@@ -150,7 +150,7 @@ class ClusterExecutor(Executor):
         )
         host = self._broker.address.split("://", 1)[1].rsplit(":", 1)[0]
         port = self._broker.address.rsplit(":", 1)[1]
-        if advertise is None and host in ("0.0.0.0", "*", "[::]", "::"):
+        if advertise is None and host in ("0.0.0.0", "*", "[::]", "::"):  # noqa: S104 (a check, not a bind)
             advertise = socket.gethostname()
         dial = f"tcp://{advertise or host}:{port}"
         if not encrypt and not _is_loopback(host):

@@ -69,7 +69,7 @@ def check_buffersize(buffersize: int | None) -> None:
 
 
 def chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[list[tuple[Any, ...]]]:
-    it = zip(*iterables)
+    it = zip(*iterables)  # noqa: B905 (shortest input ends the map, as Executor.map does)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
 

@@ -8,7 +8,7 @@ Every message is a run of ZeroMQ frames::
     payload     nframes frames   pickles, out-of-band buffers or JSON, by kind
 
 Several messages may share one multipart send (batching): the receiver walks the
-records ``signature, header, payload × nframes`` until the frames are used up.
+records ``signature, header, payload x nframes`` until the frames are used up.
 
 Header fields (``!BBBBI8sQQQQ``):
 

@@ -157,7 +157,8 @@ class Scheduler:
         )
 
     # -- workers -----------------------------------------------------------------------
-    def add_worker(self, ident: bytes, name: str, now: float, tag: str = "", info: dict[str, Any] | None = None) -> WorkerRecord:
+    def add_worker(self, ident: bytes, name: str, now: float, tag: str = "",
+                   info: dict[str, Any] | None = None) -> WorkerRecord:
         w = WorkerRecord(ident, name, tag, info or {}, last_seen=now, joined=now)
         self.workers[ident] = w
         self._idle[ident] = w
@@ -353,17 +354,17 @@ class Scheduler:
     def complete(self, ident: bytes, task_id: int, *, ok: bool, run_s: float = 0.0) -> Task | None:
         """A result arrived. Returns the task if it was still open (first result wins)."""
         w = self.workers.get(ident)
-        if w is not None:
-            if w.assigned.pop(task_id, None) is not None:
-                w.completed += 1
-                before = self._capacity()
-                if run_s > 0:
-                    self._mean_run_s = run_s if self._mean_run_s <= 0 else 0.8 * self._mean_run_s + 0.2 * run_s
-                capacity = self._capacity()
-                if capacity > before:
-                    self.refresh_pools()
-                else:
-                    self._refile(w, capacity)
+        if w is not None and w.assigned.pop(task_id, None) is not None:
+            w.completed += 1
+            before = self._capacity()
+            if run_s > 0:
+                m = self._mean_run_s
+                self._mean_run_s = run_s if m <= 0 else 0.8 * m + 0.2 * run_s
+            capacity = self._capacity()
+            if capacity > before:
+                self.refresh_pools()
+            else:
+                self._refile(w, capacity)
         task = self.tasks.pop(task_id, None)
         if task is None:
             return None  # a duplicate, or the answer of a worker declared lost, too late

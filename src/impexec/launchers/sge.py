@@ -100,7 +100,8 @@ class SGEWorkers(BatchWorkers):
             raise RuntimeError(f"qstat -xml -g d: {proc.stderr.strip()}")
         wanted = set(jobs)
         states = {}
-        for entry in ET.fromstring(proc.stdout).iter("job_list"):
+        # the XML comes from our own local qstat call, not from the network
+        for entry in ET.fromstring(proc.stdout).iter("job_list"):  # noqa: S314
             job = (entry.findtext("JB_job_number") or "").strip()
             if job not in wanted:
                 continue
