@@ -9,7 +9,8 @@ The broker binds all interfaces and tells the workers this host's name; the comp
 nodes must be able to reach it (``advertise=`` names another address). ``--dry-run``
 needs no Slurm at all.
 """
-# ci: skip  (needs a Slurm cluster; tests/cluster/test_slurm.py covers SlurmWorkers)
+# ci: args --dry-run
+# ci: slurm-args --workers 2
 
 import argparse
 import socket

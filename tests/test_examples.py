@@ -18,21 +18,51 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 #: Seconds one example may run (they are meant to finish in a few seconds on 2 cores).
 EXAMPLE_TIMEOUT_S = 240
 SKIP_MARK = re.compile(r"^#\s*ci:\s*skip\b(.*)$", re.MULTILINE)
+#: ``# ci: args ...``: the arguments CI runs the example with (e.g. ``--dry-run``).
+ARGS_MARK = re.compile(r"^#\s*ci:\s*args\b(.*)$", re.MULTILINE)
+#: ``# ci: slurm-args ...``: also run it with these arguments where a Slurm answers.
+SLURM_MARK = re.compile(r"^#\s*ci:\s*slurm-args\b(.*)$", re.MULTILINE)
 
 
 def _examples() -> list[Path]:
     return sorted(EXAMPLES.glob("*.py"))
 
 
-@pytest.mark.parametrize("path", _examples(), ids=lambda p: p.name)
-def test_example_runs(path: Path, tmp_path: Path) -> None:
+def _runs() -> list[tuple[Path, str | None]]:
+    runs: list[tuple[Path, str | None]] = []
+    for path in _examples():
+        text = path.read_text()
+        args = ARGS_MARK.search(text)
+        runs.append((path, args.group(1).strip() if args else None))
+        slurm = SLURM_MARK.search(text)
+        if slurm:
+            runs.append((path, "slurm:" + slurm.group(1).strip()))
+    return runs
+
+
+def _slurm_answers() -> bool:
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=15,
+                              check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.parametrize(("path", "args"), _runs(),
+                         ids=lambda v: v.name if isinstance(v, Path) else (v or ""))
+def test_example_runs(path: Path, args: str | None, tmp_path: Path) -> None:
     text = path.read_text()
     mark = SKIP_MARK.search(text)
     if mark:
         pytest.skip(f"{path.name} is marked '# ci: skip'{mark.group(1)}")
+    argv = (args or "").split()
+    if args and args.startswith("slurm:"):
+        if not _slurm_answers():
+            pytest.skip("no Slurm answers: start it with `sudo bash ci/cluster-up.sh up slurm`")
+        argv = args[len("slurm:"):].split()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
     proc = subprocess.run(
-        [sys.executable, str(path)],
+        [sys.executable, str(path), *argv],
         cwd=tmp_path,
         env=env,
         stdin=subprocess.DEVNULL,
