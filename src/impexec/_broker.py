@@ -298,6 +298,12 @@ class Broker(threading.Thread):
             task = a.task
             frames = task.frames
             flags = task.flags
+            if task.blobs:  # table of (digest, included?) then the blobs the worker lacks
+                missing = a.missing_blobs
+                table = b"".join(d + (b"\1" if d in missing else b"\0") for d, _ in task.blobs)
+                sent = [data for d, data in task.blobs if d in missing]
+                frames = [table, *sent, *frames]
+                flags |= Flag.HAS_BLOBS
             if a.with_setup:
                 setup = self._contexts.get(task.ctx_id)
                 if setup is None:  # closed meanwhile: should not happen, fail loudly

@@ -38,7 +38,14 @@ from ._mapping import (
 )
 from ._protocol import Flag
 from ._scheduler import DEFAULT_MAX_CONTEXTS, Scheduler, Statistics, Task
-from ._serialize import FunctionCache, get_serializer, serialization_error
+from ._serialize import (
+    BLOB_MIN,
+    BlobDigests,
+    BlobRef,
+    FunctionCache,
+    get_serializer,
+    serialization_error,
+)
 from .launchers.base import Launcher
 from .launchers.local import LocalWorkers
 
@@ -117,6 +124,7 @@ class ClusterExecutor(Executor):
             raise ValueError("max_contexts must be >= 1")
         self._ser = get_serializer(serializer)
         self._fncache = FunctionCache(self._ser)
+        self._digests = BlobDigests()
         self._launchers = self._make_launchers(workers)
         init_frames = None
         if initializer is not None:
@@ -231,13 +239,34 @@ class ClusterExecutor(Executor):
         ser = self._ser
         try:
             fn_frame = self._fncache.dumps(fn)
+            blobs: dict[bytes, bytes] = {}
+            if any(type(a) is bytes and len(a) >= BLOB_MIN for a in (*args, *kwargs.values())):
+                args = tuple(self._blob_ref(a, blobs) for a in args)
+                kwargs = {k: self._blob_ref(v, blobs) for k, v in kwargs.items()}
             frames = ser.dumps((args, kwargs))
         except Exception as exc:
             named = [("the callable", fn), *((f"argument {i}", a) for i, a in enumerate(args)),
                      *((f"keyword argument {k!r}", v) for k, v in kwargs.items())]
             raise serialization_error(ser, named, exc) from exc
-        return self._enqueue(Task(next(self._ids), [fn_frame, *frames], Future(), ctx_id,
-                                  ser=ser.code))
+        fn_part, flags = self._fn_part(fn_frame, blobs)
+        return self._enqueue(Task(next(self._ids), [fn_part, *frames], Future(), ctx_id,
+                                  flags=flags, ser=ser.code, blobs=tuple(blobs.items())))
+
+    def _blob_ref(self, value: Any, blobs: dict[bytes, bytes]) -> Any:
+        """A large ``bytes`` argument travels once per worker: send a reference instead."""
+        if type(value) is bytes and len(value) >= BLOB_MIN:
+            digest = self._digests.digest(value)
+            blobs[digest] = value
+            return BlobRef(digest)
+        return value
+
+    def _fn_part(self, fn_frame: bytes, blobs: dict[bytes, bytes]) -> tuple[bytes, int]:
+        """The function frame, or the digest of it when it is large (sent once per worker)."""
+        if len(fn_frame) < BLOB_MIN:
+            return fn_frame, 0
+        digest = self._digests.digest(fn_frame)
+        blobs[digest] = fn_frame
+        return digest, Flag.FN_BLOB
 
     def _submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes, chunk: list[tuple[Any, ...]],
                       ctx_id: int = 0) -> Future[Any]:
@@ -248,8 +277,11 @@ class ClusterExecutor(Executor):
         except Exception as exc:
             named = [(f"the arguments {args!r:.60}", args) for args in chunk]
             raise serialization_error(ser, named, exc) from exc
-        return self._enqueue(Task(next(self._ids), [fn_frame, *frames], Future(), ctx_id,
-                                  flags=Flag.CHUNK, ser=ser.code, items=len(chunk)))
+        blobs: dict[bytes, bytes] = {}
+        fn_part, flags = self._fn_part(fn_frame, blobs)
+        return self._enqueue(Task(next(self._ids), [fn_part, *frames], Future(), ctx_id,
+                                  flags=Flag.CHUNK | flags, ser=ser.code, items=len(chunk),
+                                  blobs=tuple(blobs.items())))
 
     # -- the Executor interface ------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:

@@ -33,8 +33,9 @@ Kind            direction        payload frames
 READY           worker → broker  JSON: worker id, pid, host, tag, versions (sent with a
                                  zero session: the worker learns it from WELCOME)
 HEARTBEAT       both             none
-TASK            broker → worker  [setup pickle if HAS_SETUP], function pickle,
-                                 arguments pickle, out-of-band buffers
+TASK            broker → worker  [setup pickle if HAS_SETUP], [blob table if HAS_BLOBS,
+                                 then the blobs the worker lacks], function pickle (or
+                                 its digest if FN_BLOB), arguments pickle, buffers
 RESULT          worker → broker  value or exception pickle, out-of-band buffers
 DROP_CONTEXT    broker → worker  none
 SHUTDOWN        broker → worker  none: leave now
@@ -113,7 +114,9 @@ class Flag(enum.IntFlag):
     HAS_SETUP = 1  # TASK: the first payload frame is the context's setup
     CHUNK = 2  # TASK: the arguments pickle is a list of argument tuples (a map chunk)
     OK = 4  # RESULT: the payload is the value (else an exception)
-    NEED_SETUP = 8  # RESULT: the worker does not hold the task's context; resend with setup
+    NEED_SETUP = 8  # RESULT: the worker lacks the task's context or a blob; resend with them
+    HAS_BLOBS = 16  # TASK: a blob table frame (and the blobs the worker lacks) comes next
+    FN_BLOB = 32  # TASK: the function frame is the 32-byte digest of a blob
 
 
 _KINDS = frozenset(int(k) for k in Kind)

@@ -38,6 +38,9 @@ PREFETCH_TARGET_S = 0.002
 MAX_PREFETCH = 64
 #: Default number of contexts a worker keeps set up at once (least recently used go).
 DEFAULT_MAX_CONTEXTS = 8
+#: Large repeated payloads (blobs) a worker keeps, least recently used evicted; the
+#: worker uses the same bound (it must, for the broker's mirror to stay exact).
+MAX_BLOBS = 16
 
 PENDING, ASSIGNED, DONE = "pending", "assigned", "done"
 
@@ -53,6 +56,7 @@ class Task:
     flags: int = 0
     ser: int = 1  # wire code of the serializer that made ``frames``
     items: int = 1  # calls in this task (a map chunk holds several)
+    blobs: tuple[tuple[bytes, Any], ...] = ()  # (digest, data) of large repeated payloads
     attempts: int = 0  # attempts charged: its worker died while running it
     suspect: bool = False  # was held by a worker that died: runs isolated (see assign)
     state: str = PENDING
@@ -72,6 +76,7 @@ class WorkerRecord:
     joined: float = 0.0
     assigned: dict[int, Task] = field(default_factory=dict)  # in send order; first runs
     contexts: OrderedDict[int, None] = field(default_factory=OrderedDict)  # LRU mirror
+    blobs: OrderedDict[bytes, None] = field(default_factory=OrderedDict)  # LRU mirror
     draining: bool = False
     isolated: bool = False  # running a suspect task alone: gets nothing else meanwhile
     completed: int = 0
@@ -112,6 +117,7 @@ class Assignment:
     worker: WorkerRecord
     task: Task
     with_setup: bool  # the worker does not hold the task's context: send the setup along
+    missing_blobs: frozenset[bytes] = frozenset()  # blobs to send along (the worker lacks them)
 
 
 @dataclass
@@ -331,12 +337,34 @@ class Scheduler:
                     w.contexts[task.ctx_id] = None
                     while len(w.contexts) > self.max_contexts:
                         w.contexts.popitem(last=False)
+            missing: frozenset[bytes] = frozenset()
+            if task.blobs:
+                missing = self._place_blobs(w, task)
             task.state = ASSIGNED
             task.worker = w.ident
             w.assigned[task.id] = task
             self._refile(w, capacity)
-            out.append(Assignment(w, task, with_setup))
+            out.append(Assignment(w, task, with_setup, missing))
         return out
+
+    def _place_blobs(self, w: WorkerRecord, task: Task) -> frozenset[bytes]:
+        """Mirror the worker's blob cache for *task*; return the digests it lacks.
+
+        The worker touches and inserts the task's blobs in the same order when it runs the
+        task (tasks run in the order sent), and evicts with the same bound, so the mirror
+        stays exact; if it ever is not, the worker answers NEED_SETUP and the task is
+        sent again with everything.
+        """
+        missing = set()
+        for digest, _data in task.blobs:
+            if digest in w.blobs:
+                w.blobs.move_to_end(digest)
+            else:
+                missing.add(digest)
+                w.blobs[digest] = None
+                while len(w.blobs) > MAX_BLOBS:
+                    w.blobs.popitem(last=False)
+        return frozenset(missing)
 
     def refresh_pools(self) -> None:
         """Return full workers to a pool after the adaptive capacity rose.
@@ -382,6 +410,8 @@ class Scheduler:
             return
         w.assigned.pop(task_id, None)
         w.contexts.pop(task.ctx_id, None)
+        for digest, _data in task.blobs:
+            w.blobs.pop(digest, None)
         task.state, task.worker = PENDING, None
         self._pending.appendleft(task)
         self._n_pending += 1

@@ -11,8 +11,10 @@ original exception with a :class:`RemoteTraceback` as ``__cause__``.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
+import threading
 import traceback
 import weakref
 from collections.abc import Callable, Sequence
@@ -155,6 +157,57 @@ def serialization_error(ser: Serializer, named: Sequence[tuple[str, Any]],
             )
     return SerializationError(
         f"cannot serialize the task ({type(exc).__name__}: {exc}) [serializer={ser.name}]")
+
+
+#: Payloads at least this large that repeat from task to task (a big function pickle, a
+#: ``bytes`` argument passed again and again, as pyABC does) travel once per worker.
+BLOB_MIN = 64 * 1024
+
+
+class BlobRef:
+    """Stands in an argument tuple for a large ``bytes`` object held in the worker's cache."""
+
+    __slots__ = ("digest",)
+
+    def __init__(self, digest: bytes):
+        self.digest = digest
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return BlobRef, (self.digest,)
+
+
+class BlobDigests:
+    """SHA-256 digests of large immutable payloads, remembered by identity.
+
+    Hashing a 5 MB pickle costs ~3 ms; the same object submitted again reuses its digest.
+    Entries hold the object (a recycled id can then never be mistaken for it) and are
+    bounded by count and by bytes.
+    """
+
+    MAX_ENTRIES = 64
+    MAX_BYTES = 512 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[bytes, bytes]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def digest(self, data: bytes) -> bytes:
+        key = id(data)
+        with self._lock:
+            hit = self._by_id.get(key)
+            if hit is not None and hit[0] is data:
+                return hit[1]
+        d = hashlib.sha256(data).digest()
+        with self._lock:
+            while self._by_id and (len(self._by_id) >= self.MAX_ENTRIES
+                                   or self._bytes + len(data) > self.MAX_BYTES):
+                old = self._by_id.pop(next(iter(self._by_id)))
+                self._bytes -= len(old[0])
+            if len(data) <= self.MAX_BYTES:
+                self._by_id[key] = (data, d)
+                self._bytes += len(data)
+        return d
 
 
 class FunctionCache:

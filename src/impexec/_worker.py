@@ -31,8 +31,9 @@ from . import __version__
 from ._connection import ConnectionInfo
 from ._errors import ProtocolError, SerializationError
 from ._protocol import Flag, Kind, Message, decode, encode, recv_frames, send_frames
+from ._scheduler import MAX_BLOBS
 from ._security import DropLog
-from ._serialize import ExceptionWithTraceback, get_serializer
+from ._serialize import BlobRef, ExceptionWithTraceback, get_serializer
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +56,16 @@ class _SetupCache:
 
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
-        self._entries: OrderedDict[int, tuple[bool, Any]] = OrderedDict()
+        self._entries: OrderedDict[Any, Any] = OrderedDict()
         self.setups_run = 0
 
-    def get(self, ctx_id: int) -> tuple[bool, Any] | None:
+    def get(self, ctx_id: Any) -> Any:
         entry = self._entries.get(ctx_id)
         if entry is not None:
             self._entries.move_to_end(ctx_id)
         return entry
 
-    def put(self, ctx_id: int, entry: tuple[bool, Any]) -> None:
+    def put(self, ctx_id: Any, entry: Any) -> None:
         self._entries[ctx_id] = entry
         self._entries.move_to_end(ctx_id)
         while len(self._entries) > self.max_entries:
@@ -89,6 +90,7 @@ class Worker:
         self._broker_seq = 0
         self._fn_cache: OrderedDict[bytes, Any] = OrderedDict()
         self._setups = _SetupCache(8)
+        self._blobs = _SetupCache(MAX_BLOBS)  # large repeated payloads, by SHA-256 digest
         self._queue: deque[Message] = deque()
         self._leaving = False
         self._stop = threading.Event()
@@ -245,6 +247,31 @@ class Worker:
                 return EXIT_DISMISSED
 
     # -- running a task ------------------------------------------------------------------
+    def _take_blobs(self, msg: Message, first: int) -> int:
+        """Store the blobs that came with *msg*, touch the others in table order.
+
+        Returns the index of the frame after the blobs, or -1 if a blob the table says we
+        hold is missing (the broker's mirror of this cache was wrong).
+        """
+        table = bytes(msg.frames[first])
+        i = first + 1
+        lacking = False
+        for k in range(0, len(table) - 32, 33):
+            digest = table[k : k + 32]
+            if table[k + 32]:
+                frame = msg.frames[i]
+                i += 1
+                self._blobs.put(digest, frame.bytes if hasattr(frame, "bytes") else bytes(frame))
+            elif self._blobs.get(digest) is None:
+                lacking = True
+        return -1 if lacking else i
+
+    def _blob(self, digest: bytes) -> Any:
+        entry = self._blobs._entries.get(digest)
+        if entry is None:
+            raise RuntimeError("a payload the broker sent once is no longer cached on this worker")
+        return entry
+
     def _load_fn(self, ser: Any, frame: Any) -> Any:
         data = frame.bytes if hasattr(frame, "bytes") else bytes(frame)
         fn = self._fn_cache.get(data)
@@ -275,6 +302,11 @@ class Worker:
         ser = get_serializer(msg.serializer)
         ok, value = True, None
         first = 1 if msg.flags & Flag.HAS_SETUP else 0
+        if msg.flags & Flag.HAS_BLOBS:
+            first = self._take_blobs(msg, first)
+            if first < 0:  # the broker thought we held a blob we do not: resend all
+                return self._encode(Kind.RESULT, task_id=msg.task_id, flags=Flag.NEED_SETUP,
+                                    serializer=msg.serializer)
         try:
             prefix: tuple[Any, ...] = ()
             if msg.ctx_id:
@@ -285,12 +317,19 @@ class Worker:
                 if not entry[0]:
                     raise _SetupFailed(entry[1])
                 prefix = (entry[1],)
-            fn = self._load_fn(ser, msg.frames[first])
+            fn_frame = msg.frames[first]
+            if msg.flags & Flag.FN_BLOB:
+                fn_frame = self._blob(bytes(fn_frame))
+            fn = self._load_fn(ser, fn_frame)
             call = ser.loads(msg.frames[first + 1:])
             if msg.flags & Flag.CHUNK:
                 value = [fn(*prefix, *args) for args in call]
             else:
                 args, kwargs = call
+                if msg.flags & Flag.HAS_BLOBS:
+                    args = tuple(self._blob(a.digest) if type(a) is BlobRef else a for a in args)
+                    kwargs = {k: self._blob(v.digest) if type(v) is BlobRef else v
+                              for k, v in kwargs.items()}
                 value = fn(*prefix, *args, **kwargs)
         except _SetupFailed as failed:
             ok, value = False, failed.wrapped

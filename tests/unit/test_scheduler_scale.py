@@ -127,3 +127,30 @@ def test_no_worker_with_a_free_slot_is_stranded(steps: list[tuple[int, float]]) 
         # assignment (that was so before the change too); never stranded below it
         assert stranded(s) == [], (capacity, s._full.keys())
         assert not (set(s._full) & (set(s._idle) | set(s._partial)))
+
+
+def test_blob_mirror_sends_each_blob_once_per_worker_and_resends_after_need_setup() -> None:
+    from impexec._scheduler import MAX_BLOBS, Scheduler
+
+    s = Scheduler(prefetch=0)
+    s.add_worker(b"w0", "w0", 0.0)
+    blob = (b"d" * 32, b"payload")
+    sent = []
+    for i in range(1, 4):
+        s.submit(Task(i, [b"fn", b"args"], blobs=(blob,)))
+        (a,) = s.assign(ALWAYS)
+        sent.append(a.missing_blobs)
+        if i < 3:
+            s.complete(b"w0", i, ok=True)
+    assert sent == [frozenset({blob[0]}), frozenset(), frozenset()]
+    # the worker said it lacks something: the mirror forgets the task's blobs
+    s.needs_setup(b"w0", 3)
+    (a,) = s.assign(ALWAYS)
+    assert a.missing_blobs == frozenset({blob[0]})
+    # the mirror is bounded like the worker's cache
+    s.complete(b"w0", 3, ok=True)
+    for i in range(10, 10 + MAX_BLOBS + 3):
+        s.submit(Task(i, [b"fn", b"args"], blobs=((i.to_bytes(32, "big"), b"x"),)))
+        s.assign(ALWAYS)
+        s.complete(b"w0", i, ok=True)
+    assert len(s.workers[b"w0"].blobs) == MAX_BLOBS
