@@ -39,6 +39,7 @@ from ._mapping import (
 from ._protocol import Flag
 from ._scheduler import DEFAULT_MAX_CONTEXTS, Scheduler, Statistics, Task
 from ._serialize import (
+    BLOB_MAX,
     BLOB_MIN,
     BlobDigests,
     BlobRef,
@@ -240,7 +241,8 @@ class ClusterExecutor(Executor):
         try:
             fn_frame = self._fncache.dumps(fn)
             blobs: dict[bytes, bytes] = {}
-            if any(type(a) is bytes and len(a) >= BLOB_MIN for a in (*args, *kwargs.values())):
+            if any(type(a) is bytes and BLOB_MIN <= len(a) <= BLOB_MAX
+                   for a in (*args, *kwargs.values())):
                 args = tuple(self._blob_ref(a, blobs) for a in args)
                 kwargs = {k: self._blob_ref(v, blobs) for k, v in kwargs.items()}
             frames = ser.dumps((args, kwargs))
@@ -254,7 +256,7 @@ class ClusterExecutor(Executor):
 
     def _blob_ref(self, value: Any, blobs: dict[bytes, bytes]) -> Any:
         """A large ``bytes`` argument travels once per worker: send a reference instead."""
-        if type(value) is bytes and len(value) >= BLOB_MIN:
+        if type(value) is bytes and BLOB_MIN <= len(value) <= BLOB_MAX:
             digest = self._digests.digest(value)
             blobs[digest] = value
             return BlobRef(digest)
@@ -262,7 +264,7 @@ class ClusterExecutor(Executor):
 
     def _fn_part(self, fn_frame: bytes, blobs: dict[bytes, bytes]) -> tuple[bytes, int]:
         """The function frame, or the digest of it when it is large (sent once per worker)."""
-        if len(fn_frame) < BLOB_MIN:
+        if not BLOB_MIN <= len(fn_frame) <= BLOB_MAX:
             return fn_frame, 0
         digest = self._digests.digest(fn_frame)
         blobs[digest] = fn_frame

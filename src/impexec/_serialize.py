@@ -162,6 +162,9 @@ def serialization_error(ser: Serializer, named: Sequence[tuple[str, Any]],
 #: Payloads at least this large that repeat from task to task (a big function pickle, a
 #: ``bytes`` argument passed again and again, as pyABC does) travel once per worker.
 BLOB_MIN = 64 * 1024
+#: Larger payloads are not cached on workers (they would crowd out the rest and hold
+#: memory for long); they travel with every task, as out-of-band frames where possible.
+BLOB_MAX = 32 * 1024 * 1024
 
 
 class BlobRef:
@@ -184,8 +187,8 @@ class BlobDigests:
     bounded by count and by bytes.
     """
 
-    MAX_ENTRIES = 64
-    MAX_BYTES = 512 * 1024 * 1024
+    MAX_ENTRIES = 32
+    MAX_BYTES = 128 * 1024 * 1024
 
     def __init__(self) -> None:
         self._by_id: dict[int, tuple[bytes, bytes]] = {}
