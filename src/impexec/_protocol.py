@@ -136,14 +136,17 @@ class Message:
     serializer: int = 0
     frames: list[Any] = field(default_factory=list)
 
-    def json(self) -> Any:
-        """Decode a JSON control payload (first frame)."""
+    def json(self) -> dict[str, Any]:
+        """Decode a JSON control payload (first frame): always an object ({} if absent)."""
         if not self.frames:
-            return None
+            return {}
         try:
-            return json.loads(bytes(self.frames[0]).decode())
+            value = json.loads(bytes(self.frames[0]).decode())
         except ValueError as exc:  # bad UTF-8 or bad JSON: a malformed message, not a bug
             raise ProtocolError(f"{self.kind.name} with a malformed JSON payload: {exc}") from None
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{self.kind.name} whose JSON payload is not an object")
+        return value
 
 
 #: Payload frames at least this large enter the MAC through a tree digest (below).

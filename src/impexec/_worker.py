@@ -192,7 +192,11 @@ class Worker:
             for msg in msgs:
                 if msg.kind != Kind.WELCOME:
                     continue
-                data = msg.json()
+                try:
+                    data = msg.json()
+                except ProtocolError as exc:
+                    self._drop_log("the broker's socket", str(exc))
+                    continue
                 if data.get("worker") != self.wid.hex():
                     self._drop_log("the broker's socket", "a WELCOME meant for another worker (replay?)")
                     continue

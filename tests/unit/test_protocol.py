@@ -72,7 +72,7 @@ def test_round_trip_json_and_empty_payload() -> None:
     assert msg.json() == {"pid": 42, "host": "h"}
     empty = _one(encode(KEY, Kind.HEARTBEAT, SESSION, 2))
     assert empty.frames == []
-    assert empty.json() is None
+    assert empty.json() == {}  # no payload: an empty object
 
 
 def test_batched_records_decode_in_order() -> None:
