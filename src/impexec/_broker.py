@@ -32,7 +32,7 @@ import zmq
 from . import __version__
 from ._errors import BrokenClusterError, ProtocolError, SerializationError, WorkerLostError, WorkerStartError
 from ._protocol import Flag, Kind, decode, encode, recv_frames, send_frames
-from ._scheduler import Scheduler, Statistics, Task, WorkerRecord
+from ._scheduler import REBALANCE_INTERVAL_S, Scheduler, Statistics, Task, WorkerRecord
 from ._security import DropLog, RouterGuard
 from ._serialize import get_serializer
 
@@ -223,8 +223,10 @@ class Broker(threading.Thread):
     def _loop(self) -> None:
         sched = self.scheduler
         next_house = time.monotonic() + self._hb_interval
+        next_rebalance = 0.0
         fds = [self._router_fd, self._wake_r.fileno()]
         while True:
+            wake_at = next_house
             with self._lock:
                 if self._inbox:
                     self._drain_inbox()
@@ -235,6 +237,13 @@ class Broker(threading.Thread):
                 if now >= next_house:
                     self._housekeeping(now)
                     next_house = now + self._hb_interval
+                wake_at = next_house
+                if sched.tasks and sched.has_idle_worker and not sched.n_pending:
+                    # idle workers while tasks wait queued on busy ones: maybe recall some
+                    if now >= next_rebalance:
+                        self._rebalance()
+                        next_rebalance = now + REBALANCE_INTERVAL_S
+                    wake_at = min(wake_at, next_rebalance)
                 if sched.idle() and not self._later:
                     self.idle_event.set()
                     if self._stop_when_idle and not self._inbox:
@@ -249,7 +258,7 @@ class Broker(threading.Thread):
             if more or self._inbox:
                 self._sleeping = False
                 continue
-            timeout = max(0.0, next_house - time.monotonic())
+            timeout = max(0.0, wake_at - time.monotonic())
             readable, _, _ = select.select(fds, [], [], timeout)
             self._sleeping = False
             if self._wake_r.fileno() in readable:
@@ -465,6 +474,9 @@ class Broker(threading.Thread):
         if msg.flags & Flag.NEED_SETUP:
             self.scheduler.needs_setup(wid, msg.task_id)
             return
+        if msg.flags & Flag.RELEASED:
+            self.scheduler.release(wid, msg.task_id)
+            return
         ok = bool(msg.flags & Flag.OK)
         task = self.scheduler.complete(wid, msg.task_id, ok=ok, run_s=msg.aux / 1e6)
         w = self.scheduler.workers.get(wid)
@@ -519,6 +531,11 @@ class Broker(threading.Thread):
         """Broker thread: no worker can start: every open future fails with *err*."""
         for t in self.scheduler.fail_all():
             self._later.append((t.future, False, err))
+
+    def _rebalance(self) -> None:
+        for w, n in self.scheduler.rebalance():
+            logger.debug("asking worker %s to give back up to %d queued task(s)", w.name, n)
+            self._send(w.ident, encode(self._key, Kind.RECALL, self._session, self._next_seq(), aux=n))
 
     def _housekeeping(self, now: float) -> None:
         for w in self.scheduler.expire(now):

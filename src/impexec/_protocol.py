@@ -47,6 +47,9 @@ STATUS_REPLY    broker → client  JSON: statistics
 STOP_WORKERS    client → broker  none (``impexec stop``): drain every worker
 WELCOME         broker → worker  JSON: session, worker id echoed, heartbeat settings;
                                  [initializer pickle] when HAS_SETUP
+RECALL          broker → worker  none; aux = how many queued (unstarted) tasks to give
+                                 back, newest first: each comes back as a RESULT with
+                                 RELEASED and no payload (work goes to an idle worker)
 ==============  ===============  ================================================
 
 Payload frames of TREE_MIN bytes or more enter the MAC as a parallel SHA-256 tree digest
@@ -107,6 +110,7 @@ class Kind(enum.IntEnum):
     STATUS_REPLY = 11
     STOP_WORKERS = 12
     WELCOME = 13
+    RECALL = 14
 
 
 class Flag(enum.IntFlag):
@@ -117,6 +121,7 @@ class Flag(enum.IntFlag):
     NEED_SETUP = 8  # RESULT: the worker lacks the task's context or a blob; resend with them
     HAS_BLOBS = 16  # TASK: a blob table frame (and the blobs the worker lacks) comes next
     FN_BLOB = 32  # TASK: the function frame is the 32-byte digest of a blob
+    RELEASED = 64  # RESULT: the worker gives the task back unstarted (after a RECALL)
 
 
 _KINDS = frozenset(int(k) for k in Kind)

@@ -36,6 +36,8 @@ LOCALITY_SCAN = 16
 PREFETCH_TARGET_S = 0.002
 #: Upper bound of the adaptive prefetch (tasks queued beyond the running one).
 MAX_PREFETCH = 64
+#: Seconds between looks for idle workers that could take queued work from busy ones.
+REBALANCE_INTERVAL_S = 0.05
 #: Default number of contexts a worker keeps set up at once (least recently used go).
 DEFAULT_MAX_CONTEXTS = 8
 #: Large repeated payloads (blobs) a worker keeps, least recently used evicted; the
@@ -79,6 +81,7 @@ class WorkerRecord:
     blobs: OrderedDict[bytes, None] = field(default_factory=OrderedDict)  # LRU mirror
     draining: bool = False
     isolated: bool = False  # running a suspect task alone: gets nothing else meanwhile
+    recalling: bool = False  # asked to give back queued tasks; not asked again meanwhile
     completed: int = 0
 
 
@@ -96,6 +99,7 @@ class Statistics:
         cancelled: tasks cancelled before they were sent.
         workers_lost: workers that vanished (no goodbye).
         workers_joined: workers that connected since the start.
+        rebalanced: queued tasks a busy worker gave back so that an idle one could run them.
     """
 
     workers: int = 0
@@ -107,6 +111,7 @@ class Statistics:
     cancelled: int = 0
     workers_lost: int = 0
     workers_joined: int = 0
+    rebalanced: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -159,7 +164,8 @@ class Scheduler:
         self._full: dict[bytes, WorkerRecord] = {}
         self._mean_run_s = 0.0
         self._stats = dict.fromkeys(
-            ("done", "failed", "resubmitted", "cancelled", "workers_lost", "workers_joined"), 0
+            ("done", "failed", "resubmitted", "cancelled", "workers_lost", "workers_joined",
+             "rebalanced"), 0
         )
 
     # -- workers -----------------------------------------------------------------------
@@ -384,6 +390,7 @@ class Scheduler:
         w = self.workers.get(ident)
         if w is not None and w.assigned.pop(task_id, None) is not None:
             w.completed += 1
+            w.recalling = False
             before = self._capacity()
             if run_s > 0:
                 m = self._mean_run_s
@@ -400,6 +407,53 @@ class Scheduler:
             self._n_pending -= 1  # it stays in the deque; assign skips it
         task.state = DONE
         self._stats["done" if ok else "failed"] += 1
+        return task
+
+    def rebalance(self) -> list[tuple[WorkerRecord, int]]:
+        """Idle workers while others hold queued tasks and nothing waits here: recall.
+
+        Returns (worker, n) pairs: ask that worker to give back up to n of the tasks queued
+        on it (not started). Prefetched work would otherwise wait behind a long task while
+        a worker that joined late, or finished early, sits idle. O(workers), so the
+        broker calls it at most every REBALANCE_INTERVAL_S, and only when it can help.
+        """
+        if self._n_pending or not self._idle:
+            return []
+        idle = len(self._idle)
+        donors = sorted((w for w in self.workers.values()
+                         if len(w.assigned) >= 2 and not w.recalling and not w.draining),
+                        key=lambda w: len(w.assigned), reverse=True)
+        out = []
+        for w in donors:
+            if idle <= 0:
+                break
+            n = min(idle, len(w.assigned) // 2)  # half of what it holds, never the running one
+            w.recalling = True
+            out.append((w, n))
+            idle -= n
+        return out
+
+    def release(self, ident: bytes, task_id: int) -> Task | None:
+        """The worker gave back an unstarted task (RECALL): queue it again, uncharged."""
+        w = self.workers.get(ident)
+        if w is None:
+            return None
+        task = w.assigned.pop(task_id, None)
+        w.recalling = False
+        if task is None or task.state != ASSIGNED or task.worker != ident:
+            self._refile(w, self._capacity())
+            return None
+        # the worker never read this task's setup or blobs: forget that it holds them
+        # (if it does after all, they are only sent again, and ignored)
+        if task.ctx_id:
+            w.contexts.pop(task.ctx_id, None)
+        for digest, _data in task.blobs:
+            w.blobs.pop(digest, None)
+        task.state, task.worker = PENDING, None
+        self._pending.appendleft(task)
+        self._n_pending += 1
+        self._stats["rebalanced"] += 1
+        self._refile(w, self._capacity())
         return task
 
     def needs_setup(self, ident: bytes, task_id: int) -> None:
@@ -450,6 +504,10 @@ class Scheduler:
         return holders
 
     # -- introspection -----------------------------------------------------------------
+    @property
+    def has_idle_worker(self) -> bool:
+        return bool(self._idle)
+
     @property
     def n_pending(self) -> int:
         return self._n_pending

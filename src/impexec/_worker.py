@@ -233,6 +233,8 @@ class Worker:
                         queue.append(msg)
                     elif msg.kind == Kind.DRAIN:
                         self._leaving = True
+                    elif msg.kind == Kind.RECALL:
+                        self._release(sock, queue, msg.aux)
                     elif msg.kind == Kind.HEARTBEAT:
                         pass
                     else:
@@ -251,6 +253,22 @@ class Worker:
                 return EXIT_DISMISSED
 
     # -- running a task ------------------------------------------------------------------
+    def _release(self, sock: zmq.Socket[Any], queue: deque[Message], n: int) -> None:
+        """Give back up to *n* queued tasks, newest first; they have not started."""
+        keep: list[Message] = []
+        out: list[Any] = []
+        while queue and n > 0:
+            msg = queue.pop()
+            if msg.kind != Kind.TASK:
+                keep.append(msg)  # a DROP_CONTEXT stays in its place
+                continue
+            out += self._encode(Kind.RESULT, task_id=msg.task_id, flags=Flag.RELEASED,
+                                serializer=msg.serializer)
+            n -= 1
+        queue.extend(reversed(keep))
+        if out:
+            send_frames(sock, out)
+
     def _take_blobs(self, msg: Message, first: int) -> int:
         """Store the blobs that came with *msg*, touch the others in table order.
 

@@ -154,3 +154,24 @@ def test_blob_mirror_sends_each_blob_once_per_worker_and_resends_after_need_setu
         s.assign(ALWAYS)
         s.complete(b"w0", i, ok=True)
     assert len(s.workers[b"w0"].blobs) == MAX_BLOBS
+
+
+def test_rebalance_recalls_half_of_a_busy_workers_queue_for_idle_workers() -> None:
+    s = Scheduler(prefetch=5)
+    s.add_worker(b"w0", "w0", 0.0)
+    for i in range(1, 7):
+        s.submit(Task(i, [b"fn", b"args"], ctx_id=3, blobs=((b"b" * 32, b"x"),)))
+    assert len(s.assign(ALWAYS)) == 6
+    assert s.rebalance() == []  # no idle worker yet
+    s.add_worker(b"w1", "w1", 0.0)
+    ((w, n),) = s.rebalance()
+    assert (w.name, n) == ("w0", 1)  # one idle worker: ask for one task
+    assert s.rebalance() == []  # not asked again while the recall is outstanding
+    released = s.release(b"w0", 6)
+    assert released is not None and released.state == "pending"
+    # the worker never read that task's setup or blobs: the mirror forgets them
+    assert 3 not in s.workers[b"w0"].contexts and not s.workers[b"w0"].blobs
+    (a,) = s.assign(ALWAYS)
+    assert (a.worker.name, a.task.id, a.with_setup) == ("w1", 6, True)
+    assert s.statistics().rebalanced == 1
+    assert s.release(b"w0", 6) is None  # a stale release changes nothing
