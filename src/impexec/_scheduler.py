@@ -423,14 +423,12 @@ class Scheduler:
         donors = sorted((w for w in self.workers.values()
                          if len(w.assigned) >= 2 and not w.recalling and not w.draining),
                         key=lambda w: len(w.assigned), reverse=True)
+        # one donor per idle worker, busiest first; each gives back half of what it holds
+        # (never the running task), so queues even out within a round or two
         out = []
-        for w in donors:
-            if idle <= 0:
-                break
-            n = min(idle, len(w.assigned) // 2)  # half of what it holds, never the running one
+        for w in donors[:idle]:
             w.recalling = True
-            out.append((w, n))
-            idle -= n
+            out.append((w, len(w.assigned) // 2))
         return out
 
     def release(self, ident: bytes, task_id: int) -> Task | None:

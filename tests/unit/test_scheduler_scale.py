@@ -165,7 +165,7 @@ def test_rebalance_recalls_half_of_a_busy_workers_queue_for_idle_workers() -> No
     assert s.rebalance() == []  # no idle worker yet
     s.add_worker(b"w1", "w1", 0.0)
     ((w, n),) = s.rebalance()
-    assert (w.name, n) == ("w0", 1)  # one idle worker: ask for one task
+    assert (w.name, n) == ("w0", 3)  # half of what it holds
     assert s.rebalance() == []  # not asked again while the recall is outstanding
     released = s.release(b"w0", 6)
     assert released is not None and released.state == "pending"
