@@ -100,6 +100,9 @@ def test_locality_does_not_starve_an_idle_worker(ex: impexec.ClusterExecutor, tm
     # a worker that does not hold the context gets work (and sets up) rather than the
     # holder queueing everything; after a burst of tiny tasks (which makes adaptive
     # prefetch deep) the prefetched tasks still spread over both workers
+    deadline = time.monotonic() + TIMEOUT  # both workers connected (no late joiner here)
+    while ex.statistics().workers < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     list(ex.map(abs, range(50)))
     with ex.context(ct.setup, str(tmp_path), "spread") as ctx:
         futs = [ctx.submit(ct.whoami, i, sleep=0.1) for i in range(10)]
