@@ -31,7 +31,7 @@ import zmq
 
 from . import __version__
 from ._errors import BrokenClusterError, ProtocolError, SerializationError, WorkerLostError, WorkerStartError
-from ._protocol import Flag, Kind, decode, encode, recv_frames, send_frames
+from ._protocol import Flag, Kind, decode, encode, join, recv_frames, send_frames
 from ._scheduler import REBALANCE_INTERVAL_S, Scheduler, Statistics, Task, WorkerRecord
 from ._security import DropLog, RouterGuard
 from ._serialize import get_serializer
@@ -43,6 +43,9 @@ RECV_BATCH = 512
 #: Heartbeat socket of a worker: its routing id is the worker id plus this suffix.
 HB_SUFFIX = b"h"
 WORKER_ID_SIZE = 16
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
 
 
 class Broker(threading.Thread):
@@ -162,7 +165,7 @@ class Broker(threading.Thread):
                 return
             self.scheduler.submit(task)
             self._dispatch()
-            readable = self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN
+            readable = self._router.getsockopt(_EVENTS) & _POLLIN
         finally:
             self._lock.release()
         if self._later:
@@ -251,7 +254,7 @@ class Broker(threading.Thread):
                         return
                 else:
                     self.idle_event.clear()
-                more = more or bool(self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+                more = more or bool(self._router.getsockopt(_EVENTS) & _POLLIN)
                 self._sleeping = True
             if self._later:
                 self._flush()
@@ -301,7 +304,7 @@ class Broker(threading.Thread):
             raise
 
     def _dispatch(self) -> None:
-        batches: dict[bytes, list[Any]] = {}
+        batches: dict[bytes, list[list[Any]]] = {}
         key, session = self._key, self._session
         for a in self.scheduler.assign(_claim):
             task = a.task
@@ -324,9 +327,13 @@ class Broker(threading.Thread):
                 key, Kind.TASK, session, self._next_seq(), task_id=task.id, ctx_id=task.ctx_id,
                 aux=task.attempts, flags=flags, serializer=task.ser, frames=frames,
             )
-            batches.setdefault(a.worker.ident, []).extend(msg)
-        for ident, frames in batches.items():
-            self._send(ident, frames)
+            batch = batches.get(a.worker.ident)
+            if batch is None:
+                batches[a.worker.ident] = [msg]
+            else:
+                batch.append(msg)
+        for ident, msgs in batches.items():  # one block frame per worker and round
+            self._send(ident, join(msgs))
 
     def _finish(self, ident: bytes, task: Task, ok: bool, value: Any) -> None:
         done = self.scheduler.complete(ident, task.id, ok=ok)
@@ -337,9 +344,14 @@ class Broker(threading.Thread):
     def _receive(self) -> bool:
         """Handle what has arrived; True if the batch limit left messages unread."""
         router = self._router
+        getsockopt = router.getsockopt
         for _ in range(RECV_BATCH):
+            # ask first: a recv that finds nothing raises zmq.Again, which costs more
+            # than the question (the FD is edge-triggered, so we read until empty)
+            if not getsockopt(_EVENTS) & _POLLIN:
+                return False
             try:
-                frames = recv_frames(router, zmq.NOBLOCK)
+                frames = recv_frames(router, _NOBLOCK)
             except zmq.Again:
                 return False
             ident = frames[0].bytes

@@ -1,14 +1,24 @@
 """Wire protocol: message kinds, the fixed header, HMAC signing and verification.
 
-Every message is a run of ZeroMQ frames::
+A multipart ZeroMQ message is a run of *segments*; each segment is one **block** frame
+followed by the **out-of-band** frames its records refer to::
 
     [routing id]                 ROUTER side only, added and removed by ZeroMQ
-    signature   32 bytes         HMAC-SHA256(key, header ‖ len(p0) ‖ p0 ‖ len(p1) ‖ p1 …)
-    header      48 bytes         HEADER below (network byte order)
-    payload     nframes frames   pickles, out-of-band buffers or JSON, by kind
+    block                        one or more records back to back:
+        signature   32 bytes     HMAC-SHA256(key, header ‖ table ‖ inline ‖ oob part …)
+        header      48 bytes     HEADER below (network byte order)
+        table       4 × nframes  u32 per payload: its length if it is inline in this
+                                 block, OOB (0xFFFFFFFF) if it is the next out-of-band frame
+        inline      …            the inline payloads, back to back
+    out-of-band frames           the large payloads (ZERO_COPY_THRESHOLD and up), in order
 
-Several messages may share one multipart send (batching): the receiver walks the
-records ``signature, header, payload x nframes`` until the frames are used up.
+Small payloads travel inside the block, so a task or a result is one ZeroMQ frame and
+a batch of tasks for one worker is one frame too: every ZeroMQ call releases the GIL,
+and in a process where two Python threads run (the caller and the broker) each release
+can hand the GIL over, so frames cost far more than their bytes (see docs/internals.md).
+Large payloads go out of band, without a copy. An out-of-band payload enters the MAC as
+its length (u64) and its bytes, or, from TREE_MIN bytes on, a parallel SHA-256 tree
+digest of them (see :func:`_tree_digest`).
 
 Header fields (``!BBBBI8sQQQQ``):
 
@@ -19,7 +29,7 @@ version     u8     PROTOCOL_VERSION; any other value is dropped
 kind        u8     :class:`Kind`
 serializer  u8     code of the serializer that made the pickles (0: none)
 flags       u8     per kind, see :class:`Flag`
-nframes     u32    number of payload frames after the header
+nframes     u32    number of payloads (inline and out of band) of the record
 session     8 B    the executor's random session id; binds the message to it
 seq         u64    per-sender counter, strictly increasing (in-session replay guard)
 task_id     u64    TASK, RESULT: the task; 0 otherwise
@@ -28,7 +38,7 @@ aux         u64    TASK: attempt number; RESULT: run time in µs; else 0
 ==========  =====  ==============================================================
 
 ==============  ===============  ================================================
-Kind            direction        payload frames
+Kind            direction        payloads
 ==============  ===============  ================================================
 READY           worker → broker  JSON: worker id, pid, host, tag, versions (sent with a
                                  zero session: the worker learns it from WELCOME)
@@ -52,10 +62,7 @@ RECALL          broker → worker  none; aux = how many queued (unstarted) tasks
                                  RELEASED and no payload (work goes to an idle worker)
 ==============  ===============  ================================================
 
-Payload frames of TREE_MIN bytes or more enter the MAC as a parallel SHA-256 tree digest
-(see :func:`_tree_digest`).
-
-Nothing is unpickled before :func:`verify` has checked the signature with
+Nothing is unpickled before :func:`decode` has checked the signature with
 :func:`hmac.compare_digest`; control payloads are JSON and never pickles.
 """
 
@@ -70,7 +77,6 @@ import os
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -86,14 +92,28 @@ logger = logging.getLogger(__name__)
 _send = _BaseSocket.send
 _recv = _BaseSocket.recv
 _SNDMORE = int(zmq.SNDMORE)
-#: Frames at least this large are sent without copying (ZeroMQ keeps a reference).
+#: Payloads at least this large travel as out-of-band frames, sent without copying
+#: (ZeroMQ keeps a reference); smaller ones are copied into the block.
 ZERO_COPY_THRESHOLD = 64 * 1024
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HEADER = struct.Struct("!BBBBI8sQQQQ")
 SIG_SIZE = 32
+#: Signature and header: the fixed part of every record.
+RECORD_FIXED = SIG_SIZE + HEADER.size
+#: Table entry of a payload that is the next out-of-band frame.
+OOB = 0xFFFFFFFF
 #: Largest number of payload frames one message may announce; a bigger count is malformed.
 MAX_FRAMES = 4096
+
+_unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
+_compare = hmac.compare_digest
+_TABLES = [struct.Struct(f"!{n}I") for n in range(9)]  # the common small payload counts
+
+
+def _table(n: int) -> struct.Struct:
+    return _TABLES[n] if n < len(_TABLES) else struct.Struct(f"!{n}I")
 
 
 class Kind(enum.IntEnum):
@@ -113,7 +133,9 @@ class Kind(enum.IntEnum):
     RECALL = 14
 
 
-class Flag(enum.IntFlag):
+class Flag:
+    """Header flags, per kind. Plain ints: IntFlag arithmetic costs µs on the hot path."""
+
     NONE = 0
     HAS_SETUP = 1  # TASK: the first payload frame is the context's setup
     CHUNK = 2  # TASK: the arguments pickle is a list of argument tuples (a map chunk)
@@ -124,22 +146,35 @@ class Flag(enum.IntFlag):
     RELEASED = 64  # RESULT: the worker gives the task back unstarted (after a RECALL)
 
 
-_KINDS = frozenset(int(k) for k in Kind)
+_KIND_OF: dict[int, Kind] = {int(k): k for k in Kind}
 
 
-@dataclass
 class Message:
-    """One decoded (verified) message; payload frames are still serialized."""
+    """One decoded (verified) message; payloads are still serialized.
 
-    kind: Kind
-    session: bytes = b"\0" * 8
-    seq: int = 0
-    task_id: int = 0
-    ctx_id: int = 0
-    aux: int = 0
-    flags: int = 0
-    serializer: int = 0
-    frames: list[Any] = field(default_factory=list)
+    ``frames`` holds the payloads: memoryviews into the block for inline ones, the
+    ZeroMQ frames themselves for out-of-band ones.
+    """
+
+    __slots__ = ("aux", "ctx_id", "flags", "frames", "kind", "serializer", "seq", "session", "task_id")
+
+    def __init__(self, kind: Kind, session: bytes = b"\0" * 8, seq: int = 0, task_id: int = 0,
+                 ctx_id: int = 0, aux: int = 0, flags: int = 0, serializer: int = 0,
+                 frames: list[Any] | None = None):
+        self.kind = kind
+        self.session = session
+        self.seq = seq
+        self.task_id = task_id
+        self.ctx_id = ctx_id
+        self.aux = aux
+        self.flags = flags
+        self.serializer = serializer
+        self.frames = [] if frames is None else frames
+
+    def __repr__(self) -> str:
+        return (f"Message({self.kind.name}, seq={self.seq}, task_id={self.task_id}, "
+                f"ctx_id={self.ctx_id}, aux={self.aux}, flags={self.flags}, "
+                f"frames={len(self.frames)})")
 
     def json(self) -> dict[str, Any]:
         """Decode a JSON control payload (first frame): always an object ({} if absent)."""
@@ -188,22 +223,59 @@ def _tree_digest(buf: memoryview) -> bytes:
     return hashlib.sha256(b"".join(digests)).digest()
 
 
-def _mac(key: bytes, header: bytes, frames: Sequence[Any]) -> bytes:
-    mac = hmac.new(key, header, hashlib.sha256)
-    for f in frames:
-        buf = memoryview(f.buffer if hasattr(f, "buffer") else f)
+def _as_bytes_view(f: Any) -> memoryview:
+    buf = memoryview(f.buffer if hasattr(f, "buffer") else f)
+    return buf if buf.format == "B" and buf.ndim == 1 else buf.cast("B")
+
+
+try:  # OpenSSL's HMAC object: its copy() is C; hmac.HMAC.copy is Python
+    from _hashlib import hmac_new as _openssl_hmac_new
+
+    def _new_hmac(key: bytes) -> Any:
+        return _openssl_hmac_new(key, b"", "sha256")
+except ImportError:  # pragma: no cover - CPython without OpenSSL, or another runtime
+    def _new_hmac(key: bytes) -> Any:
+        return hmac.new(key, digestmod=hashlib.sha256)
+
+_KEYED: dict[bytes, Any] = {}
+
+
+def _keyed(key: bytes) -> Any:
+    """An HMAC-SHA256 state with *key* absorbed, to copy per message.
+
+    A fresh ``hmac.digest`` costs ~5 µs (OpenSSL looks the digest up and pads the key
+    each time); copying a prepared state costs ~1.5 µs. The process sees one key or
+    two, so the table stays tiny; it is cleared if something feeds it many.
+    """
+    state = _KEYED.get(key)
+    if state is None:
+        if len(_KEYED) >= 16:
+            _KEYED.clear()
+        state = _KEYED[bytes(key)] = _new_hmac(key)
+    return state
+
+
+def _mac(key: bytes, body: Any, oob: Sequence[Any]) -> bytes:
+    """HMAC-SHA256 over a record's header, table and inline bytes, then its out-of-band parts."""
+    mac = _keyed(key).copy()
+    mac.update(body)
+    if not oob:
+        return mac.digest()  # type: ignore[no-any-return]
+    for f in oob:
+        buf = _as_bytes_view(f)
         n = buf.nbytes
         mac.update(n.to_bytes(8, "big"))
-        if n >= TREE_MIN:
-            mac.update(_tree_digest(buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf))
-        else:
-            mac.update(buf)
+        mac.update(_tree_digest(buf) if n >= TREE_MIN else buf)
     return mac.digest()
+
+
+def _nbytes(frame: Any) -> int:
+    return len(frame) if type(frame) is bytes else memoryview(frame).nbytes
 
 
 def encode(
     key: bytes,
-    kind: Kind,
+    kind: int,
     session: bytes,
     seq: int,
     *,
@@ -214,16 +286,44 @@ def encode(
     serializer: int = 0,
     frames: Sequence[Any] = (),
 ) -> list[Any]:
-    """Return the frames of one signed message (without a routing id)."""
-    header = HEADER.pack(
-        PROTOCOL_VERSION, kind, serializer, flags, len(frames), session, seq, task_id, ctx_id, aux
-    )
-    return [_mac(key, header, frames), header, *frames]
+    """Return the frames of one signed message (without a routing id): a block, then
+    its out-of-band payloads. The frames of several messages may be sent as one
+    multipart, or merged first with :func:`join`."""
+    n = len(frames)
+    header = _pack_header(PROTOCOL_VERSION, kind, serializer, flags, n, session, seq, task_id, ctx_id, aux)
+    if not n:
+        return [_mac(key, header, ()) + header]
+    lengths: list[int] = []
+    inline: list[Any] = []
+    oob: list[Any] = []
+    for f in frames:
+        nb = len(f) if type(f) is bytes else memoryview(f).nbytes
+        if nb < ZERO_COPY_THRESHOLD:
+            lengths.append(nb)
+            inline.append(f)
+        else:
+            lengths.append(OOB)
+            oob.append(f)
+    body = b"".join([header, _table(n).pack(*lengths), *inline])
+    return [_mac(key, body, oob) + body, *oob]
 
 
-def encode_json(key: bytes, kind: Kind, session: bytes, seq: int, obj: Any, **fields: int) -> list[Any]:
+def encode_json(key: bytes, kind: int, session: bytes, seq: int, obj: Any, **fields: int) -> list[Any]:
     """Return one signed message whose payload is *obj* as JSON."""
     return encode(key, kind, session, seq, frames=[json.dumps(obj).encode()], **fields)
+
+
+def join(messages: Sequence[list[Any]]) -> list[Any]:
+    """Merge encoded messages into one segment: their blocks in one frame, then every
+    out-of-band frame in order (decode reads the records in the same order)."""
+    if len(messages) == 1:
+        return messages[0]
+    blocks = [m[0] for m in messages]
+    out: list[Any] = [b"".join(blocks)]
+    for m in messages:
+        if len(m) > 1:
+            out += m[1:]
+    return out
 
 
 def decode(key: bytes, frames: Sequence[Any], session: bytes | None) -> Iterator[Message]:
@@ -235,37 +335,62 @@ def decode(key: bytes, frames: Sequence[Any], session: bytes | None) -> Iterator
     """
     i, n = 0, len(frames)
     while i < n:
-        if n - i < 2:
-            raise ProtocolError(f"truncated message: {n - i} frame(s) left, need 2")
-        sig, header = frames[i], frames[i + 1]
-        sig_b = sig.bytes if hasattr(sig, "bytes") else bytes(sig)
-        header_b = header.bytes if hasattr(header, "bytes") else bytes(header)
-        if len(sig_b) != SIG_SIZE or len(header_b) != HEADER.size:
-            raise ProtocolError(f"bad frame sizes: signature {len(sig_b)} B, header {len(header_b)} B")
-        version, kind, ser, flags, nframes, sess, seq, task_id, ctx_id, aux = HEADER.unpack(header_b)
-        if nframes > MAX_FRAMES or i + 2 + nframes > n:
-            raise ProtocolError(f"header announces {nframes} payload frames, {n - i - 2} present")
-        payload = list(frames[i + 2 : i + 2 + nframes])
-        if not hmac.compare_digest(_mac(key, header_b, payload), sig_b):
-            raise ProtocolError("bad signature (wrong key, or the message was altered)")
-        # only now, with the signature checked, do the header's claims count
-        if version != PROTOCOL_VERSION:
-            raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
-        if kind not in _KINDS:
-            raise ProtocolError(f"unknown message kind {kind}")
-        if session is not None and sess != session:
-            raise ProtocolError("message from another session (another executor, or a replay)")
-        yield Message(Kind(kind), sess, seq, task_id, ctx_id, aux, flags, ser, payload)
-        i += 2 + nframes
-
-
-def _nbytes(frame: Any) -> int:
-    return len(frame) if isinstance(frame, bytes) else memoryview(frame).nbytes
+        block = frames[i]
+        view = memoryview(block.buffer if hasattr(block, "buffer") else block)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        size = view.nbytes
+        i += 1
+        pos = 0
+        if size < RECORD_FIXED:
+            raise ProtocolError(f"block of {size} B, shorter than a record's {RECORD_FIXED} B")
+        while pos < size:
+            if size - pos < RECORD_FIXED:
+                raise ProtocolError(f"truncated record: {size - pos} B left, need {RECORD_FIXED}")
+            body_at = pos + SIG_SIZE
+            version, kind, ser, flags, nframes, sess, seq, task_id, ctx_id, aux = _unpack_header(view, body_at)
+            at = body_at + HEADER.size
+            if nframes > MAX_FRAMES or at + 4 * nframes > size:
+                raise ProtocolError(f"header announces {nframes} payloads, too many for the block")
+            lengths = _table(nframes).unpack_from(view, at) if nframes else ()
+            at += 4 * nframes
+            payload: list[Any] = []
+            oob: list[Any] = []
+            for length in lengths:
+                if length == OOB:
+                    if i >= n:
+                        raise ProtocolError("a record refers to an out-of-band frame that is missing")
+                    f = frames[i]
+                    i += 1
+                    payload.append(f)
+                    oob.append(f)
+                else:
+                    end = at + length
+                    if end > size:
+                        raise ProtocolError(f"inline payload of {length} B runs past the block")
+                    payload.append(view[at:end])
+                    at = end
+            if not _compare(_mac(key, view[body_at:at], oob), view[pos:body_at]):
+                raise ProtocolError("bad signature (wrong key, or the message was altered)")
+            # only now, with the signature checked, do the header's claims count
+            if version != PROTOCOL_VERSION:
+                raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
+            k = _KIND_OF.get(kind)
+            if k is None:
+                raise ProtocolError(f"unknown message kind {kind}")
+            if session is not None and sess != session:
+                raise ProtocolError("message from another session (another executor, or a replay)")
+            yield Message(k, sess, seq, task_id, ctx_id, aux, flags, ser, payload)
+            pos = at
 
 
 def send_frames(sock: Any, frames: Sequence[Any], flags: int = 0) -> None:
     """Send one multipart message; big frames go zero-copy, small ones are copied."""
     last = len(frames) - 1
+    if not last:
+        f = frames[0]
+        _send(sock, f, flags, (len(f) if type(f) is bytes else memoryview(f).nbytes) < ZERO_COPY_THRESHOLD)
+        return
     for i, frame in enumerate(frames):
         _send(sock, frame, flags | (_SNDMORE if i < last else 0),
               _nbytes(frame) < ZERO_COPY_THRESHOLD)

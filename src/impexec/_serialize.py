@@ -99,8 +99,22 @@ _CODES = {"cloudpickle": 1, "pickle": 2, "dill": 3}
 _CACHE: dict[str, Serializer] = {}
 
 
+_BY_CODE: dict[int, Serializer] = {}
+
+
 def get_serializer(name_or_code: str | int) -> Serializer:
     """Return the serializer called *name_or_code* (a name, or its wire code)."""
+    ser = _BY_CODE.get(name_or_code)  # type: ignore[arg-type]
+    if ser is not None:  # the hot path: a code from a header
+        return ser
+    code = name_or_code
+    ser = _get_serializer(name_or_code)
+    if isinstance(code, int):
+        _BY_CODE[code] = ser
+    return ser
+
+
+def _get_serializer(name_or_code: str | int) -> Serializer:
     if isinstance(name_or_code, int):
         names = [n for n, c in _CODES.items() if c == name_or_code]
         if not names:

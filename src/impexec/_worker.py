@@ -212,6 +212,8 @@ class Worker:
     def _serve(self, sock: zmq.Socket[Any]) -> int:
         deadline = time.monotonic() + self.runtime if self.runtime else None
         queue = self._queue
+        poll = zmq.zmq_poll
+        items = [(sock, zmq.POLLIN)]
         while True:
             if deadline is not None and not self._leaving and time.monotonic() >= deadline:
                 self._leaving = True
@@ -222,7 +224,7 @@ class Worker:
             timeout = 0 if queue else 200
             if self._dismissed:
                 return EXIT_DISMISSED
-            while sock.poll(timeout):
+            while poll(items, timeout):  # zmq_poll: Socket.poll builds a Poller per call
                 for msg in self._accept(recv_frames(sock)):
                     if msg.kind == Kind.TASK:
                         queue.append(msg)

@@ -101,7 +101,10 @@ class Forge:
         r = self.rng
         frames = [self.junk_frame() for _ in range(r.randint(1, 6))]
         if r.random() < 0.5:  # sizes right, contents wrong: reaches the HMAC check
-            frames[:2] = [r.randbytes(32), self.header()]
+            # a block: signature, header, a table of inline lengths, the payloads inline
+            inline = [self.sentinel] * r.randint(0, 2)
+            table = b"".join(len(p).to_bytes(4, "big") for p in inline)
+            frames[0] = r.randbytes(32) + self.header() + table + b"".join(inline)
             frames += [self.sentinel] * r.randint(0, 2)
         return frames
 
@@ -136,11 +139,12 @@ class Forge:
                 j = r.randrange(len(frames))
                 frames[i], frames[j] = frames[j], frames[i]
                 continue
-            elif op == 8 and len(frames) > 1:  # rewrite the header, keep the signature
-                frames[1] = self.header()
+            elif op == 8:  # rewrite the header of the first record, keep the signature
+                block = bytes(frames[0])
+                frames[0] = block[:32] + self.header() + block[80:]
                 continue
-            else:  # a random signature
-                frames[0] = r.randbytes(r.choice((32, 32, 31, 33)))
+            else:  # a random signature (of the right length, or one byte off)
+                frames[0] = r.randbytes(r.choice((32, 32, 31, 33))) + bytes(frames[0])[32:]
                 continue
             frames[i] = bytes(f)
         return frames

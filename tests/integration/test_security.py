@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from impexec._connection import ConnectionInfo
-from impexec._protocol import Flag, Kind, encode
+from impexec._protocol import ZERO_COPY_THRESHOLD, Flag, Kind, encode
 from impexec._security import MAX_MESSAGE_SIZE_ENV, parse_size
 from impexec._worker import EXIT_NO_BROKER, Worker
 from security_tasks import (
@@ -140,13 +140,17 @@ def test_wrong_session_refused(make_executor: Any, raw_socket: Any, sentinel: by
     assert_still_works(ex)
 
 
+# A RESULT with an inline payload (the sentinel) and an out-of-band one (64 KiB): the
+# block [signature, header, table, sentinel] then the big frame (see impexec._protocol).
 TRUNCATIONS = {
-    "signature only": lambda f: f[:1],
-    "header cut short": lambda f: [f[0], f[1][:20]],
-    "signature cut short": lambda f: [f[0][:16], *f[1:]],
-    "payload frame missing": lambda f: f[:-1],
-    "payload frame cut short": lambda f: [*f[:-1], f[-1][: len(f[-1]) // 2]],
-    "second record cut": lambda f: [*f, f[0], f[1]][:-1],
+    "signature only": lambda f: [f[0][:32]],
+    "header cut short": lambda f: [f[0][:52], *f[1:]],
+    "signature cut short": lambda f: [f[0][16:], *f[1:]],
+    "table cut short": lambda f: [f[0][:82], *f[1:]],
+    "inline payload cut short": lambda f: [f[0][:-3], *f[1:]],
+    "out-of-band frame missing": lambda f: f[:1],
+    "out-of-band frame cut short": lambda f: [f[0], f[1][: len(f[1]) // 2]],
+    "second record cut": lambda f: [f[0] + f[0][:60], *f[1:], *f[1:]],
     "empty frames": lambda f: [b"", b""],
 }
 
@@ -156,7 +160,9 @@ def test_truncated_frames_dropped(how: str, make_executor: Any, raw_socket: Any,
                                   warnings_log: pytest.LogCaptureFixture) -> None:
     ex = make_executor(1)
     conn = conn_of(ex)
-    whole = result_with(sentinel, conn.key, conn.session)
+    whole = [bytes(f) for f in encode(conn.key, Kind.RESULT, conn.session, 5, task_id=1, flags=Flag.OK,
+                                      serializer=1, frames=[sentinel, bytes(ZERO_COPY_THRESHOLD)])]
+    assert len(whole) == 2  # the block, then the out-of-band frame
     sock = dealer(raw_socket, conn)
     sock.send_multipart(TRUNCATIONS[how](whole))
     assert_logged(warnings_log, "dropped a message", conn.key)

@@ -19,13 +19,17 @@ from impexec._errors import ProtocolError
 from impexec._protocol import (
     HEADER,
     MAX_FRAMES,
+    OOB,
     PROTOCOL_VERSION,
+    RECORD_FIXED,
     SIG_SIZE,
+    ZERO_COPY_THRESHOLD,
     Flag,
     Kind,
     decode,
     encode,
     encode_json,
+    join,
 )
 
 KEY = b"k" * 32
@@ -102,66 +106,75 @@ def test_round_trip_through_zmq_frames(raw_socket: Any) -> None:
     assert bytes(msg.frames[1]) == big
 
 
+# A record is signature (32) ‖ header (48) ‖ table (4 per payload) ‖ inline payloads, in
+# one block frame; payloads of ZERO_COPY_THRESHOLD and more follow as their own frames.
+FIELDS = ["version", "kind", "serializer", "flags", "nframes", "session", "seq", "task_id",
+          "ctx_id", "aux"]
+
+
 def _header(frames: list[Any]) -> tuple[Any, ...]:
-    return HEADER.unpack(bytes(frames[1]))
+    return HEADER.unpack(bytes(frames[0])[SIG_SIZE:RECORD_FIXED])
 
 
 def _with_header(frames: list[Any], **changes: Any) -> list[Any]:
-    names = [
-        "version",
-        "kind",
-        "serializer",
-        "flags",
-        "nframes",
-        "session",
-        "seq",
-        "task_id",
-        "ctx_id",
-        "aux",
-    ]
-    fields = dict(zip(names, _header(frames), strict=True))
+    fields = dict(zip(FIELDS, _header(frames), strict=True))
     fields.update(changes)
-    return [frames[0], HEADER.pack(*(fields[n] for n in names)), *frames[2:]]
+    block = bytes(frames[0])
+    header = HEADER.pack(*(fields[n] for n in FIELDS))
+    return [block[:SIG_SIZE] + header + block[RECORD_FIXED:], *frames[1:]]
 
 
 def _resign(frames: list[Any], key: bytes = KEY) -> list[Any]:
     """Re-sign altered frames with the right key: a peer that holds the key but lies."""
     from impexec._protocol import _mac
 
-    return [_mac(key, bytes(frames[1]), frames[2:]), *frames[1:]]
+    block = bytes(frames[0])
+    return [_mac(key, block[SIG_SIZE:], frames[1:]) + block[SIG_SIZE:], *frames[1:]]
+
+
+BIG = bytes(ZERO_COPY_THRESHOLD)
 
 
 def _good(**kw: Any) -> list[Any]:
-    return encode(
-        KEY, Kind.RESULT, SESSION, 5, task_id=9, frames=[b"payload", b"buffer"], **kw
-    )
+    """A RESULT with an inline payload and an out-of-band one: [block, big frame]."""
+    frames = encode(KEY, Kind.RESULT, SESSION, 5, task_id=9, frames=[b"payload", BIG], **kw)
+    assert len(frames) == 2
+    return [bytes(f) for f in frames]
 
 
 def _flip(data: bytes, at: int = 0) -> bytes:
     return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
 
 
+TABLE_AT = RECORD_FIXED  # first table entry: the inline payload's length
+
 BAD_MESSAGES = {
-    "tampered signature": lambda f: [_flip(bytes(f[0])), *f[1:]],
-    "tampered header": lambda f: [f[0], _flip(bytes(f[1]), 20), *f[2:]],
-    "tampered payload": lambda f: [*f[:2], _flip(bytes(f[2])), f[3]],
-    "payload frame added": lambda f: [*f, b"extra"],
-    "payload frame removed": lambda f: f[:-1],
-    "truncated to one frame": lambda f: f[:1],
-    "short signature": lambda f: [bytes(f[0])[:-1], *f[1:]],
-    "short header": lambda f: [f[0], bytes(f[1])[:-1], *f[2:]],
+    "tampered signature": lambda f: [_flip(f[0]), *f[1:]],
+    "tampered header": lambda f: [_flip(f[0], SIG_SIZE + 20), *f[1:]],
+    "tampered table": lambda f: [_flip(f[0], TABLE_AT + 3), *f[1:]],
+    "tampered inline payload": lambda f: [_flip(f[0], len(f[0]) - 1), *f[1:]],
+    "tampered out-of-band payload": lambda f: [f[0], _flip(f[1], 100)],
+    "out-of-band frame added": lambda f: [*f, BIG],
+    "out-of-band frame removed": lambda f: f[:-1],
+    "out-of-band frame cut short": lambda f: [f[0], f[1][:-1]],
+    "inline payload cut short": lambda f: [f[0][:-1], *f[1:]],
+    "bytes added to the block": lambda f: [f[0] + b"x", *f[1:]],
+    "truncated to the signature": lambda f: [f[0][:SIG_SIZE]],
+    "short signature": lambda f: [f[0][1:], *f[1:]],
+    "short header": lambda f: [f[0][: SIG_SIZE + 47]],
     "empty": lambda f: [b"", b""],
-    "wrong key": lambda f: encode(
-        b"x" * 32, Kind.RESULT, SESSION, 5, frames=[b"payload"]
-    ),
-    "wrong session": lambda f: encode(
-        KEY, Kind.RESULT, b"o" * 8, 5, frames=[b"payload"]
-    ),
+    "wrong key": lambda f: encode(b"x" * 32, Kind.RESULT, SESSION, 5, frames=[b"payload"]),
+    "wrong session": lambda f: encode(KEY, Kind.RESULT, b"o" * 8, 5, frames=[b"payload"]),
     "unknown kind": lambda f: _resign(_with_header(f, kind=200)),
     "wrong version": lambda f: _resign(_with_header(f, version=PROTOCOL_VERSION + 1)),
+    "version 1 (the multi-frame layout)": lambda f: _resign(_with_header(f, version=1)),
     "oversize nframes": lambda f: _resign(_with_header(f, nframes=MAX_FRAMES + 1)),
-    "nframes beyond the frames": lambda f: _resign(_with_header(f, nframes=3)),
+    "nframes beyond the table": lambda f: _resign(_with_header(f, nframes=3)),
     "nframes of 2**32-1": lambda f: _with_header(f, nframes=2**32 - 1),
+    "inline length beyond the block": lambda f: _resign(
+        [f[0][:TABLE_AT] + (2**31).to_bytes(4, "big") + f[0][TABLE_AT + 4 :], *f[1:]]),
+    "two out-of-band entries, one frame": lambda f: _resign(
+        [f[0][:TABLE_AT] + OOB.to_bytes(4, "big") + f[0][TABLE_AT + 4 : TABLE_AT + 8], f[1]]),
 }
 
 
@@ -180,7 +193,7 @@ def test_signature_is_checked_before_the_header_is_believed() -> None:
 
 
 def test_records_before_a_bad_one_are_yielded() -> None:
-    frames = [*encode(KEY, Kind.HEARTBEAT, SESSION, 1), b"junk" * 8, b"junk"]
+    frames = [*encode(KEY, Kind.HEARTBEAT, SESSION, 1), b"junk" * 30, b"junk"]
     it = decode(KEY, frames, SESSION)
     assert next(it).kind is Kind.HEARTBEAT
     with pytest.raises(ProtocolError):
@@ -195,6 +208,40 @@ def test_any_session_accepted_when_none_given() -> None:
 def test_header_layout_is_fixed() -> None:
     assert HEADER.size == 48
     assert SIG_SIZE == 32
+    assert RECORD_FIXED == 80
+
+
+def test_small_payloads_travel_inline_and_large_ones_out_of_band() -> None:
+    big = os.urandom(ZERO_COPY_THRESHOLD)
+    frames = encode(KEY, Kind.TASK, SESSION, 1, frames=[b"fn", big, b"args"])
+    assert len(frames) == 2 and frames[1] is big  # not copied
+    assert len(frames[0]) == RECORD_FIXED + 3 * 4 + len(b"fn") + len(b"args")
+    msg = _one(frames)
+    assert [bytes(f) for f in msg.frames] == [b"fn", big, b"args"]
+    assert msg.frames[1] is big  # handed over as it came
+
+
+def test_join_merges_blocks_and_keeps_out_of_band_frames_in_order() -> None:
+    big1, big2 = os.urandom(ZERO_COPY_THRESHOLD), os.urandom(ZERO_COPY_THRESHOLD + 1)
+    msgs = [encode(KEY, Kind.TASK, SESSION, 1, task_id=1, frames=[b"a", big1]),
+            encode(KEY, Kind.HEARTBEAT, SESSION, 2),
+            encode(KEY, Kind.TASK, SESSION, 3, task_id=3, frames=[big2, b"c"])]
+    frames = join(msgs)
+    assert len(frames) == 3  # one block, two out-of-band frames
+    out = list(decode(KEY, frames, SESSION))
+    assert [(m.kind, m.seq) for m in out] == [(Kind.TASK, 1), (Kind.HEARTBEAT, 2), (Kind.TASK, 3)]
+    assert [bytes(f) for f in out[0].frames] == [b"a", big1]
+    assert [bytes(f) for f in out[2].frames] == [big2, b"c"]
+    assert join(msgs[:1]) == msgs[0]
+
+
+def test_the_mac_is_hmac_sha256_of_the_record() -> None:
+    import hashlib
+    import hmac
+
+    frames = encode(KEY, Kind.RESULT, SESSION, 4, frames=[b"value"])
+    block = bytes(frames[0])
+    assert block[:SIG_SIZE] == hmac.new(KEY, block[SIG_SIZE:], hashlib.sha256).digest()
 
 
 # -- through a real broker -------------------------------------------------------------
@@ -203,8 +250,8 @@ JUNK = {
     "wrong key": encode(b"x" * 32, Kind.HEARTBEAT, SESSION, 1),
     "truncated": [b"\0" * SIG_SIZE],
     "tampered task": [
-        b"\0" * SIG_SIZE,
-        HEADER.pack(PROTOCOL_VERSION, Kind.RESULT, 1, 0, 0, SESSION, 1, 1, 0, 0),
+        b"\0" * SIG_SIZE
+        + HEADER.pack(PROTOCOL_VERSION, Kind.RESULT, 1, 0, 0, SESSION, 1, 1, 0, 0),
     ],
 }
 
