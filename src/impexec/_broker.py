@@ -91,6 +91,7 @@ class Broker(threading.Thread):
         self._contexts: dict[int, tuple[list[Any], int]] = {}  # ctx_id → (setup frames, ser)
         self._last_seq: dict[bytes, int] = {}
         self._seen_workers: set[bytes] = set()
+        self._local: set[bytes] = set()  # workers on the Unix socket: Flag.LOCAL both ways
         self._initializing: set[bytes] = set()  # joined; initializer not yet done
         self._tags: dict[str, bytes] = {}  # launcher tag → worker id
         self.connected_tags: set[str] = set()  # read by the launcher thread
@@ -305,7 +306,7 @@ class Broker(threading.Thread):
 
     def _dispatch(self) -> None:
         batches: dict[bytes, list[list[Any]]] = {}
-        key, session = self._key, self._session
+        key, session, local = self._key, self._session, self._local
         for a in self.scheduler.assign(_claim):
             task = a.task
             frames = task.frames
@@ -326,6 +327,7 @@ class Broker(threading.Thread):
             msg = encode(
                 key, Kind.TASK, session, self._next_seq(), task_id=task.id, ctx_id=task.ctx_id,
                 aux=task.attempts, flags=flags, serializer=task.ser, frames=frames,
+                local=a.worker.ident in local,
             )
             batch = batches.get(a.worker.ident)
             if batch is None:
@@ -356,7 +358,7 @@ class Broker(threading.Thread):
                 return False
             ident = frames[0].bytes
             try:
-                for msg in decode(self._key, frames[1:], None):
+                for msg in decode(self._key, frames[1:], None, ident in self._local):
                     self._handle(ident, msg)
             except ProtocolError as exc:
                 self._dropped(ident, str(exc))
@@ -430,6 +432,8 @@ class Broker(threading.Thread):
             raise ProtocolError("READY from a worker id seen before (replay)")
         self._seen_workers.add(ident)
         self._last_seq[ident] = msg.seq
+        if info.get("local") is True:  # it dialed our Unix socket (signed, so a key holder says so)
+            self._local.add(ident)
         name = f"{info.get('host', '?')}:{info.get('pid', '?')}"
         tag = str(info.get("tag") or "")
         w = self.scheduler.add_worker(ident, name, time.monotonic(), tag=tag, info=info)
@@ -449,7 +453,8 @@ class Broker(threading.Thread):
             frames += self._init_frames
             flags = Flag.HAS_SETUP
         self._send(ident, encode(self._key, Kind.WELCOME, self._session, self._next_seq(),
-                                 flags=flags, serializer=self._init_ser, frames=frames))
+                                 flags=flags, serializer=self._init_ser, frames=frames,
+                                 local=ident in self._local))
         logger.info("worker %s joined (tag %s, python %s)", name, tag or "-", info.get("python", "?"))
         if self._init_frames is None:
             self._worker_started(w)
@@ -515,6 +520,7 @@ class Broker(threading.Thread):
                 attempts=lt.attempts, workers=tuple(lt.task.lost_on),
             )))
         self._initializing.discard(w.ident)
+        self._local.discard(w.ident)
         if w.tag:
             self.connected_tags.discard(w.tag)
             self._tags.pop(w.tag, None)

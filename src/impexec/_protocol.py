@@ -7,7 +7,7 @@ followed by the **out-of-band** frames its records refer to::
     block                        one or more records back to back:
         signature   32 bytes     HMAC-SHA256(key, header ‖ table ‖ inline ‖ oob part …)
         header      48 bytes     HEADER below (network byte order)
-        table       4 × nframes  u32 per payload: its length if it is inline in this
+        table       4 x nframes  u32 per payload: its length if it is inline in this
                                  block, OOB (0xFFFFFFFF) if it is the next out-of-band frame
         inline      …            the inline payloads, back to back
     out-of-band frames           the large payloads (ZERO_COPY_THRESHOLD and up), in order
@@ -144,9 +144,15 @@ class Flag:
     HAS_BLOBS = 16  # TASK: a blob table frame (and the blobs the worker lacks) comes next
     FN_BLOB = 32  # TASK: the function frame is the 32-byte digest of a blob
     RELEASED = 64  # RESULT: the worker gives the task back unstarted (after a RECALL)
+    #: Any kind: the out-of-band payloads enter the MAC by their length only. Sent only
+    #: between a worker and a broker that share a Unix socket (``ipc://``), where the
+    #: kernel vouches that the bytes come from the peer that sent the signed record; a
+    #: receiver that did not agree to it refuses the message (see docs/security.md).
+    LOCAL = 128
 
 
 _KIND_OF: dict[int, Kind] = {int(k): k for k in Kind}
+_LOCAL = Flag.LOCAL
 
 
 class Message:
@@ -156,7 +162,7 @@ class Message:
     ZeroMQ frames themselves for out-of-band ones.
     """
 
-    __slots__ = ("aux", "ctx_id", "flags", "frames", "kind", "serializer", "seq", "session", "task_id")
+    __slots__ = ("aux", "ctx_id", "flags", "frames", "kind", "seq", "serializer", "session", "task_id")
 
     def __init__(self, kind: Kind, session: bytes = b"\0" * 8, seq: int = 0, task_id: int = 0,
                  ctx_id: int = 0, aux: int = 0, flags: int = 0, serializer: int = 0,
@@ -255,8 +261,9 @@ def _keyed(key: bytes) -> Any:
     return state
 
 
-def _mac(key: bytes, body: Any, oob: Sequence[Any]) -> bytes:
-    """HMAC-SHA256 over a record's header, table and inline bytes, then its out-of-band parts."""
+def _mac(key: bytes, body: Any, oob: Sequence[Any], contents: bool = True) -> bytes:
+    """HMAC-SHA256 over a record's header, table and inline bytes, then its out-of-band
+    parts: each one's length, and (unless *contents* is false: Flag.LOCAL) its bytes."""
     mac = _keyed(key).copy()
     mac.update(body)
     if not oob:
@@ -265,7 +272,8 @@ def _mac(key: bytes, body: Any, oob: Sequence[Any]) -> bytes:
         buf = _as_bytes_view(f)
         n = buf.nbytes
         mac.update(n.to_bytes(8, "big"))
-        mac.update(_tree_digest(buf) if n >= TREE_MIN else buf)
+        if contents:
+            mac.update(_tree_digest(buf) if n >= TREE_MIN else buf)
     return mac.digest()
 
 
@@ -285,13 +293,19 @@ def encode(
     flags: int = 0,
     serializer: int = 0,
     frames: Sequence[Any] = (),
+    local: bool = False,
 ) -> list[Any]:
     """Return the frames of one signed message (without a routing id): a block, then
     its out-of-band payloads. The frames of several messages may be sent as one
-    multipart, or merged first with :func:`join`."""
+    multipart, or merged first with :func:`join`.
+
+    *local*: the peer is on the other end of a Unix socket and agreed to Flag.LOCAL;
+    out-of-band payloads then enter the MAC by length only.
+    """
     n = len(frames)
-    header = _pack_header(PROTOCOL_VERSION, kind, serializer, flags, n, session, seq, task_id, ctx_id, aux)
     if not n:
+        header = _pack_header(PROTOCOL_VERSION, kind, serializer, flags, 0, session, seq, task_id,
+                              ctx_id, aux)
         return [_mac(key, header, ()) + header]
     lengths: list[int] = []
     inline: list[Any] = []
@@ -304,8 +318,12 @@ def encode(
         else:
             lengths.append(OOB)
             oob.append(f)
+    local = local and bool(oob)
+    if local:
+        flags |= _LOCAL
+    header = _pack_header(PROTOCOL_VERSION, kind, serializer, flags, n, session, seq, task_id, ctx_id, aux)
     body = b"".join([header, _table(n).pack(*lengths), *inline])
-    return [_mac(key, body, oob) + body, *oob]
+    return [_mac(key, body, oob, not local) + body, *oob]
 
 
 def encode_json(key: bytes, kind: int, session: bytes, seq: int, obj: Any, **fields: int) -> list[Any]:
@@ -326,12 +344,16 @@ def join(messages: Sequence[list[Any]]) -> list[Any]:
     return out
 
 
-def decode(key: bytes, frames: Sequence[Any], session: bytes | None) -> Iterator[Message]:
+def decode(key: bytes, frames: Sequence[Any], session: bytes | None,
+           local: bool = False) -> Iterator[Message]:
     """Verify and split the records of one multipart message.
 
     Raises ProtocolError at the first record that is malformed, unauthenticated, of
     another protocol version or (when *session* is given) of another session; records
     before it have already been yielded. The caller drops the rest and logs.
+
+    *local*: the sender is a peer on a Unix socket that agreed to Flag.LOCAL; without
+    it, a record with that flag is refused.
     """
     i, n = 0, len(frames)
     while i < n:
@@ -348,7 +370,8 @@ def decode(key: bytes, frames: Sequence[Any], session: bytes | None) -> Iterator
             if size - pos < RECORD_FIXED:
                 raise ProtocolError(f"truncated record: {size - pos} B left, need {RECORD_FIXED}")
             body_at = pos + SIG_SIZE
-            version, kind, ser, flags, nframes, sess, seq, task_id, ctx_id, aux = _unpack_header(view, body_at)
+            version, kind, ser, flags, nframes, sess, seq, task_id, ctx_id, aux = _unpack_header(
+                view, body_at)
             at = body_at + HEADER.size
             if nframes > MAX_FRAMES or at + 4 * nframes > size:
                 raise ProtocolError(f"header announces {nframes} payloads, too many for the block")
@@ -370,8 +393,12 @@ def decode(key: bytes, frames: Sequence[Any], session: bytes | None) -> Iterator
                         raise ProtocolError(f"inline payload of {length} B runs past the block")
                     payload.append(view[at:end])
                     at = end
-            if not _compare(_mac(key, view[body_at:at], oob), view[pos:body_at]):
+            unhashed = bool(flags & _LOCAL)
+            if not _compare(_mac(key, view[body_at:at], oob, not unhashed), view[pos:body_at]):
                 raise ProtocolError("bad signature (wrong key, or the message was altered)")
+            if unhashed and not local:
+                raise ProtocolError("a record whose large payloads are not in its MAC, from a peer "
+                                    "not on a Unix socket")
             # only now, with the signature checked, do the header's claims count
             if version != PROTOCOL_VERSION:
                 raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")

@@ -85,6 +85,9 @@ class Worker:
         self.runtime = runtime
         self.connect_timeout = connect_timeout
         self.wid = os.urandom(16)
+        # On a Unix socket the kernel vouches for the bytes of each connection: large
+        # payloads then enter the MAC by length only (Flag.LOCAL; docs/security.md)
+        self._local = conn.address.startswith("ipc://")
         self._seq = 0
         self._session = b"\0" * 8
         self._broker_seq = 0
@@ -118,13 +121,13 @@ class Worker:
 
     def _encode(self, kind: Kind, **kw: Any) -> list[Any]:
         self._seq += 1
-        return encode(self.conn.key, kind, self._session, self._seq, **kw)
+        return encode(self.conn.key, kind, self._session, self._seq, local=self._local, **kw)
 
     def _accept(self, frames: list[Any]) -> list[Message]:
         """Verified messages of one multipart receive; anything else is dropped and logged."""
         out: list[Message] = []
         try:
-            for msg in decode(self.conn.key, frames, self._session):
+            for msg in decode(self.conn.key, frames, self._session, self._local):
                 if msg.seq <= self._broker_seq:
                     raise ProtocolError(f"replayed message (seq {msg.seq})")
                 self._broker_seq = msg.seq
@@ -150,6 +153,7 @@ class Worker:
         info = {
             "worker": self.wid.hex(), "pid": os.getpid(), "host": socket.gethostname(),
             "tag": self.tag, "python": sys.version.split()[0], "impexec": __version__,
+            "local": self._local,
         }
         self._seq += 1
         sock.send_multipart(encode(self.conn.key, Kind.READY, b"\0" * 8, self._seq,
@@ -185,7 +189,7 @@ class Worker:
                 break
             frames = sock.recv_multipart(copy=False)
             try:
-                msgs = list(decode(self.conn.key, frames, None))
+                msgs = list(decode(self.conn.key, frames, None, self._local))
             except ProtocolError as exc:
                 self._drop_log("the broker's socket", f"{exc} (while connecting)")
                 continue

@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from impexec._connection import ConnectionInfo
-from impexec._protocol import ZERO_COPY_THRESHOLD, Flag, Kind, encode
+from impexec._protocol import HEADER, ZERO_COPY_THRESHOLD, Flag, Kind, encode
 from impexec._security import MAX_MESSAGE_SIZE_ENV, parse_size
 from impexec._worker import EXIT_NO_BROKER, Worker
 from security_tasks import (
@@ -137,6 +137,37 @@ def test_wrong_session_refused(make_executor: Any, raw_socket: Any, sentinel: by
     assert wait_for(lambda: drop_count(ex) >= before + 2)
     assert Kind.STATUS_REPLY not in [m.kind for m in recv_messages(fake, conn.key, 0.5)]
     leave(fake, conn, 4)
+    assert_still_works(ex)
+
+
+def test_unhashed_large_payloads_refused_from_a_tcp_peer(make_executor: Any, raw_socket: Any,
+                                                          sentinel: bytes,
+                                                          warnings_log: pytest.LogCaptureFixture) -> None:
+    """Flag.LOCAL (large payloads outside the MAC) is for Unix-socket peers only.
+
+    A worker that joined over TCP (its READY does not say local) and sends a RESULT whose
+    out-of-band payload is left out of the MAC is refused, sentinel unread; the local
+    workers of the same executor use the flag, and their big results arrive intact.
+    """
+    import numpy as np
+
+    ex = make_executor(1, heartbeat_timeout=60)
+    conn = conn_of(ex)
+    wid = os.urandom(16)
+    fake = dealer(raw_socket, conn, identity=wid)  # tcp://127.0.0.1
+    join_as_fake_worker(fake, conn.key, wid)
+    assert wid not in ex._broker._local
+    unhashed = encode(conn.key, Kind.RESULT, conn.session, 2, task_id=1, flags=Flag.OK, serializer=1,
+                      frames=[sentinel, bytes(ZERO_COPY_THRESHOLD)], local=True)
+    assert HEADER.unpack(bytes(unhashed[0])[32:80])[3] & Flag.LOCAL
+    fake.send_multipart(unhashed)
+    assert_logged(warnings_log, "not on a Unix socket", conn.key)
+    leave(fake, conn, 3)
+    assert ex.submit(abs, -1).result(timeout=60) == 1  # the local worker has joined
+    local_workers = [w for w in ex._scheduler.workers if w != wid]
+    assert local_workers and all(w in ex._broker._local for w in local_workers)
+    arr = np.arange(2_000_000, dtype=np.float64)  # 16 MB each way
+    assert np.array_equal(ex.submit(np.negative, arr).result(timeout=60), -arr)
     assert_still_works(ex)
 
 

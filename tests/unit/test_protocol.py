@@ -320,3 +320,34 @@ def test_worker_drops_and_logs_junk_from_its_broker(
     assert worker.returncode == 3  # EXIT_NO_BROKER: no valid WELCOME came
     assert "WARNING" in err
     assert "dropped" in err.lower()
+
+
+def test_local_records_leave_large_payloads_out_of_the_mac_and_need_consent() -> None:
+    """Flag.LOCAL: out-of-band payloads enter the MAC by length only (Unix-socket peers)."""
+    big = os.urandom(ZERO_COPY_THRESHOLD)
+    frames = encode(KEY, Kind.RESULT, SESSION, 1, frames=[b"pickle", big], local=True)
+    assert _header(frames)[3] & Flag.LOCAL
+    with pytest.raises(ProtocolError, match="Unix socket"):  # the receiver did not agree
+        list(decode(KEY, frames, SESSION))
+    msg = _one_local(frames)
+    assert [bytes(f) for f in msg.frames] == [b"pickle", big]
+    # the header, the table, the inline bytes and each large payload's length still count
+    for bad in ([_flip(bytes(frames[0]), len(bytes(frames[0])) - 1), big],
+                [frames[0], big[:-1]],
+                [frames[0]]):
+        with pytest.raises(ProtocolError):
+            list(decode(KEY, bad, SESSION, True))
+    # and the flag cannot be added or removed without the key
+    plain = encode(KEY, Kind.RESULT, SESSION, 1, frames=[b"pickle", big])
+    assert not _header(plain)[3] & Flag.LOCAL
+    for forged in (_with_header(plain, flags=Flag.LOCAL), _with_header(frames, flags=0)):
+        with pytest.raises(ProtocolError, match="signature"):
+            list(decode(KEY, forged, SESSION, True))
+    # without out-of-band payloads there is nothing to leave out: no flag
+    assert not _header(encode(KEY, Kind.RESULT, SESSION, 1, frames=[b"x"], local=True))[3] & Flag.LOCAL
+
+
+def _one_local(frames: list[Any]) -> Any:
+    msgs = list(decode(KEY, frames, SESSION, True))
+    assert len(msgs) == 1
+    return msgs[0]
