@@ -49,6 +49,17 @@ CONNECT_TIMEOUT = 60.0
 FUNCTION_CACHE_SIZE = 128
 
 _HB_SUFFIX = b"h"
+#: Microseconds a worker whose queue ran dry keeps polling (yielding the CPU between
+#: polls) before it blocks: a task that arrives meanwhile is taken without the wake-up
+#: of a sleeping process, a third of a short task's round trip on a VM (docs/benchmarks.md).
+SPIN_US = 300
+
+
+def _spin_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get("IMPEXEC_WORKER_SPIN_US", SPIN_US))) / 1e6
+    except ValueError:
+        return SPIN_US / 1e6
 
 
 class _SetupCache:
@@ -218,6 +229,9 @@ class Worker:
         queue = self._queue
         poll = zmq.zmq_poll
         items = [(sock, zmq.POLLIN)]
+        spin_until = 0.0
+        spin_s = _spin_seconds()
+        sched_yield = getattr(os, "sched_yield", lambda: None)
         while True:
             if deadline is not None and not self._leaving and time.monotonic() >= deadline:
                 self._leaving = True
@@ -228,6 +242,10 @@ class Worker:
             timeout = 0 if queue else 200
             if self._dismissed:
                 return EXIT_DISMISSED
+            if not queue and spin_until:
+                while not poll(items, 0) and time.perf_counter() < spin_until:
+                    sched_yield()
+                spin_until = 0.0
             while poll(items, timeout):  # zmq_poll: Socket.poll builds a Poller per call
                 for msg in self._accept(recv_frames(sock)):
                     if msg.kind == Kind.TASK:
@@ -255,6 +273,8 @@ class Worker:
             # each result leaves at once: held back, it would be lost with the process if
             # the next task crashes it, and the broker would blame the wrong task
             send_frames(sock, self._run_task(msg))
+            if spin_s:
+                spin_until = time.perf_counter() + spin_s
             if self._dismissed:
                 return EXIT_DISMISSED
 
