@@ -354,7 +354,9 @@ class LightWorkerHost:
                 prefix = (entry[1],)
             fn = self._load_fn(ser, msg.frames[first])
             call = ser.loads(msg.frames[first + 1 :])
-            if msg.flags & Flag.CHUNK:
+            if msg.flags & Flag.CHUNK and msg.flags & Flag.BARE:  # map over one input
+                value = [fn(*prefix, arg) for arg in call]
+            elif msg.flags & Flag.CHUNK:
                 value = [fn(*prefix, *args) for args in call]
             else:
                 args, kwargs = call

@@ -95,8 +95,9 @@ class Context(Executor):
         return self._submitted(lambda: self._ex._submit(fn, args, kwargs, ctx_id=self.id))
 
     def _submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes,
-                      chunk: list[tuple[Any, ...]]) -> Future[Any]:
-        return self._submitted(lambda: self._ex._submit_chunk(fn, fn_frame, chunk, ctx_id=self.id))
+                      chunk: list[Any], bare: bool = False) -> Future[Any]:
+        return self._submitted(lambda: self._ex._submit_chunk(fn, fn_frame, chunk, ctx_id=self.id,
+                                                              bare=bare))
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int | str = 1, buffersize: int | None = None) -> Iterator[Any]:

@@ -28,6 +28,7 @@ from ._connection import ConnectionInfo, parse_key
 from ._context import Context
 from ._errors import BrokenClusterError, WorkerStartError
 from ._mapping import (
+    bare_chunks,
     check_buffersize,
     chunks,
     default_buffersize,
@@ -270,17 +271,21 @@ class ClusterExecutor(Executor):
         blobs[digest] = fn_frame
         return digest, Flag.FN_BLOB
 
-    def _submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes, chunk: list[tuple[Any, ...]],
-                      ctx_id: int = 0) -> Future[Any]:
+    def _submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes, chunk: list[Any],
+                      ctx_id: int = 0, bare: bool = False) -> Future[Any]:
+        """One map chunk: a list of argument tuples, or with *bare* of single arguments."""
         self._check_open()
         ser = self._ser
         try:
             frames = ser.dumps(chunk)
         except Exception as exc:
-            named = [(f"the arguments {args!r:.60}", args) for args in chunk]
+            what = "argument" if bare else "arguments"
+            named = [(f"the {what} {args!r:.60}", args) for args in chunk]
             raise serialization_error(ser, named, exc) from exc
         blobs: dict[bytes, bytes] = {}
         fn_part, flags = self._fn_part(fn_frame, blobs)
+        if bare:
+            flags |= Flag.BARE
         return self._enqueue(Task(next(self._ids), [fn_part, *frames], Future(), ctx_id,
                                   flags=Flag.CHUNK | flags, ser=ser.code, items=len(chunk),
                                   blobs=tuple(blobs.items())))
@@ -331,9 +336,10 @@ class ClusterExecutor(Executor):
             raise serialization_error(self._ser, [("the callable", fn)], exc) from exc
         submit_chunk = (ctx._submit_chunk if ctx is not None else self._submit_chunk)
         bufsize = buffersize or default_buffersize(n_workers)
-        source = chunks(iterables, size)
+        bare = len(iterables) == 1
+        source = bare_chunks(iterables[0], size) if bare else chunks(iterables, size)
         run = _ordered_iter if ordered else _unordered_iter
-        return run(lambda chunk: submit_chunk(fn, fn_frame, chunk), source, bufsize, timeout)
+        return run(lambda chunk: submit_chunk(fn, fn_frame, chunk, bare=bare), source, bufsize, timeout)
 
     def context(self, setup: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Context:
         """Return a :class:`Context`: an Executor whose tasks get ``setup(*args, **kwargs)``.

@@ -74,6 +74,16 @@ def chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[list[tup
         yield chunk
 
 
+def bare_chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Chunks of a map over one input: lists of the items themselves, not of 1-tuples.
+
+    A list of ints pickles and unpickles 3-4x faster than a list of 1-tuples holding
+    them, and the worker calls ``map(fn, chunk)`` in C (``Flag.BARE``)."""
+    it = iter(iterable)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
 SubmitChunk = Callable[[list[tuple[Any, ...]]], "Future[list[Any]]"]
 
 

@@ -140,6 +140,7 @@ class Flag:
     HAS_SETUP = 1  # TASK: the first payload frame is the context's setup
     CHUNK = 2  # TASK: the arguments pickle is a list of argument tuples (a map chunk)
     OK = 4  # RESULT: the payload is the value (else an exception)
+    BARE = 4  # TASK with CHUNK: a list of single arguments, not of tuples (map over one input)
     NEED_SETUP = 8  # RESULT: the worker lacks the task's context or a blob; resend with them
     HAS_BLOBS = 16  # TASK: a blob table frame (and the blobs the worker lacks) comes next
     FN_BLOB = 32  # TASK: the function frame is the 32-byte digest of a blob

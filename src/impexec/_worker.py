@@ -371,7 +371,12 @@ class Worker:
             fn = self._load_fn(ser, fn_frame)
             call = ser.loads(msg.frames[first + 1:])
             if msg.flags & Flag.CHUNK:
-                value = [fn(*prefix, *args) for args in call]
+                if not msg.flags & Flag.BARE:
+                    value = [fn(*prefix, *args) for args in call]
+                elif prefix:
+                    value = [fn(prefix[0], arg) for arg in call]
+                else:
+                    value = list(map(fn, call))
             else:
                 args, kwargs = call
                 if msg.flags & Flag.HAS_BLOBS:

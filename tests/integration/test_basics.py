@@ -176,6 +176,24 @@ def test_map_raises_naming_an_unpicklable_item(executor: ClusterExecutor) -> Non
         list(executor.map(tasks.identity, [1, threading.Lock()], timeout=TIMEOUT))
 
 
+@pytest.mark.parametrize("chunksize", [1, 7, "static"])
+def test_map_over_one_input_passes_each_item_whole(executor: ClusterExecutor, chunksize: Any) -> None:
+    """One input travels as a list of items (Flag.BARE), not of 1-tuples: a tuple item is
+    still one argument, and None, lists and nested tuples arrive as they were."""
+    items = [(1, 2), None, [3, 4], ((5,),), (), "s", 6]
+    assert list(executor.map(tasks.identity, items, chunksize=chunksize, timeout=60)) == items
+    assert list(executor.map_unordered(len, [(1, 2), (3,), ()], chunksize=chunksize,
+                                       timeout=60)) in _permutations([2, 1, 0])
+    # two inputs are still zipped into argument pairs
+    assert list(executor.map(tasks.add, [1, 2], [10, 20], chunksize=chunksize, timeout=60)) == [11, 22]
+
+
+def _permutations(values: list[Any]) -> list[list[Any]]:
+    import itertools
+
+    return [list(p) for p in itertools.permutations(values)]
+
+
 def test_argument_failing_to_unpickle_on_the_worker_fails_its_future(
     make_executor: Any,
 ) -> None:
