@@ -64,6 +64,7 @@ class _Identity:
     """One worker as the broker sees it: two sockets, their counters, its contexts."""
 
     __slots__ = (
+        "active",
         "broker_seq",
         "contexts",
         "hb",
@@ -85,6 +86,7 @@ class _Identity:
         self.hb_broker_seq = 0
         self.welcomed = False
         self.contexts: OrderedDict[int, tuple[bool, Any]] = OrderedDict()
+        self.active = 0.0  # last task in and result out on main (then no beat is due)
 
 
 class LightWorkerHost:
@@ -201,7 +203,11 @@ class LightWorkerHost:
             slices = max(1, round(self.hb_interval / TICK_S))
             tick += 1
             for idn in welcomed[tick % slices :: slices]:
-                if self._heartbeat(idn):
+                if now - idn.active < self.hb_interval:
+                    # like impexec-worker: tasks and results flowed on main within the
+                    # interval, so both sides know the other is alive; no beat
+                    last_heard = max(last_heard, idn.active)
+                elif self._heartbeat(idn):
                     last_heard = now
             if not waiting and now - last_heard > self.hb_timeout:
                 sys.stderr.write(
@@ -244,6 +250,7 @@ class LightWorkerHost:
                 kind = msg.kind
                 if kind == Kind.TASK:
                     send_frames(idn.main, self._run_task(idn, msg))
+                    idn.active = time.monotonic()
                 elif kind == Kind.WELCOME and not idn.welcomed:
                     data = msg.json()
                     if data.get("worker") != idn.wid.hex():

@@ -112,6 +112,11 @@ class Worker:
         self._drop_log = DropLog(logger, "a message")  # main thread only
         self._max_frame = 0  # the broker's MAXMSGSIZE (from WELCOME); 0: no limit
         self._dismissed = False  # set by the heartbeat thread on SHUTDOWN
+        # monotonic times of the main socket's last verified receive and last send: while
+        # both are recent the broker and we each know the other is alive, and the
+        # heartbeat thread skips its beat (1,000 busy workers: no heartbeat traffic)
+        self._main_rx = 0.0
+        self._main_tx = 0.0
         self.hb_interval = 1.0
         self.hb_timeout = 10.0
 
@@ -145,6 +150,8 @@ class Worker:
                 out.append(msg)
         except ProtocolError as exc:
             self._drop_log("the broker's socket", str(exc))  # rate-limited: floods stay cheap
+        if out:
+            self._main_rx = time.monotonic()
         return out
 
     # -- main ----------------------------------------------------------------------------
@@ -273,6 +280,7 @@ class Worker:
             # each result leaves at once: held back, it would be lost with the process if
             # the next task crashes it, and the broker would blame the wrong task
             send_frames(sock, self._run_task(msg))
+            self._main_tx = time.monotonic()
             if spin_s:
                 spin_until = time.perf_counter() + spin_s
             if self._dismissed:
@@ -425,8 +433,15 @@ class Worker:
                     # evidence against the broker; judge from fresh traffic
                     last_heard = now
                 last_tick = now
-                seq += 1
-                sock.send_multipart(encode(self.conn.key, Kind.HEARTBEAT, self._session, seq))
+                interval = self.hb_interval
+                if now - self._main_rx < interval and now - self._main_tx < interval:
+                    # tasks and results are flowing on the main socket: each side already
+                    # knows the other is alive (the broker counts any message as a sign
+                    # of life), so no beat; we still read this socket (a SHUTDOWN)
+                    last_heard = max(last_heard, self._main_rx)
+                else:
+                    seq += 1
+                    sock.send_multipart(encode(self.conn.key, Kind.HEARTBEAT, self._session, seq))
                 deadline = time.monotonic() + self.hb_interval
                 first = True  # after a stall (SIGSTOP), read what came before judging silence
                 while first or ((left := deadline - time.monotonic()) > 0 and not self._stop.is_set()):
@@ -455,6 +470,7 @@ class Worker:
                             self._dismissed = True
                             dismissed_at = time.monotonic()
                 now = time.monotonic()
+                last_heard = max(last_heard, self._main_rx)
                 if dismissed_at and now - dismissed_at > self.hb_timeout:
                     os._exit(EXIT_OK if self._leaving else EXIT_DISMISSED)  # main is stuck
                 if not dismissed_at and now - last_heard > self.hb_timeout:

@@ -153,6 +153,36 @@ def test_sigstopped_worker_detected_and_its_late_result_dropped(caplog):
     assert any("late result" in r.getMessage() or "lost" in r.getMessage() for r in caplog.records)
 
 
+def test_busy_worker_sends_no_heartbeats_and_is_never_declared_lost():
+    """While tasks and results flow on a worker's main socket, its heartbeat thread skips
+    its beats (the broker counts results as signs of life); idle, it beats again."""
+    from impexec._protocol import Kind
+
+    with ClusterExecutor(1, heartbeat_interval=0.1, heartbeat_timeout=0.6) as ex:
+        broker = ex._broker
+        beats: list[float] = []
+        handle = broker._handle
+
+        def counting(ident, msg):  # runs on the broker thread
+            if msg.kind == Kind.HEARTBEAT and ident.endswith(b"h"):
+                beats.append(time.monotonic())
+            handle(ident, msg)
+
+        broker._handle = counting
+        assert ex.submit(abs, -1).result(timeout=60) == 1
+        start = time.monotonic()
+        while time.monotonic() - start < 1.5:  # 15 heartbeat intervals of back-to-back work
+            assert ex.submit(ft.sleep_double, 1, 0.005).result(timeout=60) == 2
+        end = time.monotonic()
+        busy = [t for t in beats if start + 0.25 < t < end]
+        time.sleep(0.6)  # idle: the beats come back
+        idle = [t for t in beats if t > end + 0.15]
+        stats = ex.statistics()
+    assert len(busy) <= 1, f"{len(busy)} heartbeats while busy"
+    assert len(idle) >= 3, f"only {len(idle)} heartbeats while idle"
+    assert stats.workers_lost == 0 and stats.resubmitted == 0
+
+
 def test_workers_exit_when_broker_is_gone():
     ex = ClusterExecutor(None, **FAST)
     worker = _start_manual_worker(ex.connection_file())
