@@ -165,15 +165,32 @@ def _dask(workers: int):
     return _managed(ex, close)
 
 
+class _SubmitMapExecutor(cf.Executor):
+    """Another executor's submit with concurrent.futures' own map (one task per item).
+
+    ipyparallel's executor hands map() to ``LoadBalancedView.imap``, which takes
+    neither ``chunksize`` nor ``timeout``; the base class's map takes both (and, like
+    dask's adapter, sends every item as its own task)."""
+
+    def __init__(self, inner: cf.Executor):
+        self._inner = inner
+
+    def submit(self, fn, /, *args, **kwargs):
+        return self._inner.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self._inner.shutdown(wait=wait)
+
+
 @contextlib.contextmanager
-def _ipyparallel(workers: int):  # best effort: not installed where this was written
+def _ipyparallel(workers: int):
     import ipyparallel as ipp
 
     cluster = ipp.Cluster(n=workers, log_level=40)
     rc = cluster.start_and_connect_sync(activate=False)
     try:
         rc.wait_for_engines(workers, timeout=60)
-        ex = (
+        ex = _SubmitMapExecutor(
             rc.executor()
             if callable(getattr(rc, "executor", None))
             else (rc.load_balanced_view().executor)
@@ -196,7 +213,7 @@ def _ipyparallel(workers: int):  # best effort: not installed where this was wri
         raise
 
 
-def _parsl(workers: int):  # best effort: not installed where this was written
+def _parsl(workers: int):  # interchange.py must be on PATH (the venv's bin/)
     from parsl.concurrent import ParslPoolExecutor
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
@@ -239,7 +256,7 @@ class _RayExecutor(cf.Executor):
         self._shutdown = True
 
 
-def _ray(workers: int):  # best effort: not installed where this was written
+def _ray(workers: int):
     import ray
 
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
@@ -412,7 +429,12 @@ EXECUTORS: tuple[ExecutorSpec, ...] = (
         packages=("ipyparallel",),
         caps=frozenset({LOCAL_PROCESSES}),
         optional=True,
-        description="ipyparallel.Cluster(n=N) load-balanced view executor (untested)",
+        description="ipyparallel.Cluster(n=N) load-balanced view executor (map: one task per item)",
+        notes=(
+            "ipyparallel: its executor's map (LoadBalancedView.imap) takes no chunksize or "
+            "timeout, so the runner uses concurrent.futures' map over its submit: every item "
+            "is its own task.",
+        ),
     ),
     ExecutorSpec(
         name="parsl",
@@ -422,8 +444,7 @@ EXECUTORS: tuple[ExecutorSpec, ...] = (
         packages=("parsl",),
         caps=frozenset({LOCAL_PROCESSES}),
         optional=True,
-        description="parsl.concurrent.ParslPoolExecutor(HighThroughputExecutor) "
-        "(untested)",
+        description="parsl.concurrent.ParslPoolExecutor(HighThroughputExecutor)",
     ),
     ExecutorSpec(
         name="ray",
@@ -433,7 +454,7 @@ EXECUTORS: tuple[ExecutorSpec, ...] = (
         packages=("ray",),
         caps=frozenset(),
         optional=True,
-        description="ray.init(num_cpus=N) + remote(fn).remote(...).future() (untested)",
+        description="ray.init(num_cpus=N) + remote(fn).remote(...).future()",
     ),
 )
 

@@ -346,12 +346,9 @@ class Broker(threading.Thread):
     def _receive(self) -> bool:
         """Handle what has arrived; True if the batch limit left messages unread."""
         router = self._router
-        getsockopt = router.getsockopt
         for _ in range(RECV_BATCH):
-            # ask first: a recv that finds nothing raises zmq.Again, which costs more
-            # than the question (the FD is edge-triggered, so we read until empty)
-            if not getsockopt(_EVENTS) & _POLLIN:
-                return False
+            # read until empty (the FD is edge-triggered): one zmq.Again (~4 µs) per
+            # wake-up is cheaper than asking ZMQ_EVENTS (~2 µs) before every message
             try:
                 frames = recv_frames(router, _NOBLOCK)
             except zmq.Again:
@@ -608,10 +605,10 @@ class Broker(threading.Thread):
 
 
 def _claim(task: Task) -> bool:
-    future = task.future
-    if future.running():  # a resubmitted task: claimed at its first dispatch
+    if task.claimed:  # a resubmitted task: claimed at its first dispatch
         return True
-    return bool(future.set_running_or_notify_cancel())
+    task.claimed = True  # a plain attribute: Future.running() takes the future's lock
+    return bool(task.future.set_running_or_notify_cancel())
 
 
 def _resolve_message(future: Any, msg: Any) -> None:

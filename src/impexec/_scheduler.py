@@ -61,6 +61,7 @@ class Task:
     blobs: tuple[tuple[bytes, Any], ...] = ()  # (digest, data) of large repeated payloads
     attempts: int = 0  # attempts charged: its worker died while running it
     suspect: bool = False  # was held by a worker that died: runs isolated (see assign)
+    claimed: bool = False  # the broker set its future running (at its first dispatch)
     state: str = PENDING
     worker: bytes | None = None
     lost_on: list[str] = field(default_factory=list)
