@@ -25,7 +25,9 @@ import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -219,6 +221,9 @@ def _parsl(workers: int):  # interchange.py must be on PATH (the venv's bin/)
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
 
+    # Parsl writes logs, submit scripts and certificates under run_dir (default
+    # ./runinfo, i.e. into the checkout): keep them in a directory of the cell's own
+    run_dir = tempfile.mkdtemp(prefix="bench-parsl-")
     config = Config(
         executors=[
             HighThroughputExecutor(
@@ -227,11 +232,15 @@ def _parsl(workers: int):  # interchange.py must be on PATH (the venv's bin/)
             )
         ],
         usage_tracking=0,
+        run_dir=run_dir,
     )
     ex = ParslPoolExecutor(config=config)
 
     def close(ok: bool) -> None:
-        ex.shutdown(wait=ok)
+        try:
+            ex.shutdown(wait=ok)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
     return _managed(ex, close)
 
