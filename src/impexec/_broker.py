@@ -329,11 +329,7 @@ class Broker(threading.Thread):
                 aux=task.attempts, flags=flags, serializer=task.ser, frames=frames,
                 local=a.worker.ident in local,
             )
-            batch = batches.get(a.worker.ident)
-            if batch is None:
-                batches[a.worker.ident] = [msg]
-            else:
-                batch.append(msg)
+            batches.setdefault(a.worker.ident, []).append(msg)
         for ident, msgs in batches.items():  # one block frame per worker and round
             self._send(ident, join(msgs))
 

@@ -68,10 +68,13 @@ def check_buffersize(buffersize: int | None) -> None:
         raise ValueError("buffersize must be None or > 0")
 
 
-def chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[list[tuple[Any, ...]]]:
-    it = zip(*iterables)  # noqa: B905 (shortest input ends the map, as Executor.map does)
+def _slices(it: Iterator[Any], size: int) -> Iterator[list[Any]]:
     while chunk := list(itertools.islice(it, size)):
         yield chunk
+
+
+def chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    return _slices(zip(*iterables), size)  # noqa: B905 (shortest input ends the map, as Executor.map does)
 
 
 def bare_chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -79,9 +82,7 @@ def bare_chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
     A list of ints pickles and unpickles 3-4x faster than a list of 1-tuples holding
     them, and the worker calls ``map(fn, chunk)`` in C (``Flag.BARE``)."""
-    it = iter(iterable)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
+    return _slices(iter(iterable), size)
 
 
 SubmitChunk = Callable[[list[tuple[Any, ...]]], "Future[list[Any]]"]

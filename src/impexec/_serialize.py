@@ -99,18 +99,14 @@ _CODES = {"cloudpickle": 1, "pickle": 2, "dill": 3}
 _CACHE: dict[str, Serializer] = {}
 
 
-_BY_CODE: dict[int, Serializer] = {}
+_RESOLVED: dict[str | int, Serializer] = {}  # by name and by code, as asked
 
 
 def get_serializer(name_or_code: str | int) -> Serializer:
     """Return the serializer called *name_or_code* (a name, or its wire code)."""
-    ser = _BY_CODE.get(name_or_code)  # type: ignore[arg-type]
-    if ser is not None:  # the hot path: a code from a header
-        return ser
-    code = name_or_code
-    ser = _get_serializer(name_or_code)
-    if isinstance(code, int):
-        _BY_CODE[code] = ser
+    ser = _RESOLVED.get(name_or_code)  # the hot path: a code from every header
+    if ser is None:
+        ser = _RESOLVED[name_or_code] = _get_serializer(name_or_code)
     return ser
 
 
