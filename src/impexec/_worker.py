@@ -317,7 +317,10 @@ class Worker:
             if table[k + 32]:
                 frame = msg.frames[i]
                 i += 1
-                self._blobs.put(digest, frame.bytes if hasattr(frame, "bytes") else bytes(frame))
+                # sent again though held (the broker forgot it after a recall): keep the
+                # object we have, so a task sees the same object for the same payload
+                if self._blobs.get(digest) is None:
+                    self._blobs.put(digest, frame.bytes if hasattr(frame, "bytes") else bytes(frame))
             elif self._blobs.get(digest) is None:
                 lacking = True
         return -1 if lacking else i
