@@ -62,6 +62,10 @@ class Task:
     attempts: int = 0  # attempts charged: its worker died while running it
     suspect: bool = False  # was held by a worker that died: runs isolated (see assign)
     claimed: bool = False  # the broker set its future running (at its first dispatch)
+    # what its current assignment carried that its worker did not hold: the setup, the
+    # digests of blobs (forgotten again if the worker gives the task back unstarted)
+    sent_setup: bool = False
+    sent_blobs: frozenset[bytes] = frozenset()
     state: str = PENDING
     worker: bytes | None = None
     lost_on: list[str] = field(default_factory=list)
@@ -349,6 +353,7 @@ class Scheduler:
                 missing = self._place_blobs(w, task)
             task.state = ASSIGNED
             task.worker = w.ident
+            task.sent_setup, task.sent_blobs = with_setup, missing
             w.assigned[task.id] = task
             self._refile(w, capacity)
             out.append(Assignment(w, task, with_setup, missing))
@@ -442,11 +447,12 @@ class Scheduler:
         if task is None or task.state != ASSIGNED or task.worker != ident:
             self._refile(w, self._capacity())
             return None
-        # the worker never read this task's setup or blobs: forget that it holds them
-        # (if it does after all, they are only sent again, and ignored)
-        if task.ctx_id:
+        # the worker never read this task: forget the setup and blobs that came with it
+        # (not those it held before, which would only travel again and be ignored; if
+        # a task queued behind this one relied on them, that worker answers NEED_SETUP)
+        if task.sent_setup:
             w.contexts.pop(task.ctx_id, None)
-        for digest, _data in task.blobs:
+        for digest in task.sent_blobs:
             w.blobs.pop(digest, None)
         task.state, task.worker = PENDING, None
         self._pending.appendleft(task)

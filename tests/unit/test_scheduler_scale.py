@@ -169,9 +169,29 @@ def test_rebalance_recalls_half_of_a_busy_workers_queue_for_idle_workers() -> No
     assert s.rebalance() == []  # not asked again while the recall is outstanding
     released = s.release(b"w0", 6)
     assert released is not None and released.state == "pending"
-    # the worker never read that task's setup or blobs: the mirror forgets them
-    assert 3 not in s.workers[b"w0"].contexts and not s.workers[b"w0"].blobs
+    # task 6 carried neither setup nor blob (task 1 did): w0 still holds both
+    assert 3 in s.workers[b"w0"].contexts and list(s.workers[b"w0"].blobs) == [b"b" * 32]
     (a,) = s.assign(ALWAYS)
     assert (a.worker.name, a.task.id, a.with_setup) == ("w1", 6, True)
+    assert a.missing_blobs == {b"b" * 32}
     assert s.statistics().rebalanced == 1
     assert s.release(b"w0", 6) is None  # a stale release changes nothing
+
+
+def test_a_recalled_task_takes_back_only_the_setup_and_blobs_it_carried() -> None:
+    s = Scheduler(prefetch=5)
+    s.add_worker(b"w0", "w0", 0.0)
+    blob = (b"b" * 32, b"x")
+    s.submit(Task(1, [b"fn", b"args"]))  # runs first, holds the worker
+    for i in range(2, 5):
+        s.submit(Task(i, [b"fn", b"args"], ctx_id=3, blobs=(blob,)))
+    out = s.assign(ALWAYS)
+    assert [(a.task.id, a.with_setup, bool(a.missing_blobs)) for a in out] == [
+        (1, False, False), (2, True, True), (3, False, False), (4, False, False)]
+    w0 = s.workers[b"w0"]
+    assert s.release(b"w0", 4) is not None  # carried nothing: the mirror is unchanged
+    assert 3 in w0.contexts and blob[0] in w0.blobs
+    assert s.release(b"w0", 2) is not None  # carried both, never read: forgotten
+    assert 3 not in w0.contexts and blob[0] not in w0.blobs
+    # given back in front of the queue, in order; the worker again lacks setup and blob
+    assert [t.id for t in s._pending] == [2, 4]
