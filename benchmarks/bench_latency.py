@@ -17,24 +17,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import sys
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-_HERE = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-# impexec's and loky's workers are fresh interpreters: they import benchmarks.tasks
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
-
-from benchmarks.tasks import noop  # noqa: E402
-from impexec import ClusterExecutor  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# (importing the package also puts the root on PYTHONPATH, for the workers)
+from benchmarks.tasks import noop
+from impexec import ClusterExecutor
 
 REFERENCE = "ProcessPool"
 

@@ -36,17 +36,8 @@ _HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-# Workers started as fresh interpreters (dask's spawn, impexec's launcher, loky) must be
-# able to import benchmarks.tasks, which the tasks are pickled by reference to.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(ROOT)]
-    + [
-        p
-        for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-        if p and p != str(ROOT)
-    ]
-)
 
+# importing the package puts ROOT on PYTHONPATH for workers that start fresh interpreters
 from benchmarks import executors, report, workloads  # noqa: E402
 from benchmarks.executors import ShutdownError  # noqa: E402
 from benchmarks.workloads import Ctx, NotApplicable  # noqa: E402
