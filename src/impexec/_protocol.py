@@ -312,7 +312,7 @@ def encode(
     inline: list[Any] = []
     oob: list[Any] = []
     for f in frames:
-        nb = len(f) if type(f) is bytes else memoryview(f).nbytes
+        nb = _nbytes(f)
         if nb < ZERO_COPY_THRESHOLD:
             lengths.append(nb)
             inline.append(f)
@@ -358,10 +358,7 @@ def decode(key: bytes, frames: Sequence[Any], session: bytes | None,
     """
     i, n = 0, len(frames)
     while i < n:
-        block = frames[i]
-        view = memoryview(block.buffer if hasattr(block, "buffer") else block)
-        if view.ndim != 1 or view.format != "B":
-            view = view.cast("B")
+        view = _as_bytes_view(frames[i])
         size = view.nbytes
         i += 1
         pos = 0
@@ -417,7 +414,7 @@ def send_frames(sock: Any, frames: Sequence[Any], flags: int = 0) -> None:
     last = len(frames) - 1
     if not last:
         f = frames[0]
-        _send(sock, f, flags, (len(f) if type(f) is bytes else memoryview(f).nbytes) < ZERO_COPY_THRESHOLD)
+        _send(sock, f, flags, _nbytes(f) < ZERO_COPY_THRESHOLD)
         return
     for i, frame in enumerate(frames):
         _send(sock, frame, flags | (_SNDMORE if i < last else 0),

@@ -126,8 +126,16 @@ class Statistics:
 class Assignment:
     worker: WorkerRecord
     task: Task
-    with_setup: bool  # the worker does not hold the task's context: send the setup along
-    missing_blobs: frozenset[bytes] = frozenset()  # blobs to send along (the worker lacks them)
+
+    @property
+    def with_setup(self) -> bool:
+        """The worker does not hold the task's context: send the setup along."""
+        return self.task.sent_setup
+
+    @property
+    def missing_blobs(self) -> frozenset[bytes]:
+        """Blobs to send along (the worker lacks them)."""
+        return self.task.sent_blobs
 
 
 @dataclass
@@ -356,7 +364,7 @@ class Scheduler:
             task.sent_setup, task.sent_blobs = with_setup, missing
             w.assigned[task.id] = task
             self._refile(w, capacity)
-            out.append(Assignment(w, task, with_setup, missing))
+            out.append(Assignment(w, task))
         return out
 
     def _place_blobs(self, w: WorkerRecord, task: Task) -> frozenset[bytes]:
