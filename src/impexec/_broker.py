@@ -48,8 +48,13 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 
 
-class Broker(threading.Thread):
-    """Runs the scheduler against real sockets; see the module docstring."""
+class Broker:
+    """Runs the scheduler against real sockets on a thread of its own (module docstring).
+
+    It holds its thread rather than subclassing ``threading.Thread``: a subclass shares
+    the Thread's attribute namespace, and Python 3.13's ``Thread.__init__`` sets
+    ``self._handle``, which replaced a method of that name here and broke every message.
+    """
 
     def __init__(
         self,
@@ -69,7 +74,7 @@ class Broker(threading.Thread):
         max_message_size: int | None = None,  # None: $IMPEXEC_MAX_MESSAGE_SIZE or 4 GiB
         extra_binds: Sequence[str] = (),
     ):
-        super().__init__(name="impexec-broker", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="impexec-broker", daemon=True)
         self.scheduler = scheduler
         self._key = key
         self._session = session
@@ -215,6 +220,15 @@ class Broker(threading.Thread):
         self._contexts[ctx_id] = (frames, ser)
 
     # -- the thread --------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def run(self) -> None:
         try:
             self._loop()
@@ -352,7 +366,7 @@ class Broker(threading.Thread):
             ident = frames[0].bytes
             try:
                 for msg in decode(self._key, frames[1:], None, ident in self._local):
-                    self._handle(ident, msg)
+                    self._on_message(ident, msg)
             except ProtocolError as exc:
                 self._dropped(ident, str(exc))
             except Exception:  # a bug handling one message must not take the broker down
@@ -362,7 +376,7 @@ class Broker(threading.Thread):
     def _dropped(self, ident: bytes, why: str) -> None:
         self._drop_log(f"peer {ident.hex()[:12]}", why)
 
-    def _handle(self, ident: bytes, msg: Any) -> None:
+    def _on_message(self, ident: bytes, msg: Any) -> None:
         kind = msg.kind
         if kind == Kind.READY:
             self._on_ready(ident, msg)

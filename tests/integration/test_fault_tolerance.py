@@ -161,14 +161,14 @@ def test_busy_worker_sends_no_heartbeats_and_is_never_declared_lost():
     with ClusterExecutor(1, heartbeat_interval=0.1, heartbeat_timeout=0.6) as ex:
         broker = ex._broker
         beats: list[float] = []
-        handle = broker._handle
+        handle = broker._on_message
 
         def counting(ident, msg):  # runs on the broker thread
             if msg.kind == Kind.HEARTBEAT and ident.endswith(b"h"):
                 beats.append(time.monotonic())
             handle(ident, msg)
 
-        broker._handle = counting
+        broker._on_message = counting
         assert ex.submit(abs, -1).result(timeout=60) == 1
         start = time.monotonic()
         while time.monotonic() - start < 1.5:  # 15 heartbeat intervals of back-to-back work
