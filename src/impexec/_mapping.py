@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any
 
 #: "auto" aims at this many chunks per worker: enough to balance uneven tasks, few
@@ -93,7 +94,8 @@ def _remaining(end_time: float | None) -> float | None:
         return None
     left = end_time - time.monotonic()
     if left <= 0:
-        raise TimeoutError()
+        # Future.result raises this class too; before Python 3.11 it is not the builtin
+        raise FuturesTimeoutError()
     return left
 
 
@@ -143,7 +145,7 @@ def unordered(submit: SubmitChunk, source: Iterator[list[tuple[Any, ...]]], buff
                 try:
                     f = done.get(timeout=_remaining(end_time))
                 except queue.Empty:
-                    raise TimeoutError() from None
+                    raise FuturesTimeoutError() from None
                 outstanding.discard(f)
                 results = f.result()
                 for chunk in itertools.islice(source, 1):

@@ -174,7 +174,17 @@ def test_map_exception_raised_at_its_position(ex: cf.Executor) -> None:
 
 def test_map_timeout_raises_timeout_error(ex: cf.Executor, gate: Released) -> None:
     it = ex.map(tasks.wait_for_file, [gate.path], timeout=0.3)
-    with pytest.raises(TimeoutError):
+    # cf.TimeoutError is the builtin only from Python 3.11 on
+    with pytest.raises(cf.TimeoutError):
+        list(it)
+    gate.release()
+
+
+def test_map_unordered_timeout_raises_the_same_class_as_map(
+    cluster: impexec.ClusterExecutor, gate: Released
+) -> None:
+    it = cluster.map_unordered(tasks.wait_for_file, [gate.path], timeout=0.3)
+    with pytest.raises(cf.TimeoutError):
         list(it)
     gate.release()
 
