@@ -384,6 +384,27 @@ class ClusterExecutor(Executor):
             return n
         return max(1, sum(launcher.n for launcher in self._launchers))
 
+    @property
+    def max_workers(self) -> int:
+        """How many tasks this executor can run at once: the size of the pool (≥ 1).
+
+        The number of workers the launchers keep running, or the number connected when
+        more have joined (workers started with ``impexec-worker``). Unlike
+        :meth:`worker_count` it does not shrink while launched workers are still
+        starting: a library that sizes its queue of tasks by it keeps every worker busy
+        once they are all there. Also readable as ``_max_workers``, the attribute of
+        the standard library's pools that dask and others read.
+        """
+        connected = len(self._scheduler.workers)
+        target = sum(launcher.n for launcher in self._launchers)
+        return max(1, connected, target)
+
+    @property
+    def _max_workers(self) -> int:
+        # the stdlib pools' attribute: dask's Executor scheduler and its "processes"
+        # scheduler with pool= read it to decide how many tasks to keep in flight
+        return self.max_workers
+
     def connection_file(self, path: str | os.PathLike[str] | None = None) -> str:
         """Write the connection file (mode 0600) for workers and ``impexec status``.
 

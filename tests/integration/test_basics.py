@@ -11,6 +11,8 @@ import json
 import os
 import pickle
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -88,6 +90,31 @@ def test_worker_count_before_and_after_connect(make_executor: Any) -> None:
     )  # requested before any connect, then connected
     _wait_until(lambda: ex.worker_count() == 3, "3 workers")
     assert "ClusterExecutor" in repr(ex)
+
+
+def test_max_workers_is_the_launchers_target_from_the_start(make_executor: Any) -> None:
+    # libraries size their queue of tasks by it (dask reads _max_workers once per
+    # compute): it must not be the 0 or 1 worker connected so far
+    ex = make_executor([impexec.LocalWorkers(2), impexec.LocalWorkers(1)])
+    assert ex.max_workers == ex._max_workers == 3
+    _wait_until(lambda: ex.statistics().workers == 3, "3 workers")
+    assert ex.max_workers == ex._max_workers == 3
+
+
+def test_max_workers_counts_workers_that_joined_by_themselves(make_executor: Any) -> None:
+    ex = make_executor(None)
+    assert ex.max_workers == 1  # nothing yet: still a pool that can take a task
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "impexec", "worker", "--connect", ex.connection_file(),
+         "--processes", "2"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait_until(lambda: ex.statistics().workers == 2, "2 joined workers")
+        assert ex.max_workers == ex._max_workers == 2
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
 
 
 def test_no_workers_yet_means_tasks_wait(make_executor: Any) -> None:
