@@ -502,7 +502,7 @@ class Broker:
             self.scheduler.release(wid, msg.task_id)
             return
         ok = bool(msg.flags & Flag.OK)
-        task = self.scheduler.complete(wid, msg.task_id, ok=ok, run_s=msg.aux / 1e6)
+        task = self.scheduler.complete(wid, msg.task_id, ok=ok, run_s=msg.aux / 1e6, raised=msg.ctx_id)
         w = self.scheduler.workers.get(wid)
         if w is not None and w.draining:
             self._release_drained(w)

@@ -95,12 +95,13 @@ class Context(Executor):
         return self._submitted(lambda: self._ex._submit(fn, args, kwargs, ctx_id=self.id))
 
     def _submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes,
-                      chunk: list[Any], bare: bool = False) -> Future[Any]:
+                      chunk: list[Any], bare: bool = False, item_errors: bool = False) -> Future[Any]:
         return self._submitted(lambda: self._ex._submit_chunk(fn, fn_frame, chunk, ctx_id=self.id,
-                                                              bare=bare))
+                                                              bare=bare, item_errors=item_errors))
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int | str = 1, buffersize: int | None = None) -> Iterator[Any]:
+            chunksize: int | str = 1, buffersize: int | None = None,
+            return_exceptions: bool = False) -> Iterator[Any]:
         """Like :meth:`ClusterExecutor.map`, each call getting the setup value first.
 
         The inputs are consumed lazily (at most ``buffersize`` chunks ahead), so iterate
@@ -108,13 +109,16 @@ class Context(Executor):
         RuntimeError when the iterator reaches them.
         """
         self._check()
-        return self._ex._map(fn, iterables, timeout, chunksize, buffersize, self, ordered=True)
+        return self._ex._map(fn, iterables, timeout, chunksize, buffersize, self, ordered=True,
+                             return_exceptions=return_exceptions)
 
     def map_unordered(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int | str = 1,
-                      buffersize: int | None = None, timeout: float | None = None) -> Iterator[Any]:
+                      buffersize: int | None = None, timeout: float | None = None,
+                      return_exceptions: bool = False) -> Iterator[Any]:
         """Like :meth:`ClusterExecutor.map_unordered`, each call getting the setup value first."""
         self._check()
-        return self._ex._map(fn, iterables, timeout, chunksize, buffersize, self, ordered=False)
+        return self._ex._map(fn, iterables, timeout, chunksize, buffersize, self, ordered=False,
+                             return_exceptions=return_exceptions)
 
     def close(self) -> None:
         """Wait for this context's tasks, then drop its cached value on every worker."""

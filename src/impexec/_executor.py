@@ -272,7 +272,7 @@ class ClusterExecutor(Executor):
         return digest, Flag.FN_BLOB
 
     def _submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes, chunk: list[Any],
-                      ctx_id: int = 0, bare: bool = False) -> Future[Any]:
+                      ctx_id: int = 0, bare: bool = False, item_errors: bool = False) -> Future[Any]:
         """One map chunk: a list of argument tuples, or with *bare* of single arguments."""
         self._check_open()
         ser = self._ser
@@ -286,6 +286,8 @@ class ClusterExecutor(Executor):
         fn_part, flags = self._fn_part(fn_frame, blobs)
         if bare:
             flags |= Flag.BARE
+        if item_errors:
+            flags |= Flag.ITEM_ERRORS
         return self._enqueue(Task(next(self._ids), [fn_part, *frames], Future(), ctx_id,
                                   flags=Flag.CHUNK | flags, ser=ser.code, items=len(chunk),
                                   blobs=tuple(blobs.items())))
@@ -302,7 +304,8 @@ class ClusterExecutor(Executor):
         return self._submit(fn, args, kwargs)
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int | str = 1, buffersize: int | None = None) -> Iterator[Any]:
+            chunksize: int | str = 1, buffersize: int | None = None,
+            return_exceptions: bool = False) -> Iterator[Any]:
         """Return an iterator of ``fn`` over the inputs, in input order.
 
         Args:
@@ -313,17 +316,26 @@ class ClusterExecutor(Executor):
                 (one chunk per worker; the inputs need a length) or ``"auto"``.
             buffersize: chunks in flight or read ahead at most (default: a few per worker,
                 at least 64), so huge or infinite inputs run in bounded memory.
+            return_exceptions: yield a call's exception in its place instead of raising
+                it (which ends the map), and go on with the other calls, also those of
+                the same chunk (as ``asyncio.gather(..., return_exceptions=True)``). A
+                chunk that fails as a whole (its worker lost ``max_retries`` times, its
+                context's setup raised, cancelled) yields its exception for each item.
+                ``timeout`` still raises TimeoutError from ``next()``.
         """
-        return self._map(fn, iterables, timeout, chunksize, buffersize, None, ordered=True)
+        return self._map(fn, iterables, timeout, chunksize, buffersize, None, ordered=True,
+                         return_exceptions=return_exceptions)
 
     def map_unordered(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int | str = 1,
-                      buffersize: int | None = None, timeout: float | None = None) -> Iterator[Any]:
+                      buffersize: int | None = None, timeout: float | None = None,
+                      return_exceptions: bool = False) -> Iterator[Any]:
         """Like :meth:`map`, but yield results in the order they complete."""
-        return self._map(fn, iterables, timeout, chunksize, buffersize, None, ordered=False)
+        return self._map(fn, iterables, timeout, chunksize, buffersize, None, ordered=False,
+                         return_exceptions=return_exceptions)
 
     def _map(self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], timeout: float | None,
              chunksize: int | str, buffersize: int | None, ctx: Context | None, *,
-             ordered: bool) -> Iterator[Any]:
+             ordered: bool, return_exceptions: bool = False) -> Iterator[Any]:
         check_buffersize(buffersize)
         self._check_open()
         if not iterables:
@@ -339,7 +351,9 @@ class ClusterExecutor(Executor):
         bare = len(iterables) == 1
         source = bare_chunks(iterables[0], size) if bare else chunks(iterables, size)
         run = _ordered_iter if ordered else _unordered_iter
-        return run(lambda chunk: submit_chunk(fn, fn_frame, chunk, bare=bare), source, bufsize, timeout)
+        item_errors = bool(return_exceptions)
+        return run(lambda chunk: submit_chunk(fn, fn_frame, chunk, bare=bare, item_errors=item_errors),
+                   source, bufsize, timeout, item_errors)
 
     def context(self, setup: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Context:
         """Return a :class:`Context`: an Executor whose tasks get ``setup(*args, **kwargs)``.

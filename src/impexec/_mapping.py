@@ -14,7 +14,7 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any
 
@@ -89,6 +89,36 @@ def bare_chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
 SubmitChunk = Callable[[list[tuple[Any, ...]]], "Future[list[Any]]"]
 
 
+class RaisedItem:
+    """In a ``return_exceptions`` chunk's result list: the exception one call raised."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Any):
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return RaisedItem, (self.exc,)
+
+
+def _chunk_outcome(f: Future[list[Any]], n: int, return_exceptions: bool,
+                   timeout: float | None = None) -> list[Any]:
+    """The results of one finished chunk; with *return_exceptions*, exceptions in place.
+
+    A chunk that failed as a whole (its context's setup raised, its worker was lost
+    max_retries times, it was cancelled) gives its exception for each of its *n* items.
+    """
+    if not return_exceptions:
+        return f.result(timeout)
+    try:
+        exc = f.exception(timeout)
+    except CancelledError as cancelled:
+        return [cancelled] * n
+    if exc is not None:
+        return [exc] * n
+    return [r.exc if type(r) is RaisedItem else r for r in f.result()]
+
+
 def _remaining(end_time: float | None) -> float | None:
     if end_time is None:
         return None
@@ -100,40 +130,40 @@ def _remaining(end_time: float | None) -> float | None:
 
 
 def ordered(submit: SubmitChunk, source: Iterator[list[tuple[Any, ...]]], buffersize: int,
-            timeout: float | None) -> Iterator[Any]:
+            timeout: float | None, return_exceptions: bool = False) -> Iterator[Any]:
     """Yield results in input order; at most *buffersize* chunks outstanding."""
     end_time = None if timeout is None else time.monotonic() + timeout
-    futures: deque[Future[list[Any]]] = deque()
+    futures: deque[tuple[Future[list[Any]], int]] = deque()
     for chunk in itertools.islice(source, buffersize):
-        futures.append(submit(chunk))
+        futures.append((submit(chunk), len(chunk)))
 
     def gen() -> Iterator[Any]:
         try:
             while futures:
-                head = futures[0]
-                results = head.result(_remaining(end_time))
+                head, n = futures[0]
+                results = _chunk_outcome(head, n, return_exceptions, _remaining(end_time))
                 futures.popleft()
                 for chunk in itertools.islice(source, 1):
-                    futures.append(submit(chunk))
+                    futures.append((submit(chunk), len(chunk)))
                 del head
                 yield from results
         finally:
-            for f in futures:
+            for f, _n in futures:
                 f.cancel()
 
     return gen()
 
 
 def unordered(submit: SubmitChunk, source: Iterator[list[tuple[Any, ...]]], buffersize: int,
-              timeout: float | None) -> Iterator[Any]:
+              timeout: float | None, return_exceptions: bool = False) -> Iterator[Any]:
     """Yield results as chunks complete; at most *buffersize* chunks outstanding."""
     end_time = None if timeout is None else time.monotonic() + timeout
     done: queue.SimpleQueue[Future[list[Any]]] = queue.SimpleQueue()
-    outstanding: set[Future[list[Any]]] = set()
+    outstanding: dict[Future[list[Any]], int] = {}
 
     def launch(chunk: list[tuple[Any, ...]]) -> None:
         f = submit(chunk)
-        outstanding.add(f)
+        outstanding[f] = len(chunk)
         f.add_done_callback(done.put)
 
     for chunk in itertools.islice(source, buffersize):
@@ -146,8 +176,7 @@ def unordered(submit: SubmitChunk, source: Iterator[list[tuple[Any, ...]]], buff
                     f = done.get(timeout=_remaining(end_time))
                 except queue.Empty:
                     raise FuturesTimeoutError() from None
-                outstanding.discard(f)
-                results = f.result()
+                results = _chunk_outcome(f, outstanding.pop(f, 0), return_exceptions)
                 for chunk in itertools.islice(source, 1):
                     launch(chunk)
                 yield from results

@@ -33,7 +33,8 @@ nframes     u32    number of payloads (inline and out of band) of the record
 session     8 B    the executor's random session id; binds the message to it
 seq         u64    per-sender counter, strictly increasing (in-session replay guard)
 task_id     u64    TASK, RESULT: the task; 0 otherwise
-ctx_id      u64    TASK, DROP_CONTEXT: the context (0: none)
+ctx_id      u64    TASK, DROP_CONTEXT: the context (0: none); RESULT of an ITEM_ERRORS
+                   chunk: how many of its calls raised
 aux         u64    TASK: attempt number; RESULT: run time in µs; else 0
 ==========  =====  ==============================================================
 
@@ -142,6 +143,8 @@ class Flag:
     OK = 4  # RESULT: the payload is the value (else an exception)
     BARE = 4  # TASK with CHUNK: a list of single arguments, not of tuples (map over one input)
     NEED_SETUP = 8  # RESULT: the worker lacks the task's context or a blob; resend with them
+    ITEM_ERRORS = 8  # TASK with CHUNK: a call that raises puts its exception in the list and
+    #                  the others still run; the RESULT's ctx_id counts the calls that raised
     HAS_BLOBS = 16  # TASK: a blob table frame (and the blobs the worker lacks) comes next
     FN_BLOB = 32  # TASK: the function frame is the 32-byte digest of a blob
     RELEASED = 64  # RESULT: the worker gives the task back unstarted (after a RECALL)

@@ -94,17 +94,25 @@ class WorkerRecord:
 class Statistics:
     """A snapshot of the executor (``ClusterExecutor.statistics()``).
 
+    The counts of calls (``queued`` ... ``cancelled``) count items: a map chunk of 64
+    calls counts 64, as a progress bar over the map does. The ``tasks_*`` counts are the
+    same for units of dispatch (one submit, or one chunk).
+
     Attributes:
         workers: workers connected now.
-        queued: tasks waiting in the broker, not yet sent to a worker.
-        running: tasks held by workers (running, or queued there by prefetch).
-        done: tasks that completed with a result.
-        failed: tasks that completed with an exception (their own, or WorkerLostError).
-        resubmitted: times a task went back to the queue because its worker was lost.
-        cancelled: tasks cancelled before they were sent.
+        queued: calls waiting in the broker, not yet sent to a worker.
+        running: calls held by workers (running, or queued there by prefetch).
+        done: calls that completed with a result.
+        failed: calls that completed with an exception (their own, or WorkerLostError);
+            every call of a chunk that raised counts (none of them gives a result),
+            except with ``map(..., return_exceptions=True)``, where only those that raised.
+        resubmitted: calls that went back to the queue because their worker was lost.
+        cancelled: calls cancelled before they were sent.
         workers_lost: workers that vanished (no goodbye).
         workers_joined: workers that connected since the start.
         rebalanced: queued tasks a busy worker gave back so that an idle one could run them.
+        tasks_queued, tasks_running, tasks_done, tasks_failed, tasks_resubmitted,
+        tasks_cancelled: the same counts in tasks (a chunk is one task).
     """
 
     workers: int = 0
@@ -117,6 +125,12 @@ class Statistics:
     workers_lost: int = 0
     workers_joined: int = 0
     rebalanced: int = 0
+    tasks_queued: int = 0
+    tasks_running: int = 0
+    tasks_done: int = 0
+    tasks_failed: int = 0
+    tasks_resubmitted: int = 0
+    tasks_cancelled: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -180,6 +194,9 @@ class Scheduler:
             ("done", "failed", "resubmitted", "cancelled", "workers_lost", "workers_joined",
              "rebalanced"), 0
         )
+        # the same outcomes counted in calls (a chunk holds task.items), and the calls
+        # of open tasks: what statistics() reports to users
+        self._items = dict.fromkeys(("done", "failed", "resubmitted", "cancelled", "open"), 0)
 
     # -- workers -----------------------------------------------------------------------
     def add_worker(self, ident: bytes, name: str, now: float, tag: str = "",
@@ -237,6 +254,7 @@ class Scheduler:
                     task.state = DONE
                     self.tasks.pop(task.id, None)
                     self._stats["failed"] += 1
+                    self._count_items(task, "failed")
                     failed.append(LostTask(task, task.attempts))
                     continue
             requeue.append(task)
@@ -246,6 +264,7 @@ class Scheduler:
             self._pending.appendleft(task)
             self._n_pending += 1
             self._stats["resubmitted"] += 1
+            self._items["resubmitted"] += task.items
         w.assigned.clear()
         return failed
 
@@ -255,6 +274,16 @@ class Scheduler:
         self.tasks[task.id] = task
         self._pending.append(task)
         self._n_pending += 1
+        self._items["open"] += task.items
+
+    def _count_items(self, task: Task, outcome: str, raised: int = 0) -> None:
+        """A task closed: its calls leave the open count for *outcome*."""
+        self._items["open"] -= task.items
+        if raised:  # a return_exceptions chunk: some of its calls raised, the rest did not
+            self._items["failed"] += raised
+            self._items["done"] += task.items - raised
+        else:
+            self._items[outcome] += task.items
 
     def _capacity(self) -> int:
         if self.prefetch is not None:
@@ -346,6 +375,7 @@ class Scheduler:
                 task.state = DONE
                 self.tasks.pop(task.id, None)
                 self._stats["cancelled"] += 1
+                self._count_items(task, "cancelled")
                 continue
             with_setup = False
             if task.ctx_id:
@@ -399,8 +429,11 @@ class Scheduler:
         for w in list(self._full.values()):
             self._refile(w, capacity)
 
-    def complete(self, ident: bytes, task_id: int, *, ok: bool, run_s: float = 0.0) -> Task | None:
-        """A result arrived. Returns the task if it was still open (first result wins)."""
+    def complete(self, ident: bytes, task_id: int, *, ok: bool, run_s: float = 0.0,
+                 raised: int = 0) -> Task | None:
+        """A result arrived. Returns the task if it was still open (first result wins).
+
+        *raised*: calls of a ``return_exceptions`` chunk that raised (its result is ok)."""
         w = self.workers.get(ident)
         if w is not None and w.assigned.pop(task_id, None) is not None:
             w.completed += 1
@@ -421,6 +454,7 @@ class Scheduler:
             self._n_pending -= 1  # it stays in the deque; assign skips it
         task.state = DONE
         self._stats["done" if ok else "failed"] += 1
+        self._count_items(task, "done" if ok else "failed", min(raised, task.items))
         return task
 
     def rebalance(self) -> list[tuple[WorkerRecord, int]]:
@@ -493,6 +527,7 @@ class Scheduler:
             t.state = DONE
             self.tasks.pop(t.id, None)
             self._stats["cancelled"] += 1
+            self._count_items(t, "cancelled")
         return out
 
     def fail_all(self) -> list[Task]:
@@ -501,6 +536,7 @@ class Scheduler:
         for t in out:
             t.state = DONE
             self._stats["failed"] += 1
+            self._count_items(t, "failed")
         self.tasks.clear()
         self._pending.clear()
         self._n_pending = 0
@@ -531,8 +567,17 @@ class Scheduler:
 
     def statistics(self) -> Statistics:
         running = sum(len(w.assigned) for w in self.workers.values())
+        items_running = sum(t.items for w in self.workers.values() for t in w.assigned.values()
+                            if t.state == ASSIGNED)
+        st, it = self._stats, self._items
         return Statistics(
-            workers=len(self.workers), queued=self._n_pending, running=running, **self._stats
+            workers=len(self.workers), queued=max(0, it["open"] - items_running),
+            running=items_running, done=it["done"], failed=it["failed"],
+            resubmitted=it["resubmitted"], cancelled=it["cancelled"],
+            workers_lost=st["workers_lost"], workers_joined=st["workers_joined"],
+            rebalanced=st["rebalanced"], tasks_queued=self._n_pending, tasks_running=running,
+            tasks_done=st["done"], tasks_failed=st["failed"], tasks_resubmitted=st["resubmitted"],
+            tasks_cancelled=st["cancelled"],
         )
 
     def worker_names(self, idents: Iterable[bytes]) -> list[str]:

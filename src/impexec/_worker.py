@@ -30,6 +30,7 @@ import zmq
 from . import __version__
 from ._connection import ConnectionInfo
 from ._errors import ProtocolError, SerializationError
+from ._mapping import RaisedItem
 from ._protocol import Flag, Kind, Message, decode, encode, recv_frames, send_frames
 from ._scheduler import MAX_BLOBS
 from ._security import DropLog
@@ -359,7 +360,7 @@ class Worker:
     def _run_task(self, msg: Message) -> list[Any]:
         started = time.perf_counter()
         ser = get_serializer(msg.serializer)
-        ok, value = True, None
+        ok, value, raised = True, None, 0
         first = 1 if msg.flags & Flag.HAS_SETUP else 0
         if msg.flags & Flag.HAS_BLOBS:
             first = self._take_blobs(msg, first)
@@ -382,7 +383,9 @@ class Worker:
             fn = self._load_fn(ser, fn_frame)
             call = ser.loads(msg.frames[first + 1:])
             if msg.flags & Flag.CHUNK:
-                if not msg.flags & Flag.BARE:
+                if msg.flags & Flag.ITEM_ERRORS:
+                    value, raised = _each(fn, prefix, call, bool(msg.flags & Flag.BARE), ser)
+                elif not msg.flags & Flag.BARE:
                     value = [fn(*prefix, *args) for args in call]
                 elif prefix:
                     value = [fn(prefix[0], arg) for arg in call]
@@ -416,7 +419,7 @@ class Worker:
             frames = ser.dumps(ExceptionWithTraceback(err))
         value = None
         return self._encode(Kind.RESULT, task_id=msg.task_id, flags=Flag.OK if ok else 0,
-                            aux=run_us, serializer=msg.serializer, frames=frames)
+                            ctx_id=raised, aux=run_us, serializer=msg.serializer, frames=frames)
 
     # -- heartbeat thread ----------------------------------------------------------------
     def _heartbeat(self, zctx: zmq.Context[Any], broker_seq: int = 0) -> None:
@@ -483,6 +486,27 @@ class Worker:
                     os._exit(EXIT_BROKER_GONE)
         finally:
             sock.close(linger=0)
+
+
+def _each(fn: Any, prefix: tuple[Any, ...], call: list[Any], bare: bool,
+          ser: Any) -> tuple[list[Any], int]:
+    """Run every call of a chunk; one that raises yields its exception, the rest go on."""
+    out: list[Any] = []
+    raised = 0
+    for args in call:
+        try:
+            out.append(fn(*prefix, args) if bare else fn(*prefix, *args))
+        except BaseException as exc:
+            raised += 1
+            wrapped = ExceptionWithTraceback(exc)
+            try:  # one exception that does not pickle must not cost the chunk's results
+                ser.dumps(wrapped)
+            except Exception as err:
+                wrapped = ExceptionWithTraceback(SerializationError(
+                    f"the call's exception {type(exc).__name__} could not be serialized on the "
+                    f"worker: {type(err).__name__}: {err}"))
+            out.append(RaisedItem(wrapped))
+    return out, raised
 
 
 class _SetupFailed(Exception):
