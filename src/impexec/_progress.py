@@ -2,15 +2,17 @@
 
 Nothing in impexec draws a bar unless the caller wraps an iterable in :func:`progress`.
 The bar shows done/total, rate and ETA (tqdm's own), and, given the executor, the
-workers connected and the tasks resubmitted after a worker was lost, refreshed by a
-small thread every :data:`REFRESH_S` seconds even while no result arrives. Without tqdm
-installed, :func:`progress` passes the items through unchanged.
+workers connected, the calls that failed and those resubmitted after a worker was lost,
+refreshed by a small thread every :data:`REFRESH_S` seconds even while no result arrives
+(and at once when an item it yields is a failure). Without tqdm installed,
+:func:`progress` passes the items through unchanged and warns once.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -25,6 +27,10 @@ logger = logging.getLogger(__name__)
 REFRESH_S = 0.5
 
 T = TypeVar("T")
+
+#: The "tqdm is missing" warning was given (once per process: a loop of bars must not
+#: repeat it).
+_warned_no_tqdm = False
 
 
 def progress(
@@ -59,9 +65,17 @@ def progress(
     try:
         from tqdm.auto import tqdm  # type: ignore[import-untyped]
     except ImportError:
-        logger.info(
-            "progress bars need tqdm (pip install impexec[progress]); not showing one"
-        )
+        global _warned_no_tqdm
+        if not _warned_no_tqdm:
+            _warned_no_tqdm = True
+            # a warning, not a log line: it reaches stderr without logging configured,
+            # where the user is looking for the bar
+            warnings.warn(
+                "impexec.progress() shows no bar: tqdm is not installed "
+                "(pip install tqdm); the items pass through unchanged",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         yield from _as_iterable(items)
         return
     if total is None:
@@ -71,27 +85,45 @@ def progress(
             total = None
     bar = tqdm(total=total, desc=desc, file=file, disable=disable, **tqdm_options)
     stop = threading.Event()
+    poke = threading.Event()  # a failure was yielded: refresh the figures now
     refresher = None
+    failed = 0  # failures seen in the items themselves (return_exceptions, futures)
     if executor is not None and not bar.disable:
         _show_statistics(bar, executor)
         refresher = threading.Thread(
             target=_refresh,
-            args=(bar, executor, stop),
+            args=(bar, executor, stop, poke),
             name="impexec-progress",
             daemon=True,
         )
         refresher.start()
     try:
         for item in _as_iterable(items):
+            if _is_failure(item) and not bar.disable:
+                failed += 1
+                if refresher is not None:  # now, not at the next refresh (without
+                    poke.set()  # waiting here for the broker's figures)
+                else:
+                    bar.set_postfix(failed=failed, refresh=False)
             bar.update(1)
             yield item
     finally:
         stop.set()
+        poke.set()
         if refresher is not None:
             refresher.join()
         if executor is not None and not bar.disable:
             _show_statistics(bar, executor)
         bar.close()
+
+
+def _is_failure(item: Any) -> bool:
+    """An exception yielded in place (``return_exceptions=True``), or a failed future."""
+    if isinstance(item, BaseException):
+        return True
+    if isinstance(item, Future) and item.done() and not item.cancelled():
+        return item.exception() is not None
+    return False
 
 
 def _as_iterable(items: Iterable[Any]) -> Iterator[Any]:
@@ -113,8 +145,13 @@ def _completed(futures: Iterable[Future[Any]]) -> Iterator[Future[Any]]:
         yield from done
 
 
-def _refresh(bar: Any, executor: ClusterExecutor, stop: threading.Event) -> None:
-    while not stop.wait(REFRESH_S):
+def _refresh(bar: Any, executor: ClusterExecutor, stop: threading.Event,
+             poke: threading.Event) -> None:
+    while True:
+        poke.wait(REFRESH_S)
+        poke.clear()
+        if stop.is_set():
+            return
         _show_statistics(bar, executor)
 
 

@@ -141,3 +141,71 @@ def test_status_watch_refreshes_the_figures(ex):
 def test_progress_is_public():
     assert "progress" in impexec.__all__
     assert impexec.progress is progress
+
+
+# -- failures on the bar, and a missing tqdm ----------------------------------------------
+def fail_if_odd(x):
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x
+
+
+def test_the_bar_counts_the_failures_of_a_sweep(ex):
+    out = io.StringIO()
+    got = list(progress(ex.map(fail_if_odd, range(20), chunksize=5, return_exceptions=True),
+                        executor=ex, total=20, file=out))
+    assert sum(isinstance(v, ValueError) for v in got) == 10
+    text = out.getvalue()
+    assert "20/20" in text
+    assert "failed=10" in text  # calls, not the 4 chunks
+
+
+def test_without_an_executor_the_bar_counts_the_failures_it_yields(ex):
+    out = io.StringIO()
+    futures = [ex.submit(fail_if_odd, x) for x in range(6)]
+    assert len(list(progress(futures, file=out))) == 6
+    assert "failed=3" in out.getvalue()
+
+
+def test_a_failure_shows_while_the_run_goes_on(ex):
+    out = io.StringIO()
+    failing = ex.submit(fail_if_odd, 1)
+    slow = ex.submit(nap, 0)
+    bar = progress(iter([failing, slow]), executor=ex, file=out, total=2)
+    assert failing.exception(timeout=30) is not None
+    assert next(bar) is failing
+    deadline = time.monotonic() + 10
+    while "failed=1" not in out.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "failed=1" in out.getvalue()
+    assert list(bar) == [slow]
+
+
+NO_TQDM = (
+    "import sys\n"
+    "sys.modules['tqdm'] = sys.modules['tqdm.auto'] = None  # as if not installed\n"
+    "from impexec import progress\n"
+    "assert list(progress(range(3))) == [0, 1, 2]\n"
+    "assert list(progress(range(3))) == [0, 1, 2]\n"
+)
+
+
+def test_without_tqdm_the_user_is_told_once_on_stderr():
+    # a fresh interpreter: warnings as a user sees them (pytest's filters do not apply)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TQDM], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("tqdm is not installed") == 1, proc.stderr
+    assert "RuntimeWarning" in proc.stderr
+
+
+def test_without_tqdm_the_warning_is_a_runtime_warning(monkeypatch):
+    import impexec._progress as mod
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    monkeypatch.setattr(mod, "_warned_no_tqdm", False)
+    with pytest.warns(RuntimeWarning, match="pip install tqdm"):
+        assert list(progress(range(3))) == [0, 1, 2]
