@@ -133,8 +133,10 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "impexec-worker")
     if args.processes < 1:
         sys.stderr.write(f"{prog}: --processes must be >= 1\n")
         return 2
+    from . import _syspath
     from ._worker import EXIT_BROKER_GONE, Worker
 
+    _syspath.adopt()  # a local worker: the client's sys.path, before any task is read
     if args.exit_with_stdin:
         _exit_with_stdin(EXIT_BROKER_GONE)
     if args.processes == 1:

@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import IO
 
+from .. import _syspath
 from .base import Launcher, LauncherHost, describe_exit
 
 logger = logging.getLogger(__name__)
@@ -61,9 +62,13 @@ class LocalWorkers(Launcher):
         self._slots = [_Slot(i) for i in range(n)]
         self._stopped = False
         self._prefix = f"local{os.getpid()}-{id(self) % 100000}"
+        self._client_path = ""
 
     def start(self, host: LauncherHost) -> None:
         self.host = host
+        # the client's sys.path as the executor starts: every worker, replacements too,
+        # imports what the client could then (a module beside the user's script)
+        self._client_path = _syspath.capture()
         for slot in self._slots:
             self._spawn(slot)
 
@@ -77,7 +82,7 @@ class LocalWorkers(Launcher):
         slot.stderr.clear()
         slot.connected = False
         slot.dismissed_at = 0.0
-        env = {**os.environ, **self.env}
+        env = {**os.environ, _syspath.ENV: self._client_path, **self.env}
         # the worker must find the same impexec as this process, even when it is not installed
         pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
