@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._connection import ConnectionInfo, parse_key, resolve
+from ._connection import ConnectionInfo, parse_key, remove_orphaned_private_dir, resolve
 
 logger = logging.getLogger("impexec")
 
@@ -109,15 +109,15 @@ def _read_connection(target: str, key: str | None) -> ConnectionInfo:
 def _exit_with_stdin(code: int) -> None:
     """Exit the process (at once, whatever runs) when standard input reaches end of file."""
 
+    from ._worker import exit_now
+
     def watch() -> None:
         try:  # os.read, not sys.stdin: a daemon thread blocked in a buffered reader
             while os.read(0, 65536):  # aborts the interpreter at exit
                 pass
         except OSError:
             pass
-        sys.stderr.write("impexec worker: standard input closed: exiting\n")
-        sys.stderr.flush()
-        os._exit(code)
+        exit_now(code, "impexec worker: standard input closed: exiting\n")
 
     threading.Thread(target=watch, name="impexec-stdin", daemon=True).start()
 
@@ -145,8 +145,14 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "impexec-worker")
             tag=args.tag,
             runtime=args.runtime,
             connect_timeout=args.connect_timeout,
+            connection_file=_connection_file(args.connect),
         ).run()
     return _supervise(args, conn)
+
+
+def _connection_file(target: str) -> str | None:
+    """The connection file named on the command line (not ``-``, not a URL)."""
+    return None if target == "-" or "://" in target else target
 
 
 def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
@@ -189,6 +195,7 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
         procs[i] = proc
 
     stop = False
+    broker_gone = False
 
     def on_term(signum: int, frame: Any) -> None:
         nonlocal stop
@@ -208,6 +215,7 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
                 del procs[i]
                 if p.stdin is not None:
                     p.stdin.close()
+                broker_gone = rc == EXIT_BROKER_GONE
                 if rc in (EXIT_OK, EXIT_BROKER_GONE, EXIT_NO_BROKER, EXIT_INIT_FAILED):
                     if rc == EXIT_INIT_FAILED:
                         code = rc
@@ -228,6 +236,10 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
     except KeyboardInterrupt:
         code = 130
     finally:
+        if broker_gone and not procs:
+            path = _connection_file(args.connect)
+            if path is not None:  # the executor was killed: its leftovers on this machine
+                remove_orphaned_private_dir(path)
         for p in procs.values():
             if p.stdin is not None:
                 p.stdin.close()  # the child exits at once (--exit-with-stdin)

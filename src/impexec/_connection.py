@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import socket
 import stat
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +73,76 @@ class ConnectionInfo:
                 f"it holds the executor's key: run 'chmod 600 {path}'"
             )
         return cls.from_json(json.loads(path.read_text()))
+
+
+#: What a ClusterExecutor keeps in its private directory (``impexec-*`` in the temporary
+#: directory); the names :func:`remove_orphaned_private_dir` may delete.
+PRIVATE_DIR_PREFIX = "impexec-"
+BROKER_SOCKET = "broker.sock"
+_PRIVATE_NAMES = re.compile(r"broker\.sock|connection(-local)?\.json|\.connection(-local)?\.json\.\d+\.tmp")
+
+
+def remove_orphaned_private_dir(connection_file: str | os.PathLike[str]) -> bool:
+    """Remove the private directory of an executor that is gone; True if it was removed.
+
+    For a worker on the executor's machine that saw its broker vanish: the executor was
+    killed and left its socket and the connection file (which holds the key) behind.
+    Only a directory that is certainly such a leftover goes: the connection file's own
+    directory, named ``impexec-*``, directly in this machine's temporary directory, a
+    real directory (not a link) owned by this user with mode 0700, holding nothing but
+    what an executor writes there, and whose broker socket refuses connections (nobody
+    listens on it: the executor's process is gone, not merely slow to answer).
+    """
+    path = Path(connection_file)
+    folder = Path(os.path.abspath(path.parent))
+    if not folder.name.startswith(PRIVATE_DIR_PREFIX):
+        return False
+    if os.path.realpath(folder.parent) != os.path.realpath(tempfile.gettempdir()):
+        return False
+    try:
+        st = os.lstat(folder)
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid()
+            or stat.S_IMODE(st.st_mode) != 0o700):
+        return False
+    if path.name not in names or not all(_PRIVATE_NAMES.fullmatch(n) for n in names):
+        return False
+    if not _nobody_listens(folder / BROKER_SOCKET):
+        return False
+    for name in names:
+        try:
+            os.unlink(folder / name)
+        except FileNotFoundError:  # another worker of the same executor cleans up too
+            pass
+        except OSError:
+            return False
+    try:
+        os.rmdir(folder)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
+
+
+def _nobody_listens(path: Path) -> bool:
+    """A Unix socket file that refuses connections: its owner closed it or died."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(2.0)
+        s.connect(str(path))
+    except OSError as exc:
+        return exc.errno == errno.ECONNREFUSED
+    finally:
+        s.close()
+    return False
 
 
 def parse_key(key: str | bytes) -> bytes:

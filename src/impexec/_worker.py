@@ -28,7 +28,7 @@ from typing import Any
 import zmq
 
 from . import __version__
-from ._connection import ConnectionInfo
+from ._connection import ConnectionInfo, remove_orphaned_private_dir
 from ._errors import ProtocolError, SerializationError
 from ._mapping import RaisedItem
 from ._protocol import Flag, Kind, Message, decode, encode, recv_frames, send_frames
@@ -54,6 +54,28 @@ _HB_SUFFIX = b"h"
 #: polls) before it blocks: a task that arrives meanwhile is taken without the wake-up
 #: of a sleeping process, a third of a short task's round trip on a VM (docs/benchmarks.md).
 SPIN_US = 300
+
+
+def say(text: str) -> None:
+    """Write to stderr if it can still be written: its reader may have died with the
+    client (a broken pipe), and no way out of a worker may depend on a write."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def exit_now(code: int, text: str = "", connection_file: str | None = None) -> None:
+    """End the process at once, whatever the other threads do: say why (if stderr still
+    takes it) and, when the broker is gone, remove its leftovers on this machine."""
+    try:
+        if text:
+            say(text)
+        if connection_file is not None:
+            remove_orphaned_private_dir(connection_file)
+    finally:
+        os._exit(code)
 
 
 def _spin_seconds() -> float:
@@ -91,8 +113,11 @@ class Worker:
     """One worker process's state and loops (see the module docstring)."""
 
     def __init__(self, conn: ConnectionInfo, *, tag: str = "", runtime: float | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT):
+                 connect_timeout: float = CONNECT_TIMEOUT, connection_file: str | None = None):
         self.conn = conn
+        # the file the connection came from: when the broker vanishes, the executor on
+        # this machine was killed and this worker removes its private directory
+        self.connection_file = connection_file
         self.tag = tag
         self.runtime = runtime
         self.connect_timeout = connect_timeout
@@ -179,8 +204,8 @@ class Worker:
                                    frames=[json.dumps(info).encode()]))
         welcome = self._wait_welcome(sock)
         if welcome is None:
-            sys.stderr.write(f"impexec worker: no answer from the broker at {self.conn.address} "
-                             f"within {self.connect_timeout:g} s (wrong address or key?)\n")
+            say(f"impexec worker: no answer from the broker at {self.conn.address} "
+                f"within {self.connect_timeout:g} s (wrong address or key?)\n")
             return EXIT_NO_BROKER
         self._hb_thread = threading.Thread(target=self._heartbeat, args=(zctx, welcome.seq),
                                            name="impexec-heartbeat", daemon=True)
@@ -191,7 +216,7 @@ class Worker:
                 fn(*args)
             except BaseException as exc:
                 text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                sys.stderr.write(f"impexec worker: the initializer raised:\n{text}")
+                say(f"impexec worker: the initializer raised:\n{text}")
                 sock.send_multipart(self._encode(Kind.START_FAILED,
                                                  frames=[json.dumps({"error": text}).encode()]))
                 return EXIT_INIT_FAILED
@@ -480,10 +505,15 @@ class Worker:
                 if dismissed_at and now - dismissed_at > self.hb_timeout:
                     os._exit(EXIT_OK if self._leaving else EXIT_DISMISSED)  # main is stuck
                 if not dismissed_at and now - last_heard > self.hb_timeout:
-                    sys.stderr.write(f"impexec worker: no heartbeat from the broker for "
-                                     f"{self.hb_timeout:g} s: exiting\n")
-                    sys.stderr.flush()
-                    os._exit(EXIT_BROKER_GONE)
+                    exit_now(EXIT_BROKER_GONE, f"impexec worker: no heartbeat from the broker for "
+                             f"{self.hb_timeout:g} s: exiting\n", self.connection_file)
+        except BaseException:
+            if not self._stop.is_set():
+                # nothing else would notice the broker's silence: leave rather than
+                # run on unwatched (the launcher replaces a worker that had to go)
+                exit_now(1, "impexec worker: the heartbeat thread failed:\n"
+                         + traceback.format_exc())
+            raise
         finally:
             sock.close(linger=0)
 
@@ -514,6 +544,7 @@ class _SetupFailed(Exception):
         self.wrapped = wrapped
 
 
-def main(conn: ConnectionInfo, *, tag: str = "", runtime: float | None = None) -> int:
+def main(conn: ConnectionInfo, *, tag: str = "", runtime: float | None = None,
+         connection_file: str | None = None) -> int:
     """Run one worker until it is told to leave; returns the process exit code."""
-    return Worker(conn, tag=tag, runtime=runtime).run()
+    return Worker(conn, tag=tag, runtime=runtime, connection_file=connection_file).run()

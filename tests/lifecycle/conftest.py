@@ -1,0 +1,4 @@
+"""The cluster fixtures (tests/cluster/conftest.py) for the lifecycle cases that end a
+client whose workers are Slurm or Grid Engine jobs."""
+
+from cluster.conftest import job_name_prefix, sge_cluster, slurm_cluster  # noqa: F401

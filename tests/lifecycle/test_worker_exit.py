@@ -1,0 +1,176 @@
+"""A worker's ways out do not depend on its stdio, and it cleans only what is certainly
+an orphaned executor's private directory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from impexec import ClusterExecutor
+from impexec._connection import ConnectionInfo, remove_orphaned_private_dir
+
+FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.5}
+
+
+def _wait_workers(ex: ClusterExecutor, n: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while ex.statistics().workers != n:
+        assert time.monotonic() < deadline, f"{n} worker(s) expected, {ex.statistics().workers} seen"
+        time.sleep(0.02)
+
+
+def _worker(connection_file: str, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "impexec", "worker", "--connect", connection_file, *extra],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _reap(p: subprocess.Popen[bytes]) -> None:
+    if p.poll() is None:
+        p.kill()
+    p.wait(10)
+    for stream in (p.stdin, p.stderr):
+        if stream is not None and not stream.closed:
+            try:
+                stream.close()
+            except BrokenPipeError:
+                pass
+
+
+def test_exit_with_stdin_exits_when_stdin_and_stderr_are_gone(shutdown_with_deadline):
+    # as when the ssh session (or supervising impexec-worker) that held both ends died:
+    # the "standard input closed" notice cannot be written, the worker must leave anyway
+    ex = ClusterExecutor(None, heartbeat_interval=0.2, heartbeat_timeout=3.0)
+    worker = _worker(ex.connection_file(), "--exit-with-stdin")
+    try:
+        _wait_workers(ex, 1)
+        worker.stderr.close()
+        worker.stdin.close()
+        assert worker.wait(timeout=10) == 5
+        _wait_workers(ex, 0, timeout=30)  # and the broker stops counting it
+    finally:
+        _reap(worker)
+        shutdown_with_deadline(ex)
+
+
+CLIENT = """
+import sys, time
+from impexec import ClusterExecutor
+ex = ClusterExecutor(None, heartbeat_interval=0.05, heartbeat_timeout=0.5)
+print(ex.connection_file(), flush=True)
+while ex.statistics().workers < 1:
+    time.sleep(0.02)
+print("joined", flush=True)
+time.sleep(600)
+"""
+
+
+def test_worker_exits_when_its_client_is_killed_and_its_stderr_is_gone():
+    # the client was killed: the pipe that read the worker's stderr died with it, so the
+    # heartbeat thread's "no heartbeat" notice cannot be written; the worker must leave
+    # anyway, and take the client's private directory (socket, key) with it
+    client = subprocess.Popen([sys.executable, "-c", CLIENT], stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True)
+    worker = None
+    try:
+        connection_file = Path(client.stdout.readline().strip())
+        worker = _worker(str(connection_file))
+        assert client.stdout.readline().strip() == "joined"
+        worker.stderr.close()
+        client.kill()
+        client.wait(10)
+        assert worker.wait(timeout=10) == 5
+        assert not connection_file.parent.exists()
+    finally:
+        if worker is not None:
+            _reap(worker)
+        client.kill()
+        client.wait(10)
+        client.stdout.close()
+        if connection_file.parent.name.startswith("impexec-"):
+            import shutil
+
+            shutil.rmtree(connection_file.parent, ignore_errors=True)
+
+
+# -- removing an orphaned private directory ------------------------------------------------
+def _private_dir(listening: bool) -> tuple[Path, socket.socket | None]:
+    """A directory laid out as an executor's; its socket listening or left behind."""
+    folder = Path(tempfile.mkdtemp(prefix="impexec-"))
+    ConnectionInfo("tcp://127.0.0.1:1", os.urandom(32)).write(folder / "connection.json")
+    ConnectionInfo("ipc://x", os.urandom(32)).write(folder / "connection-local.json")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(folder / "broker.sock"))
+    if listening:
+        s.listen()
+        return folder, s
+    s.close()  # the file stays, nobody listens: as after the executor was killed
+    return folder, None
+
+
+@pytest.fixture
+def private_dir():
+    made: list[tuple[Path, socket.socket | None]] = []
+
+    def make(listening: bool = False) -> Path:
+        made.append(_private_dir(listening))
+        return made[-1][0]
+
+    yield make
+    import shutil
+
+    for folder, s in made:
+        if s is not None:
+            s.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_an_orphaned_private_dir_is_removed(private_dir):
+    folder = private_dir()
+    assert remove_orphaned_private_dir(folder / "connection-local.json")
+    assert not folder.exists()
+    assert not remove_orphaned_private_dir(folder / "connection-local.json")  # gone already
+
+
+def test_a_live_executors_dir_stays(private_dir):
+    folder = private_dir(listening=True)
+    assert not remove_orphaned_private_dir(folder / "connection.json")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "broker.sock", "connection-local.json", "connection.json"]
+
+
+def test_a_dir_with_other_files_stays(private_dir):
+    folder = private_dir()
+    (folder / "results.csv").write_text("precious\n")
+    assert not remove_orphaned_private_dir(folder / "connection.json")
+    assert (folder / "connection.json").exists()
+    assert (folder / "results.csv").read_text() == "precious\n"
+
+
+def test_a_dir_not_made_by_an_executor_stays(private_dir, tmp_path):
+    folder = private_dir()
+    folder.chmod(0o755)  # an executor's is 0700
+    assert not remove_orphaned_private_dir(folder / "connection.json")
+    assert folder.exists()
+    folder.chmod(0o700)
+    other = tmp_path / "impexec-mine"  # right name, but not in the temporary directory
+    other.mkdir(mode=0o700)
+    ConnectionInfo("tcp://127.0.0.1:1", os.urandom(32)).write(other / "connection.json")
+    assert not remove_orphaned_private_dir(other / "connection.json")
+    assert (other / "connection.json").exists()
+    plain = Path(tempfile.mkdtemp(prefix="results-"))  # in the temporary directory
+    try:
+        ConnectionInfo("tcp://127.0.0.1:1", os.urandom(32)).write(plain / "connection.json")
+        assert not remove_orphaned_private_dir(plain / "connection.json")
+        assert (plain / "connection.json").exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(plain)
