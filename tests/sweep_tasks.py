@@ -52,3 +52,11 @@ def kill_at(x: int, bad: int) -> int:
 
 def identity(x: Any) -> Any:
     return x
+
+
+def slow_evaluate(x: int) -> int:
+    """evaluate(), slow enough for a live view to see the work held by workers."""
+    import time
+
+    time.sleep(0.05)
+    return evaluate(x)

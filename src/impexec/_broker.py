@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
 import zmq
@@ -102,7 +102,11 @@ class Broker:
         self.connected_tags: set[str] = set()  # read by the launcher thread
         self.ever_connected_tags: set[str] = set()
         self._drop_log = DropLog(logger, "a message")  # rate-limited, bounded memory
-        self._last_stop_seq = 0  # STOP_WORKERS: highest seq accepted (replay guard)
+        self._last_stop_seq = 0  # STOP_WORKERS, END_RUN: highest seq accepted (replay guard)
+        self.ended = False  # `impexec end` ended the run (read by the executor's submit)
+        # status clients (impexec status --watch) and when they last asked: told at
+        # teardown that the run ended, so that a watch can say so instead of timing out
+        self._watchers: dict[bytes, float] = {}
 
         self._zctx = zmq.Context()
         self._router = self._zctx.socket(zmq.ROUTER)
@@ -381,13 +385,13 @@ class Broker:
         if kind == Kind.READY:
             self._on_ready(ident, msg)
             return
-        if kind == Kind.STATUS or kind == Kind.STOP_WORKERS:
+        if kind == Kind.STATUS or kind == Kind.STOP_WORKERS or kind == Kind.END_RUN:
             if msg.session != self._session and (  # a URL + key client knows no session:
                     msg.session != b"\0" * 8 or abs(msg.seq / 1e6 - time.time()) > 300):
                 raise ProtocolError("status request from another session")  # or a stale one
-            if kind == Kind.STOP_WORKERS:  # clients number requests by the clock
+            if kind != Kind.STATUS:  # clients number requests by the clock
                 if msg.seq <= self._last_stop_seq:
-                    raise ProtocolError(f"replayed STOP_WORKERS (seq {msg.seq})")
+                    raise ProtocolError(f"replayed {kind.name} (seq {msg.seq})")
                 self._last_stop_seq = msg.seq
             self._on_status(ident, kind)
             return
@@ -483,16 +487,40 @@ class Broker:
                 self._send(w.ident, encode(self._key, Kind.DRAIN, self._session, self._next_seq()))
                 self.scheduler.drain_worker(w.ident)
                 self._release_drained(w)
-        stats = self.scheduler.statistics().as_dict()
+        elif kind == Kind.END_RUN:
+            self._end_run()
+        now = time.monotonic()
+        self._watchers[ident] = now
+        if len(self._watchers) > 64:  # bounded: forget those that stopped asking
+            self._watchers = {i: t for i, t in self._watchers.items() if now - t < 60}
+        self._send(ident, self._status_reply("ending" if self._stop_when_idle else "running"))
+
+    def _status_reply(self, state: str) -> list[Any]:
+        stats: dict[str, Any] = self.scheduler.statistics().as_dict()
         stats["workers_list"] = [
             {"name": w.name, "tag": w.tag, "held": len(w.assigned), "completed": w.completed,
-             "draining": w.draining}
+             "draining": w.draining, "held_items": sum(t.items for t in w.assigned.values()),
+             "items_done": w.items_done}
             for w in list(self.scheduler.workers.values())[:1000]
         ]
         stats["address"] = self.address
         stats["version"] = __version__
-        self._send(ident, encode(self._key, Kind.STATUS_REPLY, self._session, self._next_seq(),
-                                 frames=[json.dumps(stats).encode()]))
+        stats["state"] = state
+        return encode(self._key, Kind.STATUS_REPLY, self._session, self._next_seq(),
+                      frames=[json.dumps(stats).encode()])
+
+    def _end_run(self) -> None:
+        """``impexec end``: no future may wait on a run that nobody will serve any more."""
+        self.ended = True
+        self.cancel_pending()
+        ended = CancelledError("the run was ended by `impexec end` while this task was on a worker")
+        for t in self.scheduler.fail_all():  # the held ones: their results are not awaited
+            self._later.append((t.future, False, ended))
+        for w in list(self.scheduler.workers.values()):
+            self._send(w.ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq(),
+                                       aux=1))
+            self._forget(w, lost=False)
+        self._stop_when_idle = True
 
     def _on_result(self, wid: bytes, msg: Any) -> None:
         if msg.flags & Flag.NEED_SETUP:
@@ -586,6 +614,13 @@ class Broker:
         self.idle_event.set()
 
     def _teardown_locked(self) -> None:
+        try:
+            now = time.monotonic()
+            for ident, asked in self._watchers.items():
+                if now - asked < 60:
+                    self._send(ident, self._status_reply("ended"))
+        except Exception:  # closing anyway; a watch then says it lost the executor
+            logger.debug("could not tell the status watchers", exc_info=True)
         try:
             for ident in list(self.scheduler.workers):
                 # main socket only: the worker finishes its loop and exits cleanly;

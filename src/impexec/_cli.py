@@ -1,4 +1,4 @@
-"""Command line: ``impexec worker|status|stop`` and the ``impexec-worker`` entry point."""
+"""Command line: ``impexec worker|status|top|stop|end`` and the ``impexec-worker`` entry point."""
 
 from __future__ import annotations
 
@@ -300,42 +300,67 @@ def _ask(conn: ConnectionInfo, kind_name: str, timeout: float) -> dict[str, Any]
         zctx.term()
 
 
-def _print_status(data: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(data, indent=1))
-        return
-    keys = (
-        "workers",
-        "queued",
-        "running",
-        "done",
-        "failed",
-        "resubmitted",
-        "cancelled",
+def _stop(args: argparse.Namespace) -> int:
+    before = _request(args.target, args.key, "STATUS", args.timeout)
+    after = _request(args.target, args.key, "STOP_WORKERS", args.timeout)
+    print(
+        f"asked {before.get('workers', 0)} worker(s) to finish and leave "
+        f"({after.get('workers', 0)} still finishing their tasks)"
     )
-    print(f"impexec {data.get('version', '?')} at {data.get('address', '?')}")
-    print("  ".join(f"{k}={data.get(k, 0)}" for k in keys))
-    for w in data.get("workers_list", []):
-        state = " draining" if w.get("draining") else ""
+    waiting = int(after.get("queued", 0))
+    if waiting:
+        # the run is not over: say so, or the owner waits for workers that never come
         print(
-            f"  {w['name']:<28} tag={w.get('tag') or '-':<20} held={w['held']} done={w['completed']}{state}"
+            f"{waiting} queued call(s) wait for workers that join later; "
+            f"`impexec end {args.target}` ends the run instead"
         )
+    return 0
+
+
+def _end(args: argparse.Namespace) -> int:
+    before = _request(args.target, args.key, "STATUS", args.timeout)
+    after = _request(args.target, args.key, "END_RUN", args.timeout)
+    cancelled = int(after.get("cancelled", 0)) - int(before.get("cancelled", 0))
+    ended = int(after.get("failed", 0)) - int(before.get("failed", 0))
+    print(
+        f"ended the run at {after.get('address', args.target)}: {cancelled} queued call(s) "
+        f"cancelled, {ended} call(s) on workers given up ({after.get('done', 0)} were done); "
+        "its workers leave, and the program's waiting futures are released "
+        "(CancelledError)"
+    )
+    return 0
+
+
+def _watch_cmd(args: argparse.Namespace, interval: float) -> int:
+    from ._watch import watch
+
+    # Ctrl-C ends the watch even when started from a shell or CI runner that
+    # ignores SIGINT for background jobs (Python keeps an inherited SIG_IGN)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    conn = resolve(args.target, args.key)
+    return watch(conn, args.target, interval, args.timeout, getattr(args, "json", False),
+                 sys.stdout, sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="impexec",
-        description="Run a worker for, inspect, or stop an impexec executor.",
+        description="Run a worker for, watch, stop or end an impexec executor.",
     )
+    parser.add_argument("--version", action="version", version=f"impexec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "worker", help="run a worker (same as impexec-worker)", add_help=False
     )
     for name, text in (
-        ("status", "show an executor's statistics"),
-        ("stop", "ask the executor's workers to finish and leave"),
+        ("status", "show an executor's figures (--watch: live, until the run ends)"),
+        ("top", "a live view of the run (the same as status --watch)"),
+        ("stop", "ask the executor's workers to finish and leave (the run waits for others)"),
+        ("end", "end the run: cancel its queued calls, release its program, dismiss workers"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, description=text)
         p.add_argument(
             "target",
             metavar="FILE|URL",
@@ -354,43 +379,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             help="seconds to wait for the answer (default 5)",
         )
         if name == "status":
-            p.add_argument("--json", action="store_true", help="print JSON")
+            p.add_argument("--json", action="store_true",
+                           help="print JSON (with --watch: one object per line)")
             p.add_argument(
                 "--watch",
                 type=float,
                 nargs="?",
                 const=1.0,
                 metavar="S",
-                help="refresh every S seconds (default 1) until interrupted",
+                help="refresh every S seconds (default 1) until the run ends or Ctrl-C",
             )
+        if name == "top":
+            p.add_argument("--interval", type=float, default=1.0, metavar="S",
+                           help="seconds between refreshes (default 1)")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
         return worker_main(argv[1:], prog="impexec worker")
     args = parser.parse_args(argv)
     try:
         if args.command == "stop":
-            before = _request(args.target, args.key, "STATUS", args.timeout)
-            after = _request(args.target, args.key, "STOP_WORKERS", args.timeout)
-            print(
-                f"asked {before.get('workers', 0)} worker(s) to finish and leave "
-                f"({after.get('workers', 0)} still finishing their tasks)"
-            )
-            return 0
+            return _stop(args)
+        if args.command == "end":
+            return _end(args)
+        if args.command == "top":
+            return _watch_cmd(args, args.interval)
         if args.watch:
-            # Ctrl-C ends the watch even when started from a shell or CI runner that
-            # ignores SIGINT for background jobs (Python keeps an inherited SIG_IGN)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            while True:
-                data = _request(args.target, args.key, "STATUS", args.timeout)
-                if not args.json:
-                    sys.stdout.write("\x1b[H\x1b[2J" if sys.stdout.isatty() else "")
-                _print_status(data, args.json)
-                sys.stdout.flush()
-                time.sleep(args.watch)
-        _print_status(
-            _request(args.target, args.key, "STATUS", args.timeout), args.json
-        )
-        return 0
+            return _watch_cmd(args, args.watch)
+        from ._watch import show_status
+
+        return show_status(resolve(args.target, args.key), args.timeout, args.json, sys.stdout)
     except KeyboardInterrupt:
         return 130
     except (OSError, ValueError, TimeoutError) as exc:

@@ -224,6 +224,8 @@ class ClusterExecutor(Executor):
     def _check_open(self) -> None:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+        if self._broker.ended:
+            raise RuntimeError("cannot schedule new futures: the run was ended by `impexec end`")
         if self._broker.crash is not None or self._broker.stopped.is_set():
             raise BrokenClusterError(f"the impexec broker thread died: {self._broker.crash!r}")
         if self._start_error is not None:

@@ -56,6 +56,8 @@ START_FAILED    worker → broker  JSON: error text (the initializer raised)
 STATUS          client → broker  none (``impexec status``)
 STATUS_REPLY    broker → client  JSON: statistics
 STOP_WORKERS    client → broker  none (``impexec stop``): drain every worker
+END_RUN         client → broker  none (``impexec end``): cancel the queued tasks, end the
+                                 held ones, dismiss the workers, stop the broker
 WELCOME         broker → worker  JSON: session, worker id echoed, heartbeat settings;
                                  [initializer pickle] when HAS_SETUP
 RECALL          broker → worker  none; aux = how many queued (unstarted) tasks to give
@@ -132,6 +134,7 @@ class Kind(enum.IntEnum):
     STOP_WORKERS = 12
     WELCOME = 13
     RECALL = 14
+    END_RUN = 15
 
 
 class Flag:

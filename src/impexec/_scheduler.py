@@ -88,6 +88,7 @@ class WorkerRecord:
     isolated: bool = False  # running a suspect task alone: gets nothing else meanwhile
     recalling: bool = False  # asked to give back queued tasks; not asked again meanwhile
     completed: int = 0
+    items_done: int = 0  # calls of the tasks it completed (a chunk holds many)
 
 
 @dataclass(frozen=True)
@@ -435,8 +436,9 @@ class Scheduler:
 
         *raised*: calls of a ``return_exceptions`` chunk that raised (its result is ok)."""
         w = self.workers.get(ident)
-        if w is not None and w.assigned.pop(task_id, None) is not None:
+        if w is not None and (held := w.assigned.pop(task_id, None)) is not None:
             w.completed += 1
+            w.items_done += held.items
             w.recalling = False
             before = self._capacity()
             if run_s > 0:

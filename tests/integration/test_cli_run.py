@@ -1,0 +1,156 @@
+"""The command line around a run: --version, `impexec end`, `stop` that says what waits,
+and `status --watch` that says when the run ended (off a terminal; the terminal view is
+tests/integration/test_live_view.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import CancelledError
+
+import pytest
+
+import impexec
+import tasks
+
+WAIT = 30.0
+
+
+def impexec_cli(*args, timeout=WAIT):
+    return subprocess.run([sys.executable, "-m", "impexec", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def test_version():
+    out = impexec_cli("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"impexec {impexec.__version__}"
+
+
+def test_end_releases_a_run_whose_workers_were_stopped(make_executor):
+    """`impexec stop` sent the workers away mid-map; `impexec end` releases the program."""
+    ex = make_executor(1)
+    wait_for(lambda: ex.statistics().workers == 1, WAIT, "the worker")
+    path = ex.connection_file()
+    got: list = []
+    error: list = []
+
+    def sweep():
+        try:
+            got.extend(ex.map(tasks.sleep_then, [0.05] * 64, range(64)))
+        except BaseException as exc:
+            error.append(exc)
+
+    t = threading.Thread(target=sweep, name="test-sweep")
+    t.start()
+    wait_for(lambda: len(got) >= 2, WAIT, "the first results")
+    stopped = impexec_cli("stop", path)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "impexec end" in stopped.stdout  # it says how to end what is left waiting
+    wait_for(lambda: ex.statistics().workers == 0, WAIT, "the worker to leave")
+    assert ex.statistics().queued > 0 and t.is_alive()  # stranded: nobody will serve it
+    ended = impexec_cli("end", path)
+    assert ended.returncode == 0, ended.stderr
+    assert "cancelled" in ended.stdout
+    t.join(WAIT)
+    assert not t.is_alive(), "the program is still waiting after `impexec end`"
+    assert len(error) == 1 and isinstance(error[0], CancelledError), error
+    with pytest.raises(RuntimeError, match="impexec end"):
+        ex.submit(tasks.square, 2)
+
+
+def test_end_gives_up_the_tasks_on_workers_too(make_executor):
+    ex = make_executor(1)
+    running = ex.submit(tasks.hang, 60)
+    queued = ex.submit(tasks.square, 3)
+    wait_for(lambda: running.running(), WAIT, "the long task to start")
+    ended = impexec_cli("end", ex.connection_file())
+    assert ended.returncode == 0, ended.stderr
+    with pytest.raises(CancelledError, match="impexec end"):
+        running.result(timeout=WAIT)
+    assert queued.cancelled()
+
+
+def test_watch_says_the_run_ended_and_exits_0(make_executor):
+    ex = make_executor(2)
+    path = ex.connection_file()
+    assert list(ex.map(tasks.square, range(30), chunksize=4)) == [x * x for x in range(30)]
+    proc = subprocess.Popen([sys.executable, "-m", "impexec", "status", path, "--watch", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # a few refreshes
+        ex.shutdown(wait=True)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "the run ended: 30 calls done, 0 failed" in out
+    assert "no answer" not in out + err
+    assert "(ended)" in out  # the last block holds the final figures
+
+
+def test_watch_json_gives_one_object_per_line_and_the_final_state(make_executor):
+    ex = make_executor(1)
+    path = ex.connection_file()
+    assert ex.submit(tasks.square, 4).result(timeout=WAIT) == 16
+    proc = subprocess.Popen([sys.executable, "-m", "impexec", "status", path, "--watch", "0.2",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        ex.shutdown(wait=True)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    objects = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(objects) >= 2
+    assert {o["state"] for o in objects[:-1]} <= {"running", "ending"}
+    assert objects[-1]["state"] == "ended" and objects[-1]["done"] == 1
+
+
+def test_watch_of_an_executor_that_vanished_says_it_stopped_answering(tmp_path):
+    """A client killed without a shutdown sends no notice: the watch says what it knows."""
+    script = tmp_path / "client.py"
+    conn = tmp_path / "run.json"
+    script.write_text(
+        "import os, sys, time\n"
+        "from impexec import ClusterExecutor\n"
+        "ex = ClusterExecutor(None)\n"
+        f"ex.connection_file({str(conn)!r})\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "ready"
+        watch = subprocess.Popen([sys.executable, "-m", "impexec", "status", str(conn), "--watch",
+                                  "0.2", "--timeout", "1"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        client.kill()
+        _out, err = watch.communicate(timeout=WAIT)
+    finally:
+        if client.poll() is None:
+            client.kill()
+        client.wait(WAIT)
+        client.stdout.close()
+    assert watch.returncode == 1
+    assert "stopped answering" in err
+    assert os.path.exists(conn)
