@@ -86,3 +86,55 @@ def test_examples_have_a_docstring_saying_how_to_run_them() -> None:
         assert "python examples/" in text.split('"""')[1], (
             f"{path.name} does not say how to run it"
         )
+
+
+def _load(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), EXAMPLES / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # the examples run their work under __main__ only
+    return module
+
+
+def test_examples_are_numbered_without_gaps_and_all_listed() -> None:
+    numbered = sorted(p.name for p in _examples() if re.match(r"\d\d_", p.name))
+    assert [int(n[:2]) for n in numbered] == list(range(1, len(numbered) + 1)), numbered
+    readme = (EXAMPLES / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([\w.]+\.py)` \|", readme, re.MULTILINE))
+    assert listed == {p.name for p in _examples()}
+
+
+def test_the_readme_describes_the_markers_the_runner_reads() -> None:
+    readme = (EXAMPLES / "README.md").read_text()
+    for mark in ("# ci: args", "# ci: slurm-args", "# ci: skip"):
+        assert mark in readme
+    for path in _examples():  # and every marker a script carries is one the runner knows
+        for line in re.findall(r"^#\s*ci:\s*(\S+)", path.read_text(), re.MULTILINE):
+            assert line in ("args", "slurm-args", "skip"), (path.name, line)
+
+
+def test_the_uneven_batching_workload_is_one_static_cannot_balance() -> None:
+    """02_batching.py's uneven rows must differ: "static" gives one worker the slow calls."""
+    from impexec._mapping import plan_chunksize
+
+    ex = _load("02_batching.py")
+    delays = [ex.SLOW_S] * ex.SLOW_CALLS + [ex.FAST_S] * (ex.UNEVEN_CALLS - ex.SLOW_CALLS)
+    size = plan_chunksize("static", len(delays), 2)
+    static_span = max(sum(delays[i:i + size]) for i in range(0, len(delays), size))
+    dynamic_span = max(sum(delays) / 2, max(delays))  # a free worker takes the next call
+    assert static_span > 1.5 * dynamic_span
+
+
+def test_secure_remote_announces_the_refusal_before_its_warning(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "secure_remote.py")], cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=EXAMPLE_TIMEOUT_S,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout
+    out = proc.stdout
+    warning = out.index("WARNING impexec")  # the broker's log line of the refused handshake
+    assert out.index("that refusal is what this part demonstrates") < warning, out

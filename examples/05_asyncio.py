@@ -1,6 +1,6 @@
 """asyncio: await cluster work from coroutines, with no thread of your own.
 
-    python examples/06_asyncio.py
+    python examples/05_asyncio.py
 
 ``loop.run_in_executor(ex, fn, *args)`` and ``asyncio.wrap_future(ex.submit(...))`` turn
 impexec futures into awaitables, so a web handler or an async pipeline can fan work out

@@ -1,6 +1,6 @@
 """Workers that join later: start an executor with no workers, then join it by hand.
 
-    python examples/05_join_later.py
+    python examples/04_join_later.py
 
 The executor starts with ``workers=None`` and queues the work. It writes its connection
 file (mode 0600: it holds the key); a worker started from a shell, on this machine or any
