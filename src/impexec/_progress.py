@@ -66,7 +66,8 @@ def progress(
         from tqdm.auto import tqdm  # type: ignore[import-untyped]
     except ImportError:
         global _warned_no_tqdm
-        if not _warned_no_tqdm:
+        would_draw = not disable if disable is not None else _is_terminal(file)
+        if would_draw and not _warned_no_tqdm:
             _warned_no_tqdm = True
             # a warning, not a log line: it reaches stderr without logging configured,
             # where the user is looking for the bar
@@ -115,6 +116,16 @@ def progress(
         if executor is not None and not bar.disable:
             _show_statistics(bar, executor)
         bar.close()
+
+
+def _is_terminal(file: IO[str] | None) -> bool:
+    import sys
+
+    stream = file if file is not None else sys.stderr
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 def _is_failure(item: Any) -> bool:

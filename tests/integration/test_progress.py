@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -207,5 +208,9 @@ def test_without_tqdm_the_warning_is_a_runtime_warning(monkeypatch):
     monkeypatch.setitem(sys.modules, "tqdm", None)
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     monkeypatch.setattr(mod, "_warned_no_tqdm", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no bar was asked for: nothing to warn about
+        assert list(progress(range(3), disable=True)) == [0, 1, 2]
+        assert list(progress(range(3), disable=None, file=io.StringIO())) == [0, 1, 2]
     with pytest.warns(RuntimeWarning, match="pip install tqdm"):
         assert list(progress(range(3))) == [0, 1, 2]
