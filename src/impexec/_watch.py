@@ -150,7 +150,9 @@ def live_lines(data: dict[str, Any], rate: float | None, width: int, height: int
     bar_w = max(10, min(50, width - 30))
     full = int(frac * bar_w)
     fill, empty = ("█", "·") if utf8 else ("#", ".")
-    if rate is None:
+    if state != "ended" and queued and not running and not data.get("workers"):
+        speed = "rate    0 calls/s   ETA -   (no worker connected: the queued calls wait)"
+    elif rate is None:
         speed = "rate    -" if state == "ended" else "rate    measuring..."
     else:
         left = queued + running
@@ -173,7 +175,7 @@ def live_lines(data: dict[str, Any], rate: float | None, width: int, height: int
         f"{'WORKER':<28} {'TAG':<22} {'STATE':<9} {'HELD':>7} {'DONE':>9}   (calls)",
     ]
     workers = data.get("workers_list", [])
-    room = max(1, height - len(lines) - 2)
+    room = max(1, height - len(lines) - 3)  # and "... more", a blank line, the footer
     for w in workers[:room]:
         held = int(w.get("held_items", w.get("held", 0)))
         st = "draining" if w.get("draining") else ("busy" if held else "idle")
