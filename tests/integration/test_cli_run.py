@@ -34,6 +34,20 @@ def wait_for(predicate, timeout, what):
     pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def first_line_with(proc, text):
+    """Read the watch's output until a line holds *text* (it has asked the broker)."""
+    seen = []
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return seen
+    pytest.fail(f"no {text!r} in the watch's output: {seen}")
+
+
 def test_version():
     out = impexec_cli("--version")
     assert out.returncode == 0, out.stderr
@@ -92,9 +106,10 @@ def test_watch_says_the_run_ended_and_exits_0(make_executor):
     proc = subprocess.Popen([sys.executable, "-m", "impexec", "status", path, "--watch", "0.2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)  # a few refreshes
+        first = first_line_with(proc, "done=30")  # it watches: the broker knows it
         ex.shutdown(wait=True)
         out, err = proc.communicate(timeout=WAIT)
+        out = "".join(first) + out
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -112,9 +127,11 @@ def test_watch_json_gives_one_object_per_line_and_the_final_state(make_executor)
     proc = subprocess.Popen([sys.executable, "-m", "impexec", "status", path, "--watch", "0.2",
                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)
+        first = first_line_with(proc, '"state": "running"')
+        first += first_line_with(proc, '"state": "running"')  # and once more
         ex.shutdown(wait=True)
         out, err = proc.communicate(timeout=WAIT)
+        out = "".join(first) + out
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -142,9 +159,9 @@ def test_watch_of_an_executor_that_vanished_says_it_stopped_answering(tmp_path):
     try:
         assert client.stdout.readline().strip() == "ready"
         watch = subprocess.Popen([sys.executable, "-m", "impexec", "status", str(conn), "--watch",
-                                  "0.2", "--timeout", "1"], stdout=subprocess.PIPE,
+                                  "0.2", "--timeout", "2"], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)
+        first_line_with(watch, "workers=0")  # it had an answer before the client died
         client.kill()
         _out, err = watch.communicate(timeout=WAIT)
     finally:
