@@ -116,16 +116,22 @@ class Broker:
         # limits (MAXMSGSIZE, RCVHWM per peer), CURVE server + ZAP client check: _security
         self._guard = RouterGuard(self._router, curve_secret=curve_secret,
                                   curve_clients=curve_clients, max_message_size=max_message_size)
-        if address.endswith((":0", ":*")):
-            base = address.rsplit(":", 1)[0]
-            port = self._router.bind_to_random_port(base)
-            self.address = f"{base}:{port}"
-        else:
-            self._router.bind(address)
-            self.address = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
-        for extra in extra_binds:
-            self._router.bind(extra)
-        self._guard.start(self._zctx)
+        try:
+            if address.endswith((":0", ":*")):
+                base = address.rsplit(":", 1)[0]
+                port = self._router.bind_to_random_port(base)
+                self.address = f"{base}:{port}"
+            else:
+                self._router.bind(address)
+                self.address = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+            for extra in extra_binds:
+                self._router.bind(extra)
+            self._guard.start(self._zctx)
+        except BaseException:  # address in use, bad address: nothing of ours may stay open
+            self._guard.close()
+            self._router.close(linger=0)
+            self._zctx.term()
+            raise
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)

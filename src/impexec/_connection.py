@@ -90,8 +90,9 @@ def remove_orphaned_private_dir(connection_file: str | os.PathLike[str]) -> bool
     Only a directory that is certainly such a leftover goes: the connection file's own
     directory, named ``impexec-*``, directly in this machine's temporary directory, a
     real directory (not a link) owned by this user with mode 0700, holding nothing but
-    what an executor writes there, and whose broker socket refuses connections (nobody
-    listens on it: the executor's process is gone, not merely slow to answer).
+    what an executor writes there, whose lock no process holds (the executor holds it
+    while it lives) and whose broker socket, if any, refuses connections (nobody listens
+    on it: the executor's process is gone, not merely slow to answer).
     """
     path = Path(connection_file)
     folder = Path(os.path.abspath(path.parent))
@@ -109,22 +110,46 @@ def remove_orphaned_private_dir(connection_file: str | os.PathLike[str]) -> bool
         return False
     if path.name not in names or not all(_PRIVATE_NAMES.fullmatch(n) for n in names):
         return False
-    if not _nobody_listens(folder / BROKER_SOCKET):
+    if BROKER_SOCKET in names and not _nobody_listens(folder / BROKER_SOCKET):
         return False
-    for name in names:
+    lock = lock_private_dir(folder)
+    if lock is None:  # its executor still runs
+        return False
+    try:
+        for name in names:
+            try:
+                os.unlink(folder / name)
+            except FileNotFoundError:  # another worker of the same executor cleans up too
+                pass
+            except OSError:
+                return False
         try:
-            os.unlink(folder / name)
-        except FileNotFoundError:  # another worker of the same executor cleans up too
+            os.rmdir(folder)
+        except FileNotFoundError:
             pass
         except OSError:
             return False
-    try:
-        os.rmdir(folder)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return False
+    finally:
+        os.close(lock)
     return True
+
+
+def lock_private_dir(folder: str | os.PathLike[str]) -> int | None:
+    """Lock a private directory (an open descriptor of it, ``flock``): its executor holds
+    the lock as long as its process lives, the kernel drops it when the process dies.
+    Returns the descriptor, or None if another process holds the lock."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _nobody_listens(path: Path) -> bool:
@@ -145,18 +170,25 @@ def _nobody_listens(path: Path) -> bool:
     return False
 
 
+#: Shortest key accepted, in bytes: the same rule for the API, the command line and
+#: connection files (a short HMAC key can be guessed).
+MIN_KEY_BYTES = 16
+
+
 def parse_key(key: str | bytes) -> bytes:
-    """Accept a key as raw bytes or as hex text."""
-    if isinstance(key, bytes):
-        if not key:
-            raise ValueError("the key must not be empty")
-        return key
-    try:
-        raw = bytes.fromhex(key.strip())
-    except ValueError:
-        raise ValueError("a key given as text must be hexadecimal") from None
-    if len(raw) < 16:
-        raise ValueError("the key must have at least 16 bytes (32 hex digits)")
+    """Accept a key as raw bytes or as hex text; either way at least 16 bytes."""
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        raw = bytes(key)
+    elif isinstance(key, str):
+        try:
+            raw = bytes.fromhex(key.strip())
+        except ValueError:
+            raise ValueError("a key given as text must be hexadecimal") from None
+    else:
+        raise TypeError(f"the key must be bytes or hex text, not {type(key).__name__}")
+    if len(raw) < MIN_KEY_BYTES:
+        raise ValueError(f"the key must have at least {MIN_KEY_BYTES} bytes "
+                         f"({2 * MIN_KEY_BYTES} hex digits), not {len(raw)}")
     return raw
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ._broker import Broker
-from ._connection import ConnectionInfo, parse_key
+from ._connection import PRIVATE_DIR_PREFIX, ConnectionInfo, lock_private_dir, parse_key
 from ._context import Context
 from ._errors import BrokenClusterError, WorkerStartError
 from ._mapping import (
@@ -68,6 +68,16 @@ def _shutdown_all() -> None:
             ex.shutdown(wait=True, cancel_futures=True)
         except Exception:  # interpreter is exiting; nothing more to do
             logger.debug("shutdown at exit failed", exc_info=True)
+
+
+def _forget_after_fork() -> None:
+    # a forked child's copies of the parent's executors are not its own to shut down at
+    # exit (their threads did not survive the fork; their sockets are the parent's)
+    _live.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _is_loopback(host: str) -> bool:
@@ -144,53 +154,117 @@ class ClusterExecutor(Executor):
         self._scheduler = Scheduler(max_retries=max_retries, heartbeat_timeout=heartbeat_timeout,
                                     prefetch=prefetch, max_contexts=max_contexts)
         self._start_error: WorkerStartError | None = None
-        self._tmpdir = Path(tempfile.mkdtemp(prefix="impexec-"))
-        # Workers on this machine dial a Unix socket in the private (0700) directory:
-        # ~20 µs faster per round trip than TCP loopback, and reachable by this user only.
-        ipc = f"ipc://{self._tmpdir}/broker.sock"
-        extra_binds = [ipc] if os.name == "posix" and len(ipc) < 100 else []
-        self._broker = Broker(
-            scheduler=self._scheduler, key=self._key, session=session, address=bind,
-            heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
-            welcome_extra={"max_contexts": max_contexts},
-            initializer_frames=init_frames, initializer_serializer=self._ser.code,
-            curve_secret=curve_secret, on_worker_joined=self._on_worker_joined,
-            curve_clients=(client_public,) if client_public else (),
-            extra_binds=extra_binds,
-        )
-        host = self._broker.address.split("://", 1)[1].rsplit(":", 1)[0]
-        port = self._broker.address.rsplit(":", 1)[1]
-        if advertise is None and host in ("0.0.0.0", "*", "[::]", "::"):  # noqa: S104 (a check, not a bind)
-            advertise = socket.gethostname()
-        dial = f"tcp://{advertise or host}:{port}"
-        if not encrypt and not _is_loopback(host):
-            logger.warning(
-                "impexec broker bound to %s without encrypt=True: anyone who can reach this "
-                "port can read the tasks and results in transit (they cannot inject work "
-                "without the key); use encrypt=True or an SSH tunnel on untrusted networks",
-                self._broker.address,
-            )
-        self._conn = ConnectionInfo(
-            address=dial, key=self._key, session=session,
-            server_key=server_public.decode() if server_public else None,
-            client_public=client_public.decode() if client_public else None,
-            client_secret=client_secret.decode() if client_secret else None,
-        )
         self._ids = itertools.count(1)
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
-        self.connection_file_path = self._conn.write(self._tmpdir / "connection.json")
-        self.local_connection_file_path = self.connection_file_path
-        if extra_binds:
-            self.local_connection_file_path = dataclasses.replace(
-                self._conn, address=extra_binds[0]).write(self._tmpdir / "connection-local.json")
-        self._broker.start()
-        self._launcher_thread = threading.Thread(target=self._watch_launchers,
-                                                 name="impexec-launchers", daemon=True)
-        for launcher in self._launchers:
-            launcher.start(_Host(self, launcher))
-        self._launcher_thread.start()
+        # a forked child shares this process's sockets but not its threads: it must not
+        # use the executor (it would wait for ever on a broker that is not its own)
+        self._pid = os.getpid()
+        # the private (0700) directory: made only when something needs it, so a client
+        # killed with remote workers only leaves nothing in /tmp
+        self._private_lock = threading.RLock()
+        self._tmpdir: Path | None = None
+        self._private_fd: int | None = None
+        self._connection_file: Path | None = None
+        self._local_connection_file: Path | None = None
+        started: list[Launcher] = []
+        try:
+            extra_binds: list[str] = []
+            if os.name == "posix" and any(launcher.local_socket for launcher in self._launchers):
+                # Workers on this machine dial a Unix socket in the private directory:
+                # ~20 µs faster per round trip than TCP loopback, and reachable by this
+                # user only.
+                ipc = f"ipc://{self._private_dir()}/broker.sock"
+                extra_binds = [ipc] if len(ipc) < 100 else []
+            self._broker = Broker(
+                scheduler=self._scheduler, key=self._key, session=session, address=bind,
+                heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
+                welcome_extra={"max_contexts": max_contexts},
+                initializer_frames=init_frames, initializer_serializer=self._ser.code,
+                curve_secret=curve_secret, on_worker_joined=self._on_worker_joined,
+                curve_clients=(client_public,) if client_public else (),
+                extra_binds=extra_binds,
+            )
+            host = self._broker.address.split("://", 1)[1].rsplit(":", 1)[0]
+            port = self._broker.address.rsplit(":", 1)[1]
+            if advertise is None and host in ("0.0.0.0", "*", "[::]", "::"):  # noqa: S104 (a check, not a bind)
+                advertise = socket.gethostname()
+            dial = f"tcp://{advertise or host}:{port}"
+            if not encrypt and not _is_loopback(host):
+                logger.warning(
+                    "impexec broker bound to %s without encrypt=True: anyone who can reach this "
+                    "port can read the tasks and results in transit (they cannot inject work "
+                    "without the key); use encrypt=True or an SSH tunnel on untrusted networks",
+                    self._broker.address,
+                )
+            self._conn = ConnectionInfo(
+                address=dial, key=self._key, session=session,
+                server_key=server_public.decode() if server_public else None,
+                client_public=client_public.decode() if client_public else None,
+                client_secret=client_secret.decode() if client_secret else None,
+            )
+            if extra_binds:
+                self._local_connection_file = dataclasses.replace(
+                    self._conn, address=extra_binds[0]).write(self._private_dir() / "connection-local.json")
+            self._broker.start()
+            self._launcher_thread = threading.Thread(target=self._watch_launchers,
+                                                     name="impexec-launchers", daemon=True)
+            for launcher in self._launchers:
+                started.append(launcher)  # before start(): it may fail half-way
+                launcher.start(_Host(self, launcher))
+            self._launcher_thread.start()
+        except BaseException:
+            self._undo_init(started)
+            raise
         _live.add(self)
+
+    def _undo_init(self, started: list[Launcher]) -> None:
+        """Stop what a failing ``__init__`` had started: threads, sockets, files, workers."""
+        broker = getattr(self, "_broker", None)
+        if broker is not None:
+            try:
+                if not broker.is_alive() and not broker.stopped.is_set():
+                    broker.start()  # its teardown closes the sockets and the context
+                broker.stop_when_idle()  # nothing was submitted: it stops at once
+                broker.join(STOP_TIMEOUT)
+            except Exception:
+                logger.debug("could not stop the broker of a failed executor", exc_info=True)
+        for launcher in started:  # after the broker said goodbye to connected workers
+            try:
+                launcher.stop(STOP_TIMEOUT)
+            except Exception:
+                logger.exception("%r failed to stop its workers", launcher)
+        self._remove_private_dir()
+
+    def _private_dir(self) -> Path:
+        with self._private_lock:
+            if self._tmpdir is None:
+                self._tmpdir = Path(tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX))
+                # held while this process lives: a worker that finds the lock free after
+                # its broker vanished removes the directory (it holds the key)
+                self._private_fd = lock_private_dir(self._tmpdir)
+            return self._tmpdir
+
+    def _remove_private_dir(self) -> None:
+        with self._private_lock:
+            if self._tmpdir is not None:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+            if self._private_fd is not None:
+                os.close(self._private_fd)
+                self._private_fd = None
+
+    @property
+    def connection_file_path(self) -> Path:
+        """The connection file in the private directory (written when first asked for)."""
+        with self._private_lock:
+            if self._connection_file is None:
+                self._connection_file = self._conn.write(self._private_dir() / "connection.json")
+            return self._connection_file
+
+    @property
+    def local_connection_file_path(self) -> Path:
+        """The connection file for workers on this machine (the Unix socket, if bound)."""
+        return self._local_connection_file or self.connection_file_path
 
     @staticmethod
     def _make_launchers(workers: Any) -> list[Launcher]:
@@ -221,7 +295,15 @@ class ClusterExecutor(Executor):
             raise serialization_error(self._ser, [(label, fn), (f"the arguments of {label}", obj)],
                                       exc) from exc
 
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"this ClusterExecutor belongs to process {self._pid}, not to this forked "
+                "child: its broker runs in the parent. Create executors after forking, or "
+                "a new one in the child")
+
     def _check_open(self) -> None:
+        self._check_process()
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if self._broker.ended:
@@ -389,6 +471,7 @@ class ClusterExecutor(Executor):
     # -- introspection -----------------------------------------------------------------------
     def statistics(self) -> Statistics:
         """A snapshot: workers, queued, running, done, failed, resubmitted (and more)."""
+        self._check_process()
         if self._broker.stopped.is_set():
             return self._scheduler.statistics()
         return self._broker.statistics()
@@ -462,7 +545,7 @@ class ClusterExecutor(Executor):
                     launcher.stop(STOP_TIMEOUT)
                 except Exception:
                     logger.exception("%r failed to stop its workers", launcher)
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._remove_private_dir()
 
     def _check_start_failures(self) -> None:
         if not self._launchers or self._scheduler.workers:
@@ -498,8 +581,14 @@ class _Host:
     def __init__(self, ex: ClusterExecutor, launcher: Launcher):
         self._ex = ex
         self.connection = ex._conn
-        self.connection_file = ex.connection_file_path
-        self.local_connection_file = ex.local_connection_file_path
+
+    @property
+    def connection_file(self) -> Path:
+        return self._ex.connection_file_path
+
+    @property
+    def local_connection_file(self) -> Path:
+        return self._ex.local_connection_file_path
 
     def is_connected(self, tag: str) -> bool:
         return tag in self._ex._broker.connected_tags

@@ -87,8 +87,11 @@ def main() -> None:
         workers = None  # the test starts impexec-worker processes with our connection file
     ex = ClusterExecutor(workers, heartbeat_interval=HEARTBEAT_INTERVAL,
                          heartbeat_timeout=HEARTBEAT_TIMEOUT)
-    print(json.dumps({"pid": os.getpid(), "tmpdir": str(ex._tmpdir),
-                      "connection_file": ex.connection_file()}), flush=True)
+    # the connection file only when workers need it: asking for it makes the private
+    # directory, which an executor with remote workers only does not have
+    conn = ex.connection_file() if args.workers == "cli" else None
+    print(json.dumps({"pid": os.getpid(), "connection_file": conn,
+                      "tmpdir": str(ex._tmpdir) if ex._tmpdir else None}), flush=True)
     deadline = time.monotonic() + 180
     while ex.statistics().workers < args.n:
         if time.monotonic() > deadline:

@@ -165,7 +165,7 @@ def _gone_within(run: Run, start: float, timeout: float) -> tuple[float, list[st
 
 def _files_left(run: Run, job_dir: Path | None) -> list[str]:
     left = []
-    tmpdir = Path(run.info["tmpdir"])
+    tmpdir = Path(run.info["tmpdir"] or "/nonexistent")
     if tmpdir.exists():
         left += [str(tmpdir), *map(str, tmpdir.iterdir())]
     if job_dir is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from impexec import ClusterExecutor
-from impexec._connection import ConnectionInfo, remove_orphaned_private_dir
+from impexec._connection import ConnectionInfo, lock_private_dir, remove_orphaned_private_dir
 
 FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.5}
 
@@ -144,6 +144,20 @@ def test_a_live_executors_dir_stays(private_dir):
     assert not remove_orphaned_private_dir(folder / "connection.json")
     assert sorted(p.name for p in folder.iterdir()) == [
         "broker.sock", "connection-local.json", "connection.json"]
+
+
+def test_a_dir_whose_lock_is_held_stays(private_dir):
+    # an executor without a Unix socket (remote workers only): its lock tells it lives
+    folder = private_dir()
+    (folder / "broker.sock").unlink()
+    lock = lock_private_dir(folder)  # as the executor holds it
+    try:
+        assert not remove_orphaned_private_dir(folder / "connection.json")
+        assert (folder / "connection.json").exists()
+    finally:
+        os.close(lock)
+    assert remove_orphaned_private_dir(folder / "connection.json")  # its process ended
+    assert not folder.exists()
 
 
 def test_a_dir_with_other_files_stays(private_dir):

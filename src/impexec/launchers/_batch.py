@@ -190,13 +190,13 @@ class BatchWorkers(Launcher):
         assert self.output_dir is not None
         self._submissions += 1
         script = self.output_dir / f"{self.job_name}-{self._submissions}.sh"
-        fd = os.open(
-            script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700
-        )  # holds the key
-        with os.fdopen(fd, "w") as f:
-            f.write(self.render_script(count, self.connection_json()))
         argv = self.submit_argv(script)
         try:
+            fd = os.open(
+                script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700
+            )  # holds the key
+            with os.fdopen(fd, "w") as f:
+                f.write(self.render_script(count, self.connection_json()))
             proc = subprocess.run(
                 argv,
                 capture_output=True,
@@ -211,6 +211,11 @@ class BatchWorkers(Launcher):
                 error = f"{shlex.join(argv)} exited with status {proc.returncode}:\n{proc.stderr}"
         except (OSError, subprocess.TimeoutExpired) as exc:
             error = f"{shlex.join(argv)} failed: {exc}"
+        finally:
+            # the scheduler keeps its own copy of a submitted script (sbatch and qsub
+            # spool it): ours holds the key and must not outlive this call, whatever
+            # became of the submission or of this process later
+            script.unlink(missing_ok=True)
         if error:
             logger.error("%s: could not submit workers: %s", self, error)
             for _ in range(count):  # none of the count workers can start

@@ -70,6 +70,9 @@ class Launcher(abc.ABC):
     """
 
     poll_interval = 0.1
+    #: Its workers run on the executor's machine: the executor binds a Unix socket in its
+    #: private directory for them (``host.local_connection_file``).
+    local_socket = False
 
     def __init__(self, n: int, *, python: str | Sequence[str] | None = None,
                  env: Mapping[str, str] | None = None,

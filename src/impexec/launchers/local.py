@@ -54,6 +54,8 @@ class LocalWorkers(Launcher):
         echo_stderr: copy the workers' stderr to this process's stderr.
     """
 
+    local_socket = True
+
     def __init__(self, n: int, *, python: str | list[str] | None = None,
                  env: dict[str, str] | None = None, start_timeout: float = 60.0,
                  echo_stderr: bool = True):

@@ -42,6 +42,8 @@ class SSHWorkers(LocalWorkers):
         echo_stderr: copy the workers' stderr to this process's stderr.
     """
 
+    local_socket = False  # the workers dial the executor's address from other hosts
+
     def __init__(
         self,
         hosts: str | Sequence[str],
