@@ -485,7 +485,7 @@ class ClusterExecutor(Executor):
 
     @property
     def max_workers(self) -> int:
-        """How many tasks this executor can run at once: the size of the pool (≥ 1).
+        """The size of the pool, the number of tasks this executor can run at once (≥ 1).
 
         The number of workers the launchers keep running, or the number connected when
         more have joined (workers started with ``impexec-worker``). Unlike
