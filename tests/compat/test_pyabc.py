@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 pyabc = pytest.importorskip(
-    "pyabc", reason="needs pyabc (pip install -e ".[integrations]")"
+    "pyabc", reason="needs pyabc (pip install -e '.[integrations]')"
 )
 
 from impexec import ClusterExecutor  # noqa: E402
