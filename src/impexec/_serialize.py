@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import sys
 import threading
 import traceback
+import types
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -223,40 +225,86 @@ class BlobDigests:
         return d
 
 
-class FunctionCache:
-    """Pickles each callable once: a map or a loop of submits reuses the bytes.
+def _resolve(module: str, qualname: str) -> Any:
+    """The object a pickle by reference to ``module.qualname`` loads here (or None)."""
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj
 
-    Keyed by the callable's identity and dropped when it is garbage-collected, so a new
-    function at a recycled address is never confused with the old one. Callables that
-    cannot be weakly referenced (builtins, partials) are pickled every time; they are
-    cheap to pickle by reference.
+
+def _named(fn: Any) -> tuple[str, str] | None:
+    """(module, qualname) of a function that pickles as a mere reference, else None.
+
+    A function or builtin whose name leads back to it pickles as its module and name and
+    nothing else, unless it lives in ``__main__`` (cloudpickle sends those by value) or
+    modules are registered to go by value (which ones is not worth checking here).
+    """
+    kind = type(fn)
+    if kind is types.BuiltinFunctionType:
+        if not isinstance(fn.__self__, (types.ModuleType, type(None))):
+            return None  # a bound builtin method (``[].append``) pickles its object
+    elif kind is not types.FunctionType:
+        return None  # lambdas fail the name check below; methods, partials, objects: state
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or module == "__main__":
+        return None
+    if _by_value_modules() or _resolve(module, qualname) is not fn:
+        return None
+    return module, qualname
+
+
+class FunctionCache:
+    """Reuses the pickle of a callable only where a fresh pickle would be the same bytes.
+
+    That is a function pickled by reference (its module and name; the worker imports it):
+    each reuse checks that the name still leads to the same function and that no module
+    was registered to go by value since. Every other callable is pickled at every call:
+    the bytes of a function of ``__main__``, a lambda, a closure, a bound method, a
+    partial or a callable object carry values (globals it reads, closure cells,
+    defaults, attributes, the object's state) that may have changed since, and a task
+    must compute with the values of its submit, as with ProcessPoolExecutor.
+
+    Keyed by identity and dropped when the function is garbage-collected, so a new
+    function at a recycled address is never confused with the old one.
     """
 
     MAX_ENTRIES = 256
 
     def __init__(self, ser: Serializer):
         self._ser = ser
-        self._cache: dict[int, tuple[weakref.ref[Any], bytes]] = {}
+        self._cache: dict[int, tuple[weakref.ref[Any], bytes, str, str]] = {}
 
     def dumps(self, fn: Any) -> bytes:
         key = id(fn)
         hit = self._cache.get(key)
-        if hit is not None and hit[0]() is fn:
-            return hit[1]
-        frames = self._ser.dumps(fn)
-        data = bytes(frames[0]) if len(frames) == 1 else None
-        if data is None:  # a callable carrying big buffers: keep it in one pickle
-            out = io.BytesIO()
-            self._ser._pickler(out, protocol=5).dump(fn)
-            data = out.getvalue()
+        if hit is not None:
+            ref, data, module, qualname = hit
+            if (ref() is fn and fn.__module__ == module and fn.__qualname__ == qualname
+                    and not _by_value_modules() and _resolve(module, qualname) is fn):
+                return data
+            del self._cache[key]
+        named = _named(fn)
+        data = self._pickle(fn)
+        if named is None:
+            return data
         try:
             ref = weakref.ref(fn, lambda _r, key=key: self._cache.pop(key, None))
         except TypeError:
             return data
         if len(self._cache) >= self.MAX_ENTRIES:
             self._cache.pop(next(iter(self._cache)))
-        self._cache[key] = (ref, data)
+        self._cache[key] = (ref, data, *named)
         return data
+
+    def _pickle(self, fn: Any) -> bytes:
+        frames = self._ser.dumps(fn)
+        if len(frames) == 1:
+            return bytes(frames[0])
+        # a callable carrying big buffers: keep it in one pickle
+        out = io.BytesIO()
+        self._ser._pickler(out, protocol=5).dump(fn)
+        return out.getvalue()
 
 
 class RemoteTraceback(Exception):

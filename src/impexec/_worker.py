@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -34,7 +35,7 @@ from ._mapping import RaisedItem
 from ._protocol import Flag, Kind, Message, decode, encode, recv_frames, send_frames
 from ._scheduler import MAX_BLOBS
 from ._security import DropLog
-from ._serialize import BlobRef, ExceptionWithTraceback, get_serializer
+from ._serialize import BlobRef, ExceptionWithTraceback, _resolve, get_serializer
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ EXIT_DISMISSED = 6  # the broker said SHUTDOWN without our asking to leave (e.g.
 #                     declared lost): a launcher replaces such a worker
 #: Seconds a new worker waits for the broker's WELCOME before giving up.
 CONNECT_TIMEOUT = 60.0
-#: Cached unpickled functions (keyed by their pickled bytes).
+#: Cached unpickled functions (keyed by their pickled bytes; only those sent by reference).
 FUNCTION_CACHE_SIZE = 128
+_NAMED_TYPES = (types.FunctionType, types.BuiltinFunctionType)
 
 _HB_SUFFIX = b"h"
 #: Microseconds a worker whose queue ran dry keeps polling (yielding the CPU between
@@ -360,8 +362,15 @@ class Worker:
     def _load_fn(self, ser: Any, frame: Any) -> Any:
         data = frame.bytes if hasattr(frame, "bytes") else bytes(frame)
         fn = self._fn_cache.get(data)
-        if fn is None:
-            fn = ser.loads([data])
+        if fn is not None and _resolve(fn.__module__, fn.__qualname__) is fn:
+            return fn
+        fn = ser.loads([data])
+        # Only a function that loaded as its module's own object is kept: loading the
+        # bytes again would give that object anyway. One sent by value is loaded anew for
+        # every task, as in ProcessPoolExecutor: a task that changes its globals, closure
+        # cells or defaults must not change what the next task computes.
+        if type(fn) in _NAMED_TYPES and _resolve(getattr(fn, "__module__", None) or "",
+                                                 getattr(fn, "__qualname__", "")) is fn:
             self._fn_cache[data] = fn
             if len(self._fn_cache) > FUNCTION_CACHE_SIZE:
                 self._fn_cache.popitem(last=False)

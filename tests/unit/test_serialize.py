@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import pickle
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import pytest
 
 import tasks
@@ -104,7 +109,18 @@ def test_error_names_the_type() -> None:
 
 
 # -- function cache --------------------------------------------------------------------
-def test_function_cache_reuses_bytes_and_forgets_dead_functions() -> None:
+# The cache may hand out old bytes only where a fresh pickle would give the same ones:
+# each test changes what a callable computes between two dumps and loads the second.
+def test_function_cache_reuses_the_pickle_of_a_function_sent_by_reference() -> None:
+    ser = get_serializer("cloudpickle")
+    cache = FunctionCache(ser)
+    first = cache.dumps(tasks.square)
+    assert cache.dumps(tasks.square) is first
+    assert ser.loads([first]) is tasks.square
+    assert cache.dumps(len) is cache.dumps(len)
+
+
+def test_function_cache_forgets_dead_functions() -> None:
     ser = get_serializer("cloudpickle")
     cache = FunctionCache(ser)
 
@@ -112,12 +128,99 @@ def test_function_cache_reuses_bytes_and_forgets_dead_functions() -> None:
         return lambda x: x * 3
 
     fn = make()
-    first = cache.dumps(fn)
-    assert cache.dumps(fn) is first
-    assert ser.loads([first])(2) == 6
+    assert ser.loads([cache.dumps(fn)])(2) == 6
     del fn
     other = make()
     assert ser.loads([cache.dumps(other)])(3) == 9
+
+
+def _closure() -> tuple[Any, list[int]]:
+    cell = [1]
+
+    def read() -> int:
+        return cell[0]
+
+    return read, cell
+
+
+class _Scaler:
+    def __init__(self) -> None:
+        self.factor = 1
+
+    def scale(self, x: int) -> int:
+        return self.factor * x
+
+    def __call__(self, x: int) -> int:
+        return self.factor * x
+
+
+def _default_reader() -> Any:
+    def read(value: int = 1) -> int:
+        return value
+
+    return read
+
+
+@pytest.mark.parametrize("name", ["cloudpickle", "dill"])
+@pytest.mark.parametrize(
+    "what", ["closure cell", "bound method", "callable object", "partial's argument", "defaults"]
+)
+def test_function_cache_never_hands_out_a_pickle_of_an_old_state(name: str, what: str) -> None:
+    read, cell = _closure()
+    scaler = _Scaler()
+    bound = scaler.scale
+    items = [1]
+    reader = _default_reader()
+    cases: dict[str, tuple[Any, tuple[Any, ...], Any]] = {
+        "closure cell": (read, (), lambda: cell.__setitem__(0, 2)),
+        "bound method": (bound, (1,), lambda: setattr(scaler, "factor", 2)),
+        "callable object": (scaler, (1,), lambda: setattr(scaler, "factor", 2)),
+        "partial's argument": (functools.partial(sum, items), (), lambda: items.append(1)),
+        "defaults": (reader, (), lambda: setattr(reader, "__defaults__", (2,))),
+    }
+    fn, args, change = cases[what]
+    ser = get_serializer(name)
+    cache = FunctionCache(ser)
+    assert ser.loads([cache.dumps(fn)])(*args) == 1
+    change()
+    assert ser.loads([cache.dumps(fn)])(*args) == 2
+
+
+def test_function_cache_sees_a_module_registered_to_go_by_value_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fresh_pickle_mod.py").write_text(
+        "SOURCE = 'file'\n\ndef where():\n    return SOURCE\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("fresh_pickle_mod")
+    ser = get_serializer("cloudpickle")
+    cache = FunctionCache(ser)
+    assert ser.loads([cache.dumps(mod.where)]) is mod.where  # by reference
+    monkeypatch.setattr(mod, "SOURCE", "client")
+    cloudpickle.register_pickle_by_value(mod)
+    try:
+        try:
+            data = cache.dumps(mod.where)
+        finally:
+            cloudpickle.unregister_pickle_by_value(mod)
+        loaded = ser.loads([data])
+        assert loaded is not mod.where  # by value: the client's globals travel with it
+        assert loaded() == "client"
+        assert ser.loads([cache.dumps(mod.where)]) is mod.where  # by reference again
+    finally:
+        sys.modules.pop("fresh_pickle_mod", None)
+
+
+def test_function_cache_does_not_send_a_name_that_now_means_another_function(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ser = get_serializer("cloudpickle")
+    cache = FunctionCache(ser)
+    square = tasks.square
+    cache.dumps(square)
+    monkeypatch.setattr(tasks, "square", tasks.identity)
+    assert ser.loads([cache.dumps(square)])(3) == 9
 
 
 # -- remote tracebacks -----------------------------------------------------------------
