@@ -313,6 +313,10 @@ class Broker:
             if isinstance(item, Task):
                 submit(item)
             else:
+                if self.scheduler.n_pending:
+                    # tasks queued before a command reach free workers first: a
+                    # shutdown(cancel_futures=True) after submits cancels only the rest
+                    self._dispatch()
                 item()
 
     def _next_seq(self) -> int:
@@ -667,7 +671,7 @@ def _resolve_message(future: Any, msg: Any) -> None:
     ok = bool(msg.flags & Flag.OK)
     try:
         value = get_serializer(msg.serializer).loads(msg.frames)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a SystemExit from a __reduce__: not the end of this thread
         ok = False
         value = SerializationError(
             f"the {'result' if msg.flags & Flag.OK else 'exception'} of the task could not "

@@ -57,27 +57,141 @@ logger = logging.getLogger("impexec")
 STOP_TIMEOUT = 10.0
 
 _live: weakref.WeakSet[ClusterExecutor] = weakref.WeakSet()
+#: Launcher threads still running. They outlive an executor shut down without waiting, or
+#: collected, until its work is done and its workers stopped; the exit hook waits for them.
+_running: set[threading.Thread] = set()
+_global_shutdown = False
 
 
-@atexit.register
-def _shutdown_all() -> None:
-    # An executor that was never shut down must not keep the interpreter (or cluster
-    # jobs) alive: cancel what has not been sent and stop the workers.
+def _python_exit() -> None:
+    """Interpreter exit: as the stdlib pools do, run what was submitted, then stop.
+
+    Every executor still open is shut down (nothing is cancelled) and the hook waits
+    for all of them, so a script may end with futures pending, or right after
+    ``shutdown(wait=False)``, and its tasks still run and its workers still leave.
+    """
+    global _global_shutdown
+    _global_shutdown = True
     for ex in list(_live):
         try:
-            ex.shutdown(wait=True, cancel_futures=True)
-        except Exception:  # interpreter is exiting; nothing more to do
+            ex.shutdown(wait=False)
+        except Exception:  # interpreter is exiting; the join below still runs
             logger.debug("shutdown at exit failed", exc_info=True)
+    for thread in list(_running):
+        thread.join()
+
+
+# Like concurrent.futures: run before atexit handlers, so that a later submit (from an
+# atexit handler) is refused rather than started on an executor that is going away.
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_python_exit)
+else:  # not CPython
+    atexit.register(_python_exit)
 
 
 def _forget_after_fork() -> None:
     # a forked child's copies of the parent's executors are not its own to shut down at
     # exit (their threads did not survive the fork; their sockets are the parent's)
     _live.clear()
+    _running.clear()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+class _Core:
+    """What the executor's threads, its launchers and its finalizer share.
+
+    Never the executor itself: an executor nobody references any more is collected and
+    then shut down (its submitted work still runs), like the stdlib pools.
+    """
+
+    def __init__(self, scheduler: Scheduler, launchers: list[Launcher]):
+        self.scheduler = scheduler
+        self.launchers = launchers
+        self.broker: Broker | None = None  # set once built
+        self.conn: ConnectionInfo | None = None
+        self.shutdown = False
+        self.start_error: WorkerStartError | None = None
+        # the private (0700) directory: made only when something needs it, so a client
+        # killed with remote workers only leaves nothing in /tmp
+        self.private_lock = threading.RLock()
+        self.tmpdir: Path | None = None
+        self.private_fd: int | None = None
+        self.connection_file: Path | None = None
+        self.local_connection_file: Path | None = None
+
+    def private_dir(self) -> Path:
+        with self.private_lock:
+            if self.tmpdir is None:
+                self.tmpdir = Path(tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX))
+                # held while this process lives: a worker that finds the lock free after
+                # its broker vanished removes the directory (it holds the key)
+                self.private_fd = lock_private_dir(self.tmpdir)
+            return self.tmpdir
+
+    def remove_private_dir(self) -> None:
+        with self.private_lock:
+            if self.tmpdir is not None:
+                shutil.rmtree(self.tmpdir, ignore_errors=True)
+            if self.private_fd is not None:
+                os.close(self.private_fd)
+                self.private_fd = None
+
+    def connection_file_path(self) -> Path:
+        with self.private_lock:
+            if self.connection_file is None:
+                assert self.conn is not None
+                self.connection_file = self.conn.write(self.private_dir() / "connection.json")
+            return self.connection_file
+
+    def worker_joined(self, _worker: Any) -> None:
+        self.start_error = None
+
+    def collected(self) -> None:
+        """The executor was garbage-collected: finish its work, then stop."""
+        self.shutdown = True
+        if self.broker is not None:
+            self.broker.stop_when_idle()
+
+    def watch_launchers(self) -> None:
+        """The launcher thread: poll the launchers until the broker stops, then stop them."""
+        broker = self.broker
+        assert broker is not None
+        interval = min([launcher.poll_interval for launcher in self.launchers] or [0.1])
+        try:
+            while not broker.stopped.wait(interval):
+                for launcher in self.launchers:
+                    try:
+                        launcher.poll()
+                    except Exception:
+                        logger.exception("%r failed to poll its workers", launcher)
+                self.check_start_failures()
+        finally:
+            for launcher in self.launchers:
+                try:
+                    launcher.stop(STOP_TIMEOUT)
+                except Exception:
+                    logger.exception("%r failed to stop its workers", launcher)
+            self.remove_private_dir()
+            _running.discard(threading.current_thread())
+
+    def check_start_failures(self) -> None:
+        if not self.launchers or self.scheduler.workers:
+            return
+        if not all(launcher.failing for launcher in self.launchers if launcher.n):
+            return
+        errors = [e for e in (launcher.start_error() for launcher in self.launchers) if e]
+        if not errors:
+            return
+        err = errors[-1]
+        if self.start_error is None:
+            logger.error("no worker could be started: %s", err)
+        self.start_error = err
+        broker = self.broker
+        assert broker is not None
+        broker.enqueue(lambda: broker.fail_open_tasks(err))
 
 
 def _is_loopback(host: str) -> bool:
@@ -153,20 +267,12 @@ class ClusterExecutor(Executor):
             client_public, client_secret = curve_keypair()
         self._scheduler = Scheduler(max_retries=max_retries, heartbeat_timeout=heartbeat_timeout,
                                     prefetch=prefetch, max_contexts=max_contexts)
-        self._start_error: WorkerStartError | None = None
         self._ids = itertools.count(1)
         self._shutdown_lock = threading.Lock()
-        self._shutdown = False
+        self._core = _Core(self._scheduler, self._launchers)
         # a forked child shares this process's sockets but not its threads: it must not
         # use the executor (it would wait for ever on a broker that is not its own)
         self._pid = os.getpid()
-        # the private (0700) directory: made only when something needs it, so a client
-        # killed with remote workers only leaves nothing in /tmp
-        self._private_lock = threading.RLock()
-        self._tmpdir: Path | None = None
-        self._private_fd: int | None = None
-        self._connection_file: Path | None = None
-        self._local_connection_file: Path | None = None
         started: list[Launcher] = []
         try:
             extra_binds: list[str] = []
@@ -181,7 +287,7 @@ class ClusterExecutor(Executor):
                 heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
                 welcome_extra={"max_contexts": max_contexts},
                 initializer_frames=init_frames, initializer_serializer=self._ser.code,
-                curve_secret=curve_secret, on_worker_joined=self._on_worker_joined,
+                curve_secret=curve_secret, on_worker_joined=self._core.worker_joined,
                 curve_clients=(client_public,) if client_public else (),
                 extra_binds=extra_binds,
             )
@@ -203,20 +309,39 @@ class ClusterExecutor(Executor):
                 client_public=client_public.decode() if client_public else None,
                 client_secret=client_secret.decode() if client_secret else None,
             )
+            self._core.broker = self._broker
+            self._core.conn = self._conn
             if extra_binds:
-                self._local_connection_file = dataclasses.replace(
+                self._core.local_connection_file = dataclasses.replace(
                     self._conn, address=extra_binds[0]).write(self._private_dir() / "connection-local.json")
             self._broker.start()
-            self._launcher_thread = threading.Thread(target=self._watch_launchers,
+            # the thread's target is the core, not this executor: see _Core
+            self._launcher_thread = threading.Thread(target=self._core.watch_launchers,
                                                      name="impexec-launchers", daemon=True)
             for launcher in self._launchers:
                 started.append(launcher)  # before start(): it may fail half-way
                 launcher.start(_Host(self, launcher))
             self._launcher_thread.start()
+            _running.add(self._launcher_thread)
         except BaseException:
             self._undo_init(started)
             raise
         _live.add(self)
+        finalizer = weakref.finalize(self, _Core.collected, self._core)
+        finalizer.atexit = False  # at exit, _python_exit shuts everything down
+
+    # the shared state, under the names the executor's methods use
+    @property
+    def _shutdown(self) -> bool:
+        return self._core.shutdown
+
+    @property
+    def _start_error(self) -> WorkerStartError | None:
+        return self._core.start_error
+
+    @property
+    def _tmpdir(self) -> Path | None:
+        return self._core.tmpdir
 
     def _undo_init(self, started: list[Launcher]) -> None:
         """Stop what a failing ``__init__`` had started: threads, sockets, files, workers."""
@@ -237,34 +362,20 @@ class ClusterExecutor(Executor):
         self._remove_private_dir()
 
     def _private_dir(self) -> Path:
-        with self._private_lock:
-            if self._tmpdir is None:
-                self._tmpdir = Path(tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX))
-                # held while this process lives: a worker that finds the lock free after
-                # its broker vanished removes the directory (it holds the key)
-                self._private_fd = lock_private_dir(self._tmpdir)
-            return self._tmpdir
+        return self._core.private_dir()
 
     def _remove_private_dir(self) -> None:
-        with self._private_lock:
-            if self._tmpdir is not None:
-                shutil.rmtree(self._tmpdir, ignore_errors=True)
-            if self._private_fd is not None:
-                os.close(self._private_fd)
-                self._private_fd = None
+        self._core.remove_private_dir()
 
     @property
     def connection_file_path(self) -> Path:
         """The connection file in the private directory (written when first asked for)."""
-        with self._private_lock:
-            if self._connection_file is None:
-                self._connection_file = self._conn.write(self._private_dir() / "connection.json")
-            return self._connection_file
+        return self._core.connection_file_path()
 
     @property
     def local_connection_file_path(self) -> Path:
         """The connection file for workers on this machine (the Unix socket, if bound)."""
-        return self._local_connection_file or self.connection_file_path
+        return self._core.local_connection_file or self._core.connection_file_path()
 
     @staticmethod
     def _make_launchers(workers: Any) -> list[Launcher]:
@@ -306,6 +417,8 @@ class ClusterExecutor(Executor):
         self._check_process()
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+        if _global_shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         if self._broker.ended:
             raise RuntimeError("cannot schedule new futures: the run was ended by `impexec end`")
         if self._broker.crash is not None or self._broker.stopped.is_set():
@@ -457,7 +570,7 @@ class ClusterExecutor(Executor):
         """
         with self._shutdown_lock:
             first = not self._shutdown
-            self._shutdown = True
+            self._core.shutdown = True
         broker = self._broker
         if cancel_futures and not broker.stopped.is_set():
             broker.enqueue(broker.cancel_pending)
@@ -466,7 +579,9 @@ class ClusterExecutor(Executor):
         if wait:
             broker.join()
             self._launcher_thread.join()
-        _live.discard(self)
+            _live.discard(self)
+        # without wait, it stays listed (weakly) and its launcher thread in _running:
+        # the exit hook waits for its work and its workers
 
     # -- introspection -----------------------------------------------------------------------
     def statistics(self) -> Statistics:
@@ -524,44 +639,6 @@ class ClusterExecutor(Executor):
     def launchers(self) -> list[Launcher]:
         return list(self._launchers)
 
-    # -- workers coming and going ----------------------------------------------------------
-    def _on_worker_joined(self, _worker: Any) -> None:
-        self._start_error = None
-
-    def _watch_launchers(self) -> None:
-        broker = self._broker
-        interval = min([launcher.poll_interval for launcher in self._launchers] or [0.1])
-        try:
-            while not broker.stopped.wait(interval):
-                for launcher in self._launchers:
-                    try:
-                        launcher.poll()
-                    except Exception:
-                        logger.exception("%r failed to poll its workers", launcher)
-                self._check_start_failures()
-        finally:
-            for launcher in self._launchers:
-                try:
-                    launcher.stop(STOP_TIMEOUT)
-                except Exception:
-                    logger.exception("%r failed to stop its workers", launcher)
-            self._remove_private_dir()
-
-    def _check_start_failures(self) -> None:
-        if not self._launchers or self._scheduler.workers:
-            return
-        if not all(launcher.failing for launcher in self._launchers if launcher.n):
-            return
-        errors = [e for e in (launcher.start_error() for launcher in self._launchers) if e]
-        if not errors:
-            return
-        err = errors[-1]
-        if self._start_error is None:
-            logger.error("no worker could be started: %s", err)
-        self._start_error = err
-        broker = self._broker
-        broker.enqueue(lambda: broker.fail_open_tasks(err))
-
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else f"{len(self._scheduler.workers)} workers"
         return f"<ClusterExecutor {self.address} {state}>"
@@ -579,27 +656,31 @@ class _Host:
     """The executor as seen by one launcher (see launchers.base.LauncherHost)."""
 
     def __init__(self, ex: ClusterExecutor, launcher: Launcher):
-        self._ex = ex
+        self._core = ex._core  # not the executor: launchers must not keep it alive
+        self._broker = ex._broker
         self.connection = ex._conn
 
     @property
     def connection_file(self) -> Path:
-        return self._ex.connection_file_path
+        return self._core.connection_file_path()
 
     @property
     def local_connection_file(self) -> Path:
-        return self._ex.local_connection_file_path
+        return self._core.local_connection_file or self._core.connection_file_path()
 
     def is_connected(self, tag: str) -> bool:
-        return tag in self._ex._broker.connected_tags
+        return tag in self._broker.connected_tags
 
     def ever_connected(self, tag: str) -> bool:
-        return tag in self._ex._broker.ever_connected_tags
+        return tag in self._broker.ever_connected_tags
 
     def worker_exited(self, tag: str, why: str) -> None:
-        broker = self._ex._broker
+        broker = self._broker
         broker.enqueue(lambda: broker.tag_exited(tag, why))
 
     @property
     def shutting_down(self) -> bool:
-        return self._ex._shutdown
+        # shut down AND no task open: until the last task is done, a worker that dies
+        # is reported and replaced, or a task that kills its workers would never reach
+        # its retry limit and shutdown(wait=True) would never return
+        return self._core.shutdown and self._core.scheduler.idle()

@@ -129,13 +129,42 @@ def _remaining(end_time: float | None) -> float | None:
     return left
 
 
+class _Feed:
+    """The chunks not yet submitted, and how to submit them.
+
+    Both are let go once the inputs are exhausted: the submit function holds the
+    executor, and an iterator that has nothing left to submit must not keep an executor
+    nobody else references alive (the stdlib pools shut down when collected).
+    """
+
+    def __init__(self, submit: SubmitChunk, source: Iterator[list[Any]]):
+        self._submit: SubmitChunk | None = submit
+        self._source: Iterator[list[Any]] | None = source
+
+    def take(self, n: int) -> list[tuple[Future[list[Any]], int]]:
+        """Submit up to *n* more chunks: [(future, items in it)]."""
+        if self._submit is None or self._source is None:
+            return []
+        out = [(self._submit(chunk), len(chunk)) for chunk in itertools.islice(self._source, n)]
+        if len(out) < n:
+            self._submit = self._source = None
+        return out
+
+
+def _handing_out(results: list[Any]) -> Iterator[Any]:
+    """Yield the items of a chunk, dropping each as it goes: a map iterator must not keep
+    results it has yielded alive (the caller may be streaming large objects)."""
+    results.reverse()
+    while results:
+        yield results.pop()
+
+
 def ordered(submit: SubmitChunk, source: Iterator[list[tuple[Any, ...]]], buffersize: int,
             timeout: float | None, return_exceptions: bool = False) -> Iterator[Any]:
     """Yield results in input order; at most *buffersize* chunks outstanding."""
     end_time = None if timeout is None else time.monotonic() + timeout
-    futures: deque[tuple[Future[list[Any]], int]] = deque()
-    for chunk in itertools.islice(source, buffersize):
-        futures.append((submit(chunk), len(chunk)))
+    feed = _Feed(submit, source)
+    futures: deque[tuple[Future[list[Any]], int]] = deque(feed.take(buffersize))
 
     def gen() -> Iterator[Any]:
         try:
@@ -143,10 +172,9 @@ def ordered(submit: SubmitChunk, source: Iterator[list[tuple[Any, ...]]], buffer
                 head, n = futures[0]
                 results = _chunk_outcome(head, n, return_exceptions, _remaining(end_time))
                 futures.popleft()
-                for chunk in itertools.islice(source, 1):
-                    futures.append((submit(chunk), len(chunk)))
+                futures.extend(feed.take(1))
                 del head
-                yield from results
+                yield from _handing_out(results)
         finally:
             for f, _n in futures:
                 f.cancel()
@@ -161,13 +189,14 @@ def unordered(submit: SubmitChunk, source: Iterator[list[tuple[Any, ...]]], buff
     done: queue.SimpleQueue[Future[list[Any]]] = queue.SimpleQueue()
     outstanding: dict[Future[list[Any]], int] = {}
 
-    def launch(chunk: list[tuple[Any, ...]]) -> None:
-        f = submit(chunk)
-        outstanding[f] = len(chunk)
-        f.add_done_callback(done.put)
+    feed = _Feed(submit, source)
 
-    for chunk in itertools.islice(source, buffersize):
-        launch(chunk)
+    def launch(n: int) -> None:
+        for f, size in feed.take(n):
+            outstanding[f] = size
+            f.add_done_callback(done.put)
+
+    launch(buffersize)
 
     def gen() -> Iterator[Any]:
         try:
@@ -177,9 +206,9 @@ def unordered(submit: SubmitChunk, source: Iterator[list[tuple[Any, ...]]], buff
                 except queue.Empty:
                     raise FuturesTimeoutError() from None
                 results = _chunk_outcome(f, outstanding.pop(f, 0), return_exceptions)
-                for chunk in itertools.islice(source, 1):
-                    launch(chunk)
-                yield from results
+                del f
+                launch(1)
+                yield from _handing_out(results)
         finally:
             for f in outstanding:
                 f.cancel()

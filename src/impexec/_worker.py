@@ -443,7 +443,7 @@ class Worker:
                 # sent anyway, ZeroMQ would cut the connection and the task would never end
                 raise ValueError(f"a frame of it is larger than the broker accepts ({self._max_frame} "
                                  "bytes; see IMPEXEC_MAX_MESSAGE_SIZE)")
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a __reduce__ too: the worker lives on
             what = "result" if ok else f"exception {type(getattr(value, 'exc', value)).__name__}"
             err = SerializationError(f"the task's {what} could not be serialized on the worker: "
                                      f"{type(exc).__name__}: {exc}")

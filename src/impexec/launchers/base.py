@@ -47,7 +47,12 @@ class LauncherHost(Protocol):
     def ever_connected(self, tag: str) -> bool: ...
     def worker_exited(self, tag: str, why: str) -> None: ...
     @property
-    def shutting_down(self) -> bool: ...
+    def shutting_down(self) -> bool:
+        """Shut down with no task left open: workers that exit need no replacement.
+
+        While a shut-down executor still has open tasks, this stays False: dead workers
+        are reported and replaced, so every task finishes or reaches its retry limit.
+        """
 
 
 @dataclass
