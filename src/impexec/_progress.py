@@ -84,6 +84,10 @@ def progress(
             total = len(items)  # type: ignore[arg-type]
         except TypeError:
             total = None
+    # results come in bursts (a chunk's calls at once, after a wait): tqdm's default,
+    # a moving average of recent rates, then swings between thousands of items per
+    # second and an ETA of hours; the average since the start is the honest figure
+    tqdm_options.setdefault("smoothing", 0)
     bar = tqdm(total=total, desc=desc, file=file, disable=disable, **tqdm_options)
     stop = threading.Event()
     poke = threading.Event()  # a failure was yielded: refresh the figures now

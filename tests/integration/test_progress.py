@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -214,3 +215,18 @@ def test_without_tqdm_the_warning_is_a_runtime_warning(monkeypatch):
         assert list(progress(range(3), disable=None, file=io.StringIO())) == [0, 1, 2]
     with pytest.warns(RuntimeWarning, match="pip install tqdm"):
         assert list(progress(range(3))) == [0, 1, 2]
+
+
+def test_the_rate_of_a_chunked_map_is_its_average_not_the_swing_of_its_bursts():
+    """A chunk's results come at once after a wait: the bar must not show the burst's
+    instantaneous rate (tens of thousands per second) nor an ETA of hours after a wait."""
+
+    def bursts():
+        for _ in range(3):
+            time.sleep(0.3)
+            yield from range(50)
+
+    out = io.StringIO()
+    assert len(list(progress(bursts(), total=150, file=out, mininterval=0, miniters=1))) == 150
+    rates = [float(r) for r in re.findall(r"([\d.]+)it/s", out.getvalue())]
+    assert rates and max(rates) < 1000, sorted(rates)[-5:]
