@@ -190,6 +190,7 @@ class Broker:
             self._wake()
 
     def _fail_orphans(self) -> None:
+        """After the thread stopped: fail queued tasks, run queued calls (nobody else will)."""
         while True:
             try:
                 item = self._inbox.popleft()
@@ -197,21 +198,18 @@ class Broker:
                 return
             if isinstance(item, Task):
                 _resolve(item.future, False, BrokenClusterError("the executor's broker has stopped"))
+            elif isinstance(item, _Call):
+                item()  # state is no longer shared: run it here, as call() would
 
     def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
         """Run *fn* on the broker thread and return its result (or raise its error)."""
-        fut: Future[Any] = Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:
-                fut.set_exception(exc)
-
         if self.stopped.is_set():
             return fn()  # no broker any more: state is no longer shared
+        run = _Call(fn)
         self.enqueue(run)
-        return fut.result(timeout)
+        if self.stopped.is_set():  # raced with teardown: nobody will read the inbox
+            self._fail_orphans()
+        return run.future.result(timeout)
 
     def stop_when_idle(self) -> None:
         """Finish every open task, then tell workers to leave and end the thread."""
@@ -621,6 +619,9 @@ class Broker:
             self._teardown_locked()
         self._flush()
         self.stopped.set()
+        # what arrived while the sockets closed (after the drain in _teardown_locked):
+        # from here on submit_now() and call() see `stopped` and clear the inbox themselves
+        self._fail_orphans()
         self.idle_event.set()
 
     def _teardown_locked(self) -> None:
@@ -651,12 +652,30 @@ class Broker:
             item = self._inbox.popleft()
             if isinstance(item, Task):
                 self._later.append((item.future, False, broken))
+            elif isinstance(item, _Call):
+                item()  # a statistics() or other call() waits for it
         # give ZeroMQ a moment to flush the SHUTDOWNs, then close
         self._guard.close()  # ZAP and monitor threads, before the socket and the context
         self._router.close(linger=200)
         self._wake_r.close()
         self._wake_w.close()
         self._zctx.term()
+
+
+class _Call:
+    """A function to run on the broker thread for :meth:`Broker.call`, with its future."""
+
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[], Any]):
+        self.fn = fn
+        self.future: Future[Any] = Future()
+
+    def __call__(self) -> None:
+        try:
+            self.future.set_result(self.fn())
+        except BaseException as exc:
+            self.future.set_exception(exc)
 
 
 def _claim(task: Task) -> bool:
