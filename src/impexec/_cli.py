@@ -162,37 +162,25 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
     when it closes, so they do not outlive this process.
     """
     from ._worker import EXIT_BROKER_GONE, EXIT_INIT_FAILED, EXIT_NO_BROKER, EXIT_OK
+    from .launchers._process import WorkerProcess, worker_argv
 
     line = (json.dumps(conn.to_json()) + "\n").encode()
     deadline = time.monotonic() + args.runtime if args.runtime else None
-    procs: dict[int, subprocess.Popen[bytes]] = {}
+    procs: dict[int, WorkerProcess] = {}
     generation = dict.fromkeys(range(args.processes), 0)
     backoff = dict.fromkeys(range(args.processes), 0.0)
     tag = args.tag or f"{socket.gethostname()}-{os.getpid()}"
 
     def spawn(i: int) -> None:
         generation[i] += 1
-        cmd = [
-            sys.executable,
-            "-m",
-            "impexec",
-            "worker",
-            "--connect",
-            "-",
-            "--exit-with-stdin",
-            "--connect-timeout",
-            str(args.connect_timeout),
-            "--tag",
-            f"{tag}-{i}-{generation[i]}",
-            *["-v"] * args.verbose,
-        ]
+        options = ["--connect-timeout", str(args.connect_timeout), *["-v"] * args.verbose]
         if deadline is not None:
-            cmd += ["--runtime", f"{max(1.0, deadline - time.monotonic()):.3f}"]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
-        assert proc.stdin is not None
-        proc.stdin.write(line)
-        proc.stdin.flush()  # kept open: closing it tells the child to exit
-        procs[i] = proc
+            options += ["--runtime", f"{max(1.0, deadline - time.monotonic()):.3f}"]
+        argv = worker_argv([sys.executable], "-", f"{tag}-{i}-{generation[i]}",
+                           exit_with_stdin=True, options=options)
+        # its stderr is ours (not read): the children's messages reach the terminal
+        procs[i] = WorkerProcess(argv, connection=line, capture_stderr=False,
+                                 name=f"impexec-child-{i}")
 
     stop = False
     broker_gone = False
@@ -213,8 +201,7 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
                 if rc is None:
                     continue
                 del procs[i]
-                if p.stdin is not None:
-                    p.stdin.close()
+                p.close_stdin()
                 broker_gone = rc == EXIT_BROKER_GONE
                 if rc in (EXIT_OK, EXIT_BROKER_GONE, EXIT_NO_BROKER, EXIT_INIT_FAILED):
                     if rc == EXIT_INIT_FAILED:
@@ -241,8 +228,7 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
             if path is not None:  # the executor was killed: its leftovers on this machine
                 remove_orphaned_private_dir(path)
         for p in procs.values():
-            if p.stdin is not None:
-                p.stdin.close()  # the child exits at once (--exit-with-stdin)
+            p.close_stdin()  # the child exits at once (--exit-with-stdin)
         for p in procs.values():
             try:
                 p.wait(10)

@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._process import worker_argv
 from .base import Launcher, LauncherHost, tail
 
 logger = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class BatchWorkers(Launcher):
 
     def worker_line(self, tag_expression: str) -> str:
         """The script's last command: ``exec PYTHON -m impexec worker ... <<HEREDOC``."""
-        cmd = shlex.join([*self.python, "-m", "impexec", "worker", "--connect", "-"])
+        cmd = shlex.join(worker_argv(self.python, "-"))
         return f"exec {cmd} --tag \"{tag_expression}\" <<'{HEREDOC}'"
 
     def env_lines(self) -> list[str]:

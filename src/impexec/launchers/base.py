@@ -28,6 +28,7 @@ from typing import Protocol
 
 from .._connection import ConnectionInfo
 from .._errors import WorkerStartError
+from ._process import worker_argv
 
 #: Seconds a started worker may take to connect before it counts as failed to start.
 DEFAULT_START_TIMEOUT = 60.0
@@ -118,7 +119,7 @@ class Launcher(abc.ABC):
         """Arguments after the interpreter: ``-m impexec worker --connect FILE --tag TAG``."""
         assert self.host is not None
         target = connection or str(self.host.connection_file)
-        return ["-m", "impexec", "worker", "--connect", target, "--tag", tag]
+        return worker_argv([], target, tag)
 
     def worker_command(self, tag: str, connection: str | None = None) -> list[str]:
         return [*self.python, *self.worker_args(tag, connection)]

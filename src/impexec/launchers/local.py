@@ -6,20 +6,16 @@ import logging
 import os
 import signal
 import subprocess
-import sys
-import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import IO
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from .. import _syspath
+from ._process import WorkerProcess
 from .base import Launcher, LauncherHost, describe_exit
 
 logger = logging.getLogger(__name__)
 
-#: Lines of each worker's stderr kept for start-failure reports.
-STDERR_LINES = 60
 #: Exit statuses of a process killed from outside (not a failure to start).
 _KILLED_FROM_OUTSIDE = frozenset((-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP))
 #: Seconds a worker declared lost may take to exit by itself before it is killed.
@@ -30,14 +26,16 @@ DISMISS_GRACE_S = 1.0
 class _Slot:
     index: int
     generation: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+    worker: WorkerProcess | None = None
     tag: str = ""
     started: float = 0.0
     restart_at: float = 0.0
-    stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_LINES))
-    reader: threading.Thread | None = None
     connected: bool = False
     dismissed_at: float = 0.0  # when the broker forgot it while its process still ran
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.worker.proc if self.worker is not None else None
 
 
 class LocalWorkers(Launcher):
@@ -79,46 +77,36 @@ class LocalWorkers(Launcher):
         return [s.proc for s in self._slots if s.proc is not None and s.proc.poll() is None]
 
     def _spawn(self, slot: _Slot) -> None:
+        """Start the slot's next worker: the one place a launcher's worker starts."""
         slot.generation += 1
         slot.tag = f"{self._prefix}-{slot.index}-{slot.generation}"
-        slot.stderr.clear()
         slot.connected = False
         slot.dismissed_at = 0.0
+        slot.worker = None
+        argv, env, connection = self._command(slot)
+        slot.started = time.monotonic()
+        try:
+            slot.worker = WorkerProcess(argv, env=env, connection=connection,
+                                        stdout=self._stdout, echo=self.echo_stderr,
+                                        name=f"impexec-stderr-{slot.index}")
+        except OSError as exc:
+            self.start_failed(slot.tag, f"cannot run {argv[0]!r}: {exc}", "")
+            slot.restart_at = time.monotonic() + self.backoff()
+            return
+        logger.debug("started worker %s: pid %d", slot.tag, slot.worker.pid)
+
+    #: where the workers' stdout goes (None: this process's)
+    _stdout: int | None = None
+
+    def _command(self, slot: _Slot) -> tuple[list[str], Mapping[str, str] | None, bytes | None]:
+        """The slot's command, its environment, and what goes to its stdin."""
         env = {**os.environ, _syspath.ENV: self._client_path, **self.env}
         # the worker must find the same impexec as this process, even when it is not installed
         pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
         # the executor's Unix-socket connection file when it has one (same machine)
         local = getattr(self.host, "local_connection_file", None)
-        cmd = self.worker_command(slot.tag, str(local) if local else None)
-        slot.started = time.monotonic()
-        try:
-            slot.proc = subprocess.Popen(
-                cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                start_new_session=True,  # Ctrl-C in the terminal reaches the client only
-            )
-        except OSError as exc:
-            slot.proc = None
-            self.start_failed(slot.tag, f"cannot run {cmd[0]!r}: {exc}", "")
-            slot.restart_at = time.monotonic() + self.backoff()
-            return
-        slot.reader = threading.Thread(target=self._read, args=(slot, slot.proc.stderr),
-                                       name=f"impexec-stderr-{slot.index}", daemon=True)
-        slot.reader.start()
-        logger.debug("started worker %s: pid %d", slot.tag, slot.proc.pid)
-
-    def _read(self, slot: _Slot, stream: IO[bytes] | None) -> None:
-        if stream is None:
-            return
-        with stream:
-            for raw in stream:
-                line = raw.decode(errors="replace")
-                slot.stderr.append(line)
-                if self.echo_stderr:
-                    try:
-                        sys.stderr.write(line)
-                    except (ValueError, OSError):  # stderr closed at interpreter exit
-                        pass
+        return self.worker_command(slot.tag, str(local) if local else None), env, None
 
     def poll(self) -> None:
         host = self.host
@@ -149,14 +137,12 @@ class LocalWorkers(Launcher):
                 if not slot.connected and now - slot.started > self.start_timeout:
                     self._kill(proc)
                     proc.wait(5)
-                    self._join_reader(slot)
+                    output = self._retire(slot)
                     self.start_failed(slot.tag, f"worker {slot.tag} did not connect within "
-                                      f"{self.start_timeout:g} s", "".join(slot.stderr))
-                    slot.proc = None
+                                      f"{self.start_timeout:g} s", output)
                     slot.restart_at = now + self.backoff()
                 continue
-            self._join_reader(slot)
-            slot.proc = None
+            output = self._retire(slot)
             if slot.connected or host.ever_connected(slot.tag):
                 if rc != 0 and not host.shutting_down:
                     host.worker_exited(slot.tag, f"pid {proc.pid} {describe_exit(rc)}")
@@ -171,13 +157,18 @@ class LocalWorkers(Launcher):
             else:
                 self.start_failed(slot.tag, f"worker {describe_exit(rc)} before connecting "
                                   f"(command: {' '.join(self.worker_command(slot.tag))})",
-                                  "".join(slot.stderr))
+                                  output)
                 slot.restart_at = now + self.backoff()
 
-    def _join_reader(self, slot: _Slot) -> None:
-        if slot.reader is not None:
-            slot.reader.join(2.0)
-            slot.reader = None
+    @staticmethod
+    def _retire(slot: _Slot) -> str:
+        """Forget the slot's ended process; returns the tail of its stderr."""
+        worker, slot.worker = slot.worker, None
+        if worker is None:
+            return ""
+        worker.join_reader()
+        worker.close_stdin()
+        return worker.output()
 
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
@@ -209,7 +200,6 @@ class LocalWorkers(Launcher):
                 except subprocess.TimeoutExpired:
                     self._kill(proc)
                     proc.wait(5.0)
-            self._join_reader(slot)
-            slot.proc = None
+            self._retire(slot)
 
 

@@ -7,10 +7,9 @@ import logging
 import os
 import shlex
 import subprocess
-import threading
-import time
 from collections.abc import Mapping, Sequence
 
+from ._process import worker_argv
 from .local import LocalWorkers, _Slot
 
 logger = logging.getLogger(__name__)
@@ -91,19 +90,8 @@ class SSHWorkers(LocalWorkers):
     def remote_command(self, tag: str) -> str:
         """The command line the remote shell runs (no secret in it)."""
         env = [f"{k}={v}" for k, v in self.env.items()]
-        argv = [
-            *(["env", *env] if env else []),
-            *self.python,
-            "-m",
-            "impexec",
-            "worker",
-            "--connect",
-            "-",
-            "--exit-with-stdin",
-            "--tag",
-            tag,
-        ]
-        return "exec " + shlex.join(argv)
+        python = [*(["env", *env] if env else []), *self.python]
+        return "exec " + shlex.join(worker_argv(python, "-", tag, exit_with_stdin=True))
 
     def ssh_argv(self, host: str, tag: str) -> list[str]:
         """The full local command: ``ssh -o BatchMode=yes -T [-p] [-i] [options] HOST CMD``."""
@@ -118,70 +106,22 @@ class SSHWorkers(LocalWorkers):
         index = next((s.index for s in self._slots if s.tag == tag), 0)
         return self.ssh_argv(self.host_of(index), tag)
 
-    def _spawn(self, slot: _Slot) -> None:
+    _stdout = subprocess.DEVNULL
+
+    def _command(self, slot: _Slot) -> tuple[list[str], Mapping[str, str] | None, bytes | None]:
+        """``ssh`` (with this environment), and the connection for its stdin."""
         host = self.host
         assert host is not None
-        slot.generation += 1
-        slot.tag = f"{self._prefix}-{slot.index}-{slot.generation}"
-        slot.stderr.clear()
-        slot.connected = False
-        cmd = self.ssh_argv(self.host_of(slot.index), slot.tag)
         line = (json.dumps(host.connection.to_json()) + "\n").encode()
-        slot.started = time.monotonic()
-        try:
-            slot.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-            assert slot.proc.stdin is not None
-            slot.proc.stdin.write(line)
-            slot.proc.stdin.flush()  # stays open: closing it ends the remote worker
-        except OSError as exc:
-            if slot.proc is not None:
-                self._kill(slot.proc)
-                slot.proc.wait(5)
-            slot.proc = None
-            self.start_failed(slot.tag, f"cannot run {cmd[0]!r}: {exc}", "")
-            slot.restart_at = time.monotonic() + self.backoff()
-            return
-        slot.reader = threading.Thread(
-            target=self._read,
-            args=(slot, slot.proc.stderr),
-            name=f"impexec-ssh-{slot.index}",
-            daemon=True,
-        )
-        slot.reader.start()
-        logger.debug(
-            "started worker %s on %s: ssh pid %d",
-            slot.tag,
-            self.host_of(slot.index),
-            slot.proc.pid,
-        )
-
-    def poll(self) -> None:
-        for slot in self._slots:  # a finished ssh's stdin pipe is ours to close
-            proc = slot.proc
-            if proc is not None and proc.stdin is not None and proc.poll() is not None:
-                _close(proc)
-        super().poll()
+        return self.ssh_argv(self.host_of(slot.index), slot.tag), None, line
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close every session's stdin (the remote workers exit), then reap the ssh."""
         for slot in self._slots:
-            if slot.proc is not None:
-                _close(slot.proc)
+            if slot.worker is not None:
+                slot.worker.close_stdin()
         super().stop(timeout)
 
     def __repr__(self) -> str:
         return f"SSHWorkers({self.hosts!r}, processes={self.processes_per_host})"
 
-
-def _close(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        if proc.stdin is not None:
-            proc.stdin.close()
-    except OSError:  # the pipe broke: ssh is gone already
-        pass

@@ -1,0 +1,110 @@
+"""Worker processes are started in one place: what a respawn resets holds for every
+launcher, and every launcher builds the same worker command line.
+
+The launchers here run real processes. An ``ssh`` stand-in (``ssh=`` is a parameter of
+SSHWorkers) keeps a session open until its stdin closes, as ssh does, without a host;
+a small host object plays the executor (which workers count as connected), so the test
+can declare a worker lost at will.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from impexec import LocalWorkers, SGEWorkers, SlurmWorkers, SSHWorkers
+from impexec._connection import ConnectionInfo
+from impexec.launchers import local
+
+#: ``ssh`` that ignores its arguments and lives until its stdin closes (like a session).
+FAKE_SSH = (sys.executable, "-c", "import sys\nwhile sys.stdin.buffer.read(65536): pass")
+
+
+class Host:
+    """The executor as a launcher sees it; the test says who is connected."""
+
+    def __init__(self, tmp_path: Path):
+        self.connection = ConnectionInfo("tcp://127.0.0.1:9", os.urandom(32), os.urandom(8))
+        self.connection_file = self.connection.write(tmp_path / "connection.json")
+        self.local_connection_file = self.connection_file
+        self.connected: set[str] = set()
+        self.ever: set[str] = set()
+        self.exited: list[tuple[str, str]] = []
+        self.shutting_down = False
+
+    def connect(self, tag: str) -> None:
+        self.connected.add(tag)
+        self.ever.add(tag)
+
+    def is_connected(self, tag: str) -> bool:
+        return tag in self.connected
+
+    def ever_connected(self, tag: str) -> bool:
+        return tag in self.ever
+
+    def worker_exited(self, tag: str, why: str) -> None:
+        self.exited.append((tag, why))
+
+
+def _wait(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_a_respawned_worker_declared_lost_gets_its_grace_period(tmp_path, kind):
+    if kind == "ssh":
+        launcher = SSHWorkers(["node1"], ssh=FAKE_SSH, echo_stderr=False)
+    else:  # a local "worker" that waits like one, whatever it is told
+        launcher = LocalWorkers(1, python=[sys.executable, "-c", "import time; time.sleep(600)",
+                                           "--"], echo_stderr=False)
+    host = Host(tmp_path)
+    launcher.start(host)
+    try:
+        slot = launcher._slots[0]
+        first = slot.proc
+        host.connect(slot.tag)
+        launcher.poll()
+        host.connected.clear()  # declared lost: it may take DISMISS_GRACE_S to leave
+        launcher.poll()
+        assert first.poll() is None  # within its grace period
+        first.kill()  # it died meanwhile; the launcher replaces it
+        first.wait(10)
+        _wait(lambda: (launcher.poll(), slot.proc is not None and slot.proc is not first)[1])
+        second = slot.proc
+        time.sleep(local.DISMISS_GRACE_S + 0.3)  # the first dismissal is long past
+        host.connect(slot.tag)
+        launcher.poll()
+        host.connected.clear()  # the replacement is declared lost in its turn
+        launcher.poll()
+        time.sleep(0.2)
+        assert second.poll() is None, "the replacement was killed without a grace period"
+        time.sleep(local.DISMISS_GRACE_S)
+        launcher.poll()  # now it has had its grace period: killed
+        assert second.wait(10) is not None
+    finally:
+        launcher.stop(5)
+
+
+def test_every_launcher_runs_the_same_worker_command(tmp_path):
+    host = Host(tmp_path)
+    lw = LocalWorkers(1, python=["/opt/py/bin/python3"])
+    lw.host = host
+    ssh = SSHWorkers(["node1"], python="/opt/py/bin/python3")
+    slurm = SlurmWorkers(1, python="/opt/py/bin/python3", output_dir=tmp_path)
+    sge = SGEWorkers(1, python="/opt/py/bin/python3", output_dir=tmp_path)
+    worker = ["/opt/py/bin/python3", "-m", "impexec", "worker", "--connect"]
+    assert lw.worker_command("t1")[:5] == worker
+    assert lw.worker_command("t1")[5:] == [str(host.connection_file), "--tag", "t1"]
+    remote = shlex.split(ssh.remote_command("t2"))
+    assert remote == ["exec", *worker, "-", "--exit-with-stdin", "--tag", "t2"]
+    for batch in (slurm, sge):
+        line = batch.worker_line("$TAG")
+        assert line.startswith("exec " + shlex.join([*worker, "-"]) + " --tag")
