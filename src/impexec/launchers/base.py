@@ -76,8 +76,8 @@ class Launcher(abc.ABC):
     """
 
     poll_interval = 0.1
-    #: Its workers run on the executor's machine: the executor binds a Unix socket in its
-    #: private directory for them (``host.local_connection_file``).
+    #: True when its workers run on the executor's machine, which then binds a Unix
+    #: socket in its private directory for them (``host.local_connection_file``).
     local_socket = False
 
     def __init__(self, n: int, *, python: str | Sequence[str] | None = None,
