@@ -1,6 +1,6 @@
 """A user's program, run by tests/lifecycle in a subprocess and ended from outside.
 
-    python client.py --workers local|cli|slurm|sge --moment idle|map|context|shutdown
+    python client.py --workers local|cli|ssh|slurm|sge --moment idle|map|context|shutdown
                      --markers DIR [--job-name NAME] [--n N]
 
 It starts an executor with short heartbeats, waits until its workers have connected,
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from impexec import ClusterExecutor, LocalWorkers, SGEWorkers, SlurmWorkers
+from impexec import ClusterExecutor, LocalWorkers, SGEWorkers, SlurmWorkers, SSHWorkers
 
 #: Heartbeats of the executor: short, so the suite is fast; the test's deadline is
 #: HEARTBEAT_TIMEOUT plus a margin.
@@ -70,7 +70,7 @@ def wait_for_marker(markers: str, prefix: str, timeout: float = 120.0) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--workers", required=True, choices=["local", "cli", "slurm", "sge"])
+    p.add_argument("--workers", required=True, choices=["local", "cli", "ssh", "slurm", "sge"])
     p.add_argument("--moment", required=True, choices=["idle", "map", "context", "shutdown"])
     p.add_argument("--markers", required=True)
     p.add_argument("--job-name", default="impexec")
@@ -83,6 +83,12 @@ def main() -> None:
         workers = SlurmWorkers(args.n, job_name=args.job_name, time="10:00", start_timeout=120)
     elif args.workers == "sge":
         workers = SGEWorkers(args.n, job_name=args.job_name, start_timeout=120)
+    elif args.workers == "ssh":  # the test's sshd, described in $LIFECYCLE_SSH (JSON)
+        ssh = json.loads(os.environ["LIFECYCLE_SSH"])
+        workers = SSHWorkers([ssh["destination"]], processes=args.n, port=ssh["port"],
+                             identity=ssh["identity"], ssh_options=ssh["options"],
+                             env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+                             echo_stderr=False)
     else:
         workers = None  # the test starts impexec-worker processes with our connection file
     ex = ClusterExecutor(workers, heartbeat_interval=HEARTBEAT_INTERVAL,

@@ -182,11 +182,11 @@ def _report(case: dict[str, Any]) -> None:
 
 def end_client(tmp_path: Path, workers: str, moment: str, signame: str, *,
                job_name: str = "impexec", n: int = 2,
-               list_jobs: Any = None) -> None:
+               list_jobs: Any = None, env: dict[str, str] | None = None) -> None:
     markers = tmp_path / "markers"
     markers.mkdir()
     job_dir = tmp_path / "jobs"
-    env = {**os.environ, "IMPEXEC_JOB_DIR": str(job_dir)}
+    env = {**os.environ, "IMPEXEC_JOB_DIR": str(job_dir), **(env or {})}
     cmd = [sys.executable, str(CLIENT), "--workers", workers, "--moment", moment,
            "--markers", str(markers), "--job-name", job_name, "--n", str(n)]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -255,6 +255,15 @@ def test_local_workers(tmp_path, signame, moment):
 )
 def test_impexec_worker_processes(tmp_path, signame, moment):
     end_client(tmp_path, "cli", moment, signame, n=3)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(("signame", "moment"), [("SIGKILL", "map"), ("SIGHUP", "context")])
+def test_ssh_workers(tmp_path, ssh_host, signame, moment):
+    # the remote workers are sshd's children, not the client's: the broker's pids track them
+    ssh = {"destination": ssh_host.destination, "port": ssh_host.port,
+           "identity": ssh_host.identity_file, "options": list(ssh_host.options)}
+    end_client(tmp_path, "ssh", moment, signame, env={"LIFECYCLE_SSH": json.dumps(ssh)})
 
 
 @pytest.mark.cluster
