@@ -158,11 +158,15 @@ def test_unordered_yields_in_completion_order() -> None:
     assert list(it) == ["d", "b"]
 
 
+@pytest.mark.parametrize("return_exceptions", [False, True], ids=["raising", "return_exceptions"])
 @pytest.mark.parametrize("timeout", [0.05, 0], ids=["waiting", "expired"])
 @pytest.mark.parametrize("run", [ordered, unordered])
-def test_timeout_raises_and_closing_cancels_the_rest(run: Any, timeout: float) -> None:
+def test_timeout_raises_and_closing_cancels_the_rest(
+    run: Any, timeout: float, return_exceptions: bool
+) -> None:
     submit = Recorder(immediate=False)
-    it = run(submit, chunks((range(5),), 1), 10, timeout)
+    # a timeout ends the map even when call exceptions are yielded in place
+    it = run(submit, chunks((range(5),), 1), 10, timeout, return_exceptions)
     # the class Future.result raises (not the builtin before Python 3.11), both orders
     with pytest.raises(FuturesTimeoutError):
         next(it)
