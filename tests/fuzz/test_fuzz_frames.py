@@ -220,7 +220,9 @@ def test_fuzz_broker(make_executor: Any, raw_socket: Any, tmp_path: Path,
         if roll < 0.4:  # another session
             return f.signed(conn.key, r.choice(KINDS), other_session, r.getrandbits(64))
         if roll < 0.8:  # this session, from a routing id that never said READY
-            kind = r.choice([k for k in KINDS if k not in (Kind.READY, Kind.STATUS, Kind.STOP_WORKERS)])
+            # (the client commands are valid from anyone holding the key: not forgeries)
+            kind = r.choice([k for k in KINDS if k not in (Kind.READY, Kind.STATUS, Kind.STOP_WORKERS,
+                                                           Kind.END_RUN)])
             return f.signed(conn.key, kind, conn.session, r.getrandbits(64))
         info = {"worker": r.randbytes(16).hex(), "pid": 1, "host": "fuzz", "tag": ""}
         return f.signed(conn.key, Kind.READY, b"\0" * 8, r.getrandbits(64),

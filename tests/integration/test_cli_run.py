@@ -172,3 +172,41 @@ def test_watch_of_an_executor_that_vanished_says_it_stopped_answering(tmp_path):
     assert watch.returncode == 1
     assert "stopped answering" in err
     assert os.path.exists(conn)
+
+
+def test_a_replayed_end_is_refused_and_a_stranger_cannot_end_the_run(make_executor, raw_socket,
+                                                                      caplog):
+    """END_RUN has STOP_WORKERS's guards: the key, this session or a fresh clock number,
+    and no replay; a message that fails them ends nothing."""
+    import logging
+
+    import zmq
+
+    from impexec._connection import ConnectionInfo
+    from impexec._protocol import Kind, encode
+
+    caplog.set_level(logging.WARNING, logger="impexec")
+    ex = make_executor(None)  # no workers: STOP_WORKERS below changes nothing
+    conn = ConnectionInfo.read(ex.connection_file())
+
+    def dealer():
+        s = raw_socket(zmq.DEALER)
+        s.connect(conn.address)
+        return s
+
+    wrong_key = encode(b"k" * 32, Kind.END_RUN, conn.session, 10**6)
+    dealer().send_multipart(wrong_key)
+    stale = encode(conn.key, Kind.END_RUN, b"\0" * 8, 10**6)  # no session, clock from 1970
+    dealer().send_multipart(stale)
+    stop = encode(conn.key, Kind.STOP_WORKERS, conn.session, 2 * 10**6)
+    first = dealer()
+    first.send_multipart(stop)
+    assert first.poll(WAIT * 1000)  # answered: the guard's high-water mark is now 2e6
+    end_replayed = encode(conn.key, Kind.END_RUN, conn.session, 2 * 10**6)
+    dealer().send_multipart(end_replayed)
+    wait_for(lambda: "replayed END_RUN" in caplog.text, WAIT, "the replay to be refused")
+    assert "bad signature" in caplog.text
+    assert "another session" in caplog.text
+    assert not ex._broker.ended
+    ex.submit(tasks.square, 5)  # still open for work: queued for a worker to come
+    assert ex.statistics().queued == 1
