@@ -169,11 +169,12 @@ class RelayedCluster:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(10)
-            for r in self.relays:
-                r.close()
             # shown by pytest when the test failed: what the workers said, and why they left
             print(self.worker_logs())
             print("worker exit codes:", [p.returncode for p in self.all_procs])
+            with contextlib.ExitStack() as stack:  # each closed; a dead relay thread raises
+                for r in self.relays:
+                    stack.callback(r.close)
 
 
 @pytest.fixture

@@ -218,16 +218,21 @@ class Relay:
             return self._changed.wait_for(ready, timeout)
 
     def close(self) -> None:
-        """Abort every link, close every socket and join the thread (idempotent)."""
-        if not self._thread.is_alive():
-            self._close_sockets()
-            return
-        self._closing = True
-        self._poke()
-        self._thread.join(CALL_TIMEOUT)
+        """Abort every link, close every socket and join the thread (idempotent).
+
+        Raises:
+            RuntimeError: the relay thread had died (a test must not pass on a dead relay)
+                or did not stop.
+        """
         if self._thread.is_alive():
-            raise RuntimeError(f"{self!r}: the relay thread did not stop")
+            self._closing = True
+            self._poke()
+            self._thread.join(CALL_TIMEOUT)
+            if self._thread.is_alive():
+                raise RuntimeError(f"{self!r}: the relay thread did not stop")
         self._close_sockets()
+        if self._crash is not None:
+            raise RuntimeError(f"{self!r}: the relay thread died") from self._crash
 
     def __enter__(self) -> Relay:
         return self

@@ -294,3 +294,22 @@ def test_close_leaves_no_thread_or_socket(server, sockets):
     relay.close()  # twice is fine
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((relay.host, relay.port), timeout=IO_TIMEOUT).close()
+
+
+
+def test_a_dead_relay_thread_is_reported_not_hidden(server):
+    relay = Relay(target(server))
+
+    def boom() -> None:
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):  # a failing control call reaches its caller
+        relay._call(boom)
+    relay._calls.append(boom)  # a bug in the loop itself ends the thread
+    relay._poke()
+    relay._thread.join(IO_TIMEOUT)
+    assert not relay._thread.is_alive()
+    with pytest.raises(RuntimeError, match="died"):
+        relay.stats()
+    with pytest.raises(RuntimeError, match="died"):
+        relay.close()
