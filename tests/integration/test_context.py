@@ -291,22 +291,19 @@ def test_initializer_runs_once_per_worker_process(make_executor: Callable[..., A
         assert ctx.submit(ct.whoami).result(timeout=TIMEOUT)[2] in inits
 
 
-def test_failing_initializer_surfaces_as_worker_start_error(tmp_path: Path) -> None:
-    from conftest import FAST, shutdown_with_deadline
-
-    ex = impexec.ClusterExecutor(impexec.LocalWorkers(2, echo_stderr=False),
-                                 initializer=ct.failing_initializer, **FAST)
-    try:
-        fut = ex.submit(ct.plain_pid)
-        exc = fut.exception(timeout=60)
-        assert isinstance(exc, impexec.WorkerStartError)
-        assert "initializer failed on purpose" in exc.output
-        with pytest.raises(impexec.WorkerStartError):
-            ex.submit(ct.plain_pid)
-        with pytest.raises(impexec.WorkerStartError):
-            ex.context(ct.setup, str(tmp_path), "never")
-    finally:
-        shutdown_with_deadline(ex)
+def test_failing_initializer_surfaces_as_worker_start_error(
+        make_executor: Callable[..., Any], tmp_path: Path) -> None:
+    # the fixture, not "from conftest import": a full run has several conftest modules
+    ex = make_executor(impexec.LocalWorkers(2, echo_stderr=False),
+                       initializer=ct.failing_initializer)
+    fut = ex.submit(ct.plain_pid)
+    exc = fut.exception(timeout=60)
+    assert isinstance(exc, impexec.WorkerStartError)
+    assert "initializer failed on purpose" in exc.output
+    with pytest.raises(impexec.WorkerStartError):
+        ex.submit(ct.plain_pid)
+    with pytest.raises(impexec.WorkerStartError):
+        ex.context(ct.setup, str(tmp_path), "never")
 
 
 def test_setup_that_kills_its_worker_fails_with_worker_lost(
