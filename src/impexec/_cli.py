@@ -279,7 +279,7 @@ def _ask(conn: ConnectionInfo, kind_name: str, timeout: float) -> dict[str, Any]
             )
         for msg in decode(conn.key, sock.recv_multipart(), conn.session or None):
             if msg.kind == Kind.STATUS_REPLY:
-                return msg.json()  # type: ignore[no-any-return]
+                return msg.json()
         raise ProtocolError("unexpected answer")
     finally:
         sock.close()

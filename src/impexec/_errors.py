@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pickle
 from concurrent.futures import BrokenExecutor
+from typing import Any
 
 __all__ = [
     "BrokenClusterError",
@@ -44,7 +45,7 @@ class WorkerLostError(ImpexecError):
         self.attempts = attempts
         self.workers = workers
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.args[0], self.attempts, self.workers)
 
 
@@ -60,7 +61,7 @@ class WorkerStartError(ImpexecError):
         super().__init__(text)
         self.output = output
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild_start_error, (self.args[0], self.output)
 
 

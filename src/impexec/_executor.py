@@ -430,7 +430,8 @@ class ClusterExecutor(Executor):
         with self._shutdown_lock:
             self._check_open()
             self._broker.submit_now(task)
-        return task.future  # type: ignore[no-any-return]
+        future: Future[Any] = task.future  # the scheduler keeps it opaque (Any)
+        return future
 
     def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                 ctx_id: int = 0) -> Future[Any]:

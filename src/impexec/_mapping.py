@@ -33,7 +33,7 @@ ChunkSize = int | str
 def input_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
     """The number of argument tuples ``zip(*iterables)`` yields, when knowable cheaply."""
     try:
-        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]  # TypeError: unsized
     except TypeError:
         return None
 

@@ -63,7 +63,7 @@ def progress(
         The items (results in input order, or futures in completion order).
     """
     try:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+        from tqdm.auto import tqdm
     except ImportError:
         global _warned_no_tqdm
         would_draw = not disable if disable is not None else _is_terminal(file)
@@ -81,7 +81,7 @@ def progress(
         return
     if total is None:
         try:
-            total = len(items)  # type: ignore[arg-type]
+            total = len(items)  # type: ignore[arg-type]  # any iterable: a TypeError says unsized
         except TypeError:
             total = None
     # results come in bursts (a chunk's calls at once, after a wait): tqdm's default,

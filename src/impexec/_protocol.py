@@ -80,12 +80,12 @@ import os
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 from zmq.backend import Socket as _BaseSocket
 
-from ._errors import ProtocolError
+from ._errors import ProtocolError as ProtocolError  # raised by decode: callers catch it here
 
 logger = logging.getLogger(__name__)
 
@@ -268,13 +268,20 @@ def _keyed(key: bytes) -> Any:
     return state
 
 
+class _MacState(Protocol):
+    """What _mac needs of an HMAC state (OpenSSL's or hmac.HMAC: no common class)."""
+
+    def update(self, data: Any, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
 def _mac(key: bytes, body: Any, oob: Sequence[Any], contents: bool = True) -> bytes:
     """HMAC-SHA256 over a record's header, table and inline bytes, then its out-of-band
     parts: each one's length, and (unless *contents* is false: Flag.LOCAL) its bytes."""
-    mac = _keyed(key).copy()
+    mac: _MacState = _keyed(key).copy()
     mac.update(body)
     if not oob:
-        return mac.digest()  # type: ignore[no-any-return]
+        return mac.digest()
     for f in oob:
         buf = _as_bytes_view(f)
         n = buf.nbytes
@@ -333,7 +340,7 @@ def encode(
     return [_mac(key, body, oob, not local) + body, *oob]
 
 
-def encode_json(key: bytes, kind: int, session: bytes, seq: int, obj: Any, **fields: int) -> list[Any]:
+def encode_json(key: bytes, kind: int, session: bytes, seq: int, obj: Any, **fields: Any) -> list[Any]:
     """Return one signed message whose payload is *obj* as JSON."""
     return encode(key, kind, session, seq, frames=[json.dumps(obj).encode()], **fields)
 

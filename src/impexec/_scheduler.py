@@ -351,6 +351,7 @@ class Scheduler:
             if task.state != PENDING:
                 pending.popleft()  # completed meanwhile by a late result
                 continue
+            w: WorkerRecord | None
             if task.suspect:
                 # A task that was on a worker when it died runs alone on an idle worker,
                 # so that if it kills this one too, the blame is certain. (With tasks

@@ -187,7 +187,7 @@ class BlobRef:
     def __init__(self, digest: bytes):
         self.digest = digest
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         return BlobRef, (self.digest,)
 
 
@@ -280,7 +280,8 @@ class FunctionCache:
         hit = self._cache.get(key)
         if hit is not None:
             ref, data, module, qualname = hit
-            if (ref() is fn and fn.__module__ == module and fn.__qualname__ == qualname
+            same = ref() is fn  # apart: inside the condition, `is` narrowed fn to Optional
+            if (same and fn.__module__ == module and fn.__qualname__ == qualname
                     and not _by_value_modules() and _resolve(module, qualname) is fn):
                 return data
             del self._cache[key]
@@ -289,13 +290,16 @@ class FunctionCache:
         if named is None:
             return data
         try:
-            ref = weakref.ref(fn, lambda _r, key=key: self._cache.pop(key, None))
+            ref = weakref.ref(fn, lambda _r: self._forget(key))
         except TypeError:
             return data
         if len(self._cache) >= self.MAX_ENTRIES:
             self._cache.pop(next(iter(self._cache)))
         self._cache[key] = (ref, data, *named)
         return data
+
+    def _forget(self, key: int) -> None:
+        self._cache.pop(key, None)
 
     def _pickle(self, fn: Any) -> bytes:
         frames = self._ser.dumps(fn)
@@ -334,5 +338,5 @@ class ExceptionWithTraceback:
         # the traceback's frames hold locals we must not try to pickle
         exc.__traceback__ = None
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild_exc, (self.exc, self.tb)

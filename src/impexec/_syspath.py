@@ -49,10 +49,12 @@ def capture(path: Iterable[object] | None = None) -> str:
     """
     entries: list[str] = []
     for entry in sys.path if path is None else path:
-        try:
-            text = os.fspath(entry)  # type: ignore[arg-type]
-        except TypeError:
+        if not isinstance(entry, (str, bytes, os.PathLike)):
             continue  # not a file system path (an importer key of some finder)
+        try:
+            text = os.fspath(entry)
+        except TypeError:
+            continue  # a path-like object whose __fspath__ returns neither str nor bytes
         if isinstance(text, bytes):
             continue
         absolute = os.path.abspath(text or os.curdir)

@@ -42,7 +42,10 @@ class LauncherHost(Protocol):
     """What the executor offers a launcher."""
 
     connection: ConnectionInfo
-    connection_file: Path
+
+    @property
+    def connection_file(self) -> Path:
+        """The connection file a worker started with ``--connect FILE`` reads."""
 
     def is_connected(self, tag: str) -> bool: ...
     def ever_connected(self, tag: str) -> bool: ...
