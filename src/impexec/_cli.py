@@ -106,8 +106,12 @@ def _read_connection(target: str, key: str | None) -> ConnectionInfo:
     return info
 
 
-def _exit_with_stdin(code: int) -> None:
-    """Exit the process (at once, whatever runs) when standard input reaches end of file."""
+def _exit_with_stdin(code: int, connection_file: str | None = None) -> None:
+    """Exit the process (at once, whatever runs) when standard input reaches end of file.
+
+    The process that held it open is gone or let go: with a connection file in an
+    executor's private directory, that directory is removed if it is orphaned.
+    """
 
     from ._worker import exit_now
 
@@ -117,9 +121,12 @@ def _exit_with_stdin(code: int) -> None:
                 pass
         except OSError:
             pass
-        exit_now(code, "impexec worker: standard input closed: exiting\n")
+        exit_now(code, "impexec worker: standard input closed: exiting\n", connection_file)
 
     threading.Thread(target=watch, name="impexec-stdin", daemon=True).start()
+    # tasks that read standard input get end of file (as with a worker started without
+    # one), not a wait for ever on a pipe nobody writes to; fd 0 stays the watched pipe
+    sys.stdin = open(os.devnull)  # noqa: SIM115 (lives as long as the process)
 
 
 def worker_main(argv: Sequence[str] | None = None, prog: str = "impexec-worker") -> int:
@@ -138,7 +145,7 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "impexec-worker")
 
     _syspath.adopt()  # a local worker: the client's sys.path, before any task is read
     if args.exit_with_stdin:
-        _exit_with_stdin(EXIT_BROKER_GONE)
+        _exit_with_stdin(EXIT_BROKER_GONE, _connection_file(args.connect))
     if args.processes == 1:
         return Worker(
             conn,
@@ -179,7 +186,7 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
         argv = worker_argv([sys.executable], "-", f"{tag}-{i}-{generation[i]}",
                            exit_with_stdin=True, options=options)
         # its stderr is ours (not read): the children's messages reach the terminal
-        procs[i] = WorkerProcess(argv, connection=line, capture_stderr=False,
+        procs[i] = WorkerProcess(argv, stdin=line, capture_stderr=False,
                                  name=f"impexec-child-{i}")
 
     stop = False

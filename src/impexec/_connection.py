@@ -9,6 +9,7 @@ import re
 import socket
 import stat
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ BROKER_SOCKET = "broker.sock"
 _PRIVATE_NAMES = re.compile(r"broker\.sock|connection(-local)?\.json|\.connection(-local)?\.json\.\d+\.tmp")
 
 
-def remove_orphaned_private_dir(connection_file: str | os.PathLike[str]) -> bool:
+def remove_orphaned_private_dir(connection_file: str | os.PathLike[str], settle: float = 1.0) -> bool:
     """Remove the private directory of an executor that is gone; True if it was removed.
 
     For a worker on the executor's machine that saw its broker vanish: the executor was
@@ -92,7 +93,8 @@ def remove_orphaned_private_dir(connection_file: str | os.PathLike[str]) -> bool
     real directory (not a link) owned by this user with mode 0700, holding nothing but
     what an executor writes there, whose lock no process holds (the executor holds it
     while it lives) and whose broker socket, if any, refuses connections (nobody listens
-    on it: the executor's process is gone, not merely slow to answer).
+    on it: the executor's process is gone, not merely slow to answer). Waits up to
+    *settle* seconds for those two to be released.
     """
     path = Path(connection_file)
     folder = Path(os.path.abspath(path.parent))
@@ -110,11 +112,18 @@ def remove_orphaned_private_dir(connection_file: str | os.PathLike[str]) -> bool
         return False
     if path.name not in names or not all(_PRIVATE_NAMES.fullmatch(n) for n in names):
         return False
-    if BROKER_SOCKET in names and not _nobody_listens(folder / BROKER_SOCKET):
-        return False
-    lock = lock_private_dir(folder)
-    if lock is None:  # its executor still runs
-        return False
+    # a worker may learn of its client's death (its stdin closed) while the dying process
+    # still holds the lock or the socket: give the kernel a moment to release them
+    deadline = time.monotonic() + settle
+    while True:
+        lock = None
+        if BROKER_SOCKET not in names or _nobody_listens(folder / BROKER_SOCKET):
+            lock = lock_private_dir(folder)
+        if lock is not None:
+            break
+        if time.monotonic() >= deadline or not os.path.isdir(folder):
+            return False  # its executor still runs, or another worker removed it
+        time.sleep(0.05)
     try:
         for name in names:
             try:

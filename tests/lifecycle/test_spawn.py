@@ -102,7 +102,8 @@ def test_every_launcher_runs_the_same_worker_command(tmp_path):
     sge = SGEWorkers(1, python="/opt/py/bin/python3", output_dir=tmp_path)
     worker = ["/opt/py/bin/python3", "-m", "impexec", "worker", "--connect"]
     assert lw.worker_command("t1")[:5] == worker
-    assert lw.worker_command("t1")[5:] == [str(host.connection_file), "--tag", "t1"]
+    assert lw.worker_command("t1")[5:] == [str(host.connection_file), "--exit-with-stdin",
+                                           "--tag", "t1"]
     remote = shlex.split(ssh.remote_command("t2"))
     assert remote == ["exec", *worker, "-", "--exit-with-stdin", "--tag", "t2"]
     for batch in (slurm, sge):

@@ -188,3 +188,39 @@ def test_a_dir_not_made_by_an_executor_stays(private_dir, tmp_path):
         import shutil
 
         shutil.rmtree(plain)
+
+
+LOCAL_CLIENT = """
+import sys, time
+from impexec import ClusterExecutor
+ex = ClusterExecutor(1, heartbeat_interval=1.0, heartbeat_timeout=120.0)
+assert ex.submit(input).exception(timeout=60) is not None  # EOFError, not a wait
+print(ex._broker.call(lambda: [w.info["pid"] for w in ex._scheduler.workers.values()])[0],
+      ex._tmpdir, flush=True)
+time.sleep(600)
+"""
+
+
+def test_local_workers_leave_at_once_when_their_client_is_killed():
+    # not after heartbeat_timeout (120 s here): their stdin closes with the client
+    import psutil
+
+    client = subprocess.Popen([sys.executable, "-c", LOCAL_CLIENT], stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True)
+    worker = None
+    try:
+        pid, tmpdir = client.stdout.readline().split()
+        worker = psutil.Process(int(pid))
+        client.kill()
+        client.wait(10)
+        worker.wait(timeout=20)
+        deadline = time.monotonic() + 5
+        while Path(tmpdir).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(tmpdir).exists()
+    finally:
+        client.kill()
+        client.wait(10)
+        client.stdout.close()
+        if worker is not None and worker.is_running():
+            worker.kill()

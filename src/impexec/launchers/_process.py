@@ -3,10 +3,11 @@
 LocalWorkers, SSHWorkers (through ``ssh``) and ``impexec-worker --processes N`` start
 their workers with :class:`WorkerProcess`; those and the job-array launchers build the
 command with :func:`worker_argv`. A process runs in a session of its own (Ctrl-C in the
-terminal reaches the client only). When it is handed the connection on its stdin, that
-pipe stays open and the worker runs with ``--exit-with-stdin``: closing our end, or
-this process dying, ends it. Its stderr is read by a thread: the tail is kept for
-start-failure reports and each line can be echoed to this process's stderr.
+terminal reaches the client only). Its stdin is a pipe that stays open (the connection
+may travel down it first) and the worker runs with ``--exit-with-stdin``: closing our
+end, or this process dying in any way (even ``SIGKILL``), ends it at once. Its stderr
+is read by a thread: the tail is kept for start-failure reports and each line can be
+echoed to this process's stderr.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class WorkerProcess:
     Args:
         argv: the command.
         env: its whole environment (default: this process's).
-        connection: bytes written to its stdin, which then stays open; None: no stdin.
+        stdin: bytes written to its stdin (``b""``: nothing), which then stays open;
+            None: no stdin.
         stdout: where its stdout goes (default: this process's stdout).
         capture_stderr: read its stderr (tail kept, lines echoed with *echo*); False:
             it writes to this process's stderr directly.
@@ -61,7 +63,7 @@ class WorkerProcess:
     """
 
     def __init__(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                 connection: bytes | None = None, stdout: int | None = None,
+                 stdin: bytes | None = None, stdout: int | None = None,
                  capture_stderr: bool = True, echo: bool = False,
                  name: str = "impexec-stderr"):
         self.argv = list(argv)
@@ -70,14 +72,14 @@ class WorkerProcess:
         self._reader: threading.Thread | None = None
         self.proc = subprocess.Popen(
             self.argv, env=None if env is None else dict(env),
-            stdin=subprocess.PIPE if connection is not None else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
             stdout=stdout, stderr=subprocess.PIPE if capture_stderr else None,
             start_new_session=True,
         )
-        if connection is not None:
+        if stdin is not None:
             assert self.proc.stdin is not None
             try:
-                self.proc.stdin.write(connection)
+                self.proc.stdin.write(stdin)
                 self.proc.stdin.flush()  # stays open: closing it ends the worker
             except OSError:
                 self.kill()

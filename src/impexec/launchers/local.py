@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .. import _syspath
-from ._process import WorkerProcess
+from ._process import WorkerProcess, worker_argv
 from .base import Launcher, LauncherHost, describe_exit
 
 logger = logging.getLogger(__name__)
@@ -83,10 +83,10 @@ class LocalWorkers(Launcher):
         slot.connected = False
         slot.dismissed_at = 0.0
         slot.worker = None
-        argv, env, connection = self._command(slot)
+        argv, env, stdin = self._command(slot)
         slot.started = time.monotonic()
         try:
-            slot.worker = WorkerProcess(argv, env=env, connection=connection,
+            slot.worker = WorkerProcess(argv, env=env, stdin=stdin,
                                         stdout=self._stdout, echo=self.echo_stderr,
                                         name=f"impexec-stderr-{slot.index}")
         except OSError as exc:
@@ -106,7 +106,14 @@ class LocalWorkers(Launcher):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
         # the executor's Unix-socket connection file when it has one (same machine)
         local = getattr(self.host, "local_connection_file", None)
-        return self.worker_command(slot.tag, str(local) if local else None), env, None
+        # a stdin that only this process holds open: however it ends (even SIGKILL), its
+        # workers read end of file and leave at once, without waiting for heartbeats
+        return self.worker_command(slot.tag, str(local) if local else None), env, b""
+
+    def worker_command(self, tag: str, connection: str | None = None) -> list[str]:
+        assert self.host is not None
+        target = connection or str(self.host.connection_file)
+        return worker_argv(self.python, target, tag, exit_with_stdin=True)
 
     def poll(self) -> None:
         host = self.host
