@@ -182,14 +182,17 @@ def relayed_cluster(tmp_path: Path, shutdown_with_deadline: Callable[[Any], None
                     ) -> Iterator[Callable[..., RelayedCluster]]:
     """Factory: ``relayed_cluster(n_workers, **executor_options)`` → a started RelayedCluster.
 
+    With ``start=False`` no worker is started yet (``cluster.start_worker(i)`` does it), so
+    a test can set up a fault before a worker's first connection.
+
     Every cluster made is closed at teardown, each whatever happened to the others.
     """
     made: list[RelayedCluster] = []
 
-    def make(n_workers: int, **options: Any) -> RelayedCluster:
+    def make(n_workers: int, *, start: bool = True, **options: Any) -> RelayedCluster:
         cluster = RelayedCluster(tmp_path, n_workers, shutdown_with_deadline, **options)
         made.append(cluster)
-        return cluster.start()
+        return cluster.start() if start else cluster
 
     yield make
     with contextlib.ExitStack() as stack:
