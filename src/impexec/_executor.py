@@ -220,7 +220,7 @@ class ClusterExecutor(Executor):
         serializer: "cloudpickle" (default), "dill" or "pickle".
         initializer: callable run once in every worker process at its start.
         initargs: arguments of ``initializer``.
-        key: the HMAC key (bytes or hex text); default: random for this executor.
+        key: the HMAC key (bytes or hex text, at least 16 bytes); default: 32 random bytes.
         encrypt: encrypt traffic with CurveZMQ.
         prefetch: tasks a worker may hold beyond the one it runs; default: adaptive
             (1 for long tasks, more for very short ones).

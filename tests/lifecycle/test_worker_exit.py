@@ -65,7 +65,7 @@ import sys, time
 from impexec import ClusterExecutor
 ex = ClusterExecutor(None, heartbeat_interval=0.05, heartbeat_timeout=0.5)
 print(ex.connection_file(), flush=True)
-while ex.statistics().workers < 1:
+while ex.statistics().workers < int(sys.argv[1]):
     time.sleep(0.02)
 print("joined", flush=True)
 time.sleep(600)
@@ -76,7 +76,7 @@ def test_worker_exits_when_its_client_is_killed_and_its_stderr_is_gone():
     # the client was killed: the pipe that read the worker's stderr died with it, so the
     # heartbeat thread's "no heartbeat" notice cannot be written; the worker must leave
     # anyway, and take the client's private directory (socket, key) with it
-    client = subprocess.Popen([sys.executable, "-c", CLIENT], stdout=subprocess.PIPE,
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, "1"], stdout=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, text=True)
     worker = None
     try:
@@ -91,6 +91,33 @@ def test_worker_exits_when_its_client_is_killed_and_its_stderr_is_gone():
     finally:
         if worker is not None:
             _reap(worker)
+        client.kill()
+        client.wait(10)
+        client.stdout.close()
+        if connection_file.parent.name.startswith("impexec-"):
+            import shutil
+
+            shutil.rmtree(connection_file.parent, ignore_errors=True)
+
+
+def test_a_supervisor_whose_client_is_killed_removes_its_private_dir():
+    # impexec-worker --processes: the children read the connection from stdin and cannot
+    # tell where it came from; the supervisor, which was given the file, cleans up
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, "2"], stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True)
+    supervisor = None
+    connection_file = Path("/nonexistent")
+    try:
+        connection_file = Path(client.stdout.readline().strip())
+        supervisor = _worker(str(connection_file), "--processes", "2")
+        assert client.stdout.readline().strip() == "joined"
+        client.kill()
+        client.wait(10)
+        assert supervisor.wait(timeout=20) == 0
+        assert not connection_file.parent.exists()
+    finally:
+        if supervisor is not None:
+            _reap(supervisor)
         client.kill()
         client.wait(10)
         client.stdout.close()
