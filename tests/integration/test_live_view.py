@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 import sweep_tasks as st
+import tasks
 
 WAIT = 30.0
 
@@ -62,27 +63,32 @@ def pane(tmp_path):
                    check=False)
 
 
-def test_the_live_view_redraws_in_place_and_says_when_the_run_ended(make_executor, pane):
+def test_the_live_view_redraws_in_place_and_says_when_the_run_ended(make_executor, pane,
+                                                                     tmp_path):
     ex = make_executor(2)
     path = ex.connection_file()
     pane.start(f"top {path} --interval 0.2")
     pane.wait_for("WORKER")
     pane.wait_for("workers 2 connected")  # they may still be starting when the view opens
-    results = ex.map(st.slow_evaluate, range(60), chunksize=3, return_exceptions=True)
-    first = [next(results) for _ in range(6)]
-    screen = pane.wait_for("busy")  # a worker holds work while the map runs
+    # one worker held busy until the screen has shown it (no race with a fast machine)
+    gate = tmp_path / "release"
+    held = ex.submit(tasks.wait_for_file, str(gate), WAIT)
+    screen = pane.wait_for("busy")
     assert "calls   done" in screen
     pane.wait_for("ETA")  # the rate is known once the view has watched for half a second
-    rest = list(results)
-    outcomes = first + rest
+    gate.write_text("go")
+    assert held.result(timeout=WAIT) is True
+    outcomes = list(ex.map(st.slow_evaluate, range(60), chunksize=3, return_exceptions=True,
+                           timeout=WAIT))
     n_failed = sum(isinstance(v, ValueError) for v in outcomes)
-    screen = pane.wait_for(f"done {60 - n_failed}   failed {n_failed}")
-    assert "tasks   done 20" in screen  # 60 calls in chunks of 3
+    n_done = 60 - n_failed + 1  # and the held call
+    screen = pane.wait_for(f"done {n_done}   failed {n_failed}")
+    assert "tasks   done 21" in screen  # 60 calls in chunks of 3, and the held call
     # redrawn in place: many refreshes later, nothing has scrolled off the top
     assert screen.splitlines()[0].startswith("impexec ")
     assert pane.history() == 0
     ex.shutdown(wait=True)
     screen = pane.wait_for("EXIT=")
-    assert f"the run ended: {60 - n_failed} calls done, {n_failed} failed" in screen
+    assert f"the run ended: {n_done} calls done, {n_failed} failed" in screen
     assert "EXIT=0" in screen
     assert "[ended]" in screen
