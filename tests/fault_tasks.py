@@ -20,7 +20,10 @@ def whoami(x=None):
     return os.getpid()
 
 
-def slow_whoami(seconds):
+def slow_whoami(seconds, started=None):
+    if started is not None:  # a file the test waits for: the task is running now
+        with open(started, "w"):
+            pass
     time.sleep(seconds)
     return os.getpid()
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import impexec
+from waiting import wait_until
 
 #: Heartbeats for cluster tests: quick to notice a loss, lenient with a loaded machine.
 HEARTBEAT = {"heartbeat_interval": 0.25, "heartbeat_timeout": 5.0}
@@ -30,16 +30,6 @@ def slow_square(x: int) -> int:
     return x * x
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-
-
 def array_runs_map(make_executor: Any, launcher: impexec.Launcher, n: int) -> Any:
     ex = make_executor(launcher, **HEARTBEAT)
     results = list(ex.map(where_am_i, range(60), timeout=SCHEDULER_WAIT))
@@ -54,10 +44,10 @@ def cancelled_task_is_replaced(
 ) -> Any:
     ex = make_executor(launcher, **HEARTBEAT)
     futures = [ex.submit(slow_square, x) for x in range(24)]
-    wait_for(
+    wait_until(
         lambda: ex.statistics().workers == 2, SCHEDULER_WAIT, "2 workers to connect"
     )
-    wait_for(lambda: ex.statistics().done >= 2, SCHEDULER_WAIT, "the first results")
+    wait_until(lambda: ex.statistics().done >= 2, SCHEDULER_WAIT, "the first results")
     first_job = launcher.jobs[0]
     subprocess.run(
         [*cancel, launcher.task_keys(first_job, 1)[0]],
@@ -70,7 +60,7 @@ def cancelled_task_is_replaced(
     ]
     stats = ex.statistics()
     assert stats.resubmitted >= 1  # the cancelled worker's running task ran again
-    wait_for(lambda: len(launcher.jobs) >= 2, SCHEDULER_WAIT, "a replacement job")
+    wait_until(lambda: len(launcher.jobs) >= 2, SCHEDULER_WAIT, "a replacement job")
     return ex
 
 

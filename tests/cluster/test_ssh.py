@@ -9,8 +9,9 @@ import psutil
 import pytest
 
 import impexec
-from cluster.cluster_checks import HEARTBEAT, SCHEDULER_WAIT, wait_for, where_am_i
+from cluster.cluster_checks import HEARTBEAT, SCHEDULER_WAIT, where_am_i
 from impexec import SSHWorkers
+from waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -51,12 +52,12 @@ def test_map_over_ssh_and_no_remote_worker_survives_shutdown(
     ex = make_executor(launcher, **HEARTBEAT)
     results = list(ex.map(where_am_i, range(40), timeout=SCHEDULER_WAIT))
     assert [r[0] for r in results] == [x * x for x in range(40)]
-    wait_for(lambda: ex.statistics().workers == 2, SCHEDULER_WAIT, "both ssh workers")
+    wait_until(lambda: ex.statistics().workers == 2, SCHEDULER_WAIT, "both ssh workers")
     pids = {p.pid for p in remote_workers(launcher)}
     assert len(pids) == 2
     assert not pids & {c.pid for c in psutil.Process().children(recursive=True)}
     shutdown_with_deadline(ex)
-    wait_for(lambda: not remote_workers(launcher), 15, "the remote workers to exit")
+    wait_until(lambda: not remote_workers(launcher), 15, "the remote workers to exit")
 
 
 def test_closing_the_ssh_session_ends_the_remote_worker(
@@ -68,7 +69,7 @@ def test_closing_the_ssh_session_ends_the_remote_worker(
     [remote] = remote_workers(launcher)
     [proc] = launcher.processes()
     proc.kill()  # the local ssh dies: the remote side sees its stdin close
-    wait_for(
+    wait_until(
         lambda: not remote.is_running() or remote.status() == psutil.STATUS_ZOMBIE,
         15,
         "the remote worker to exit",

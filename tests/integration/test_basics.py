@@ -23,15 +23,9 @@ import pytest
 import impexec
 import tasks
 from impexec import ClusterExecutor, SerializationError
+from waiting import wait_until
 
 TIMEOUT = 60
-
-
-def _wait_until(predicate: Any, what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 # -- statistics and connection files ---------------------------------------------------
@@ -42,7 +36,7 @@ def test_statistics_counts(executor: ClusterExecutor) -> None:
     ] == [0, 1, 4, 9, 16]
     with pytest.raises(ValueError):
         executor.submit(tasks.raise_value_error).result(timeout=TIMEOUT)
-    _wait_until(lambda: executor.statistics().workers == 2, "2 workers")
+    wait_until(lambda: executor.statistics().workers == 2, TIMEOUT, "2 workers")
     st = executor.statistics()
     assert isinstance(st, impexec.Statistics)
     assert (st.done, st.failed, st.queued, st.running, st.resubmitted) == (
@@ -88,7 +82,7 @@ def test_worker_count_before_and_after_connect(make_executor: Any) -> None:
         2,
         3,
     )  # requested before any connect, then connected
-    _wait_until(lambda: ex.worker_count() == 3, "3 workers")
+    wait_until(lambda: ex.worker_count() == 3, TIMEOUT, "3 workers")
     assert "ClusterExecutor" in repr(ex)
 
 
@@ -97,7 +91,7 @@ def test_max_workers_is_the_launchers_target_from_the_start(make_executor: Any) 
     # compute): it must not be the 0 or 1 worker connected so far
     ex = make_executor([impexec.LocalWorkers(2), impexec.LocalWorkers(1)])
     assert ex.max_workers == ex._max_workers == 3
-    _wait_until(lambda: ex.statistics().workers == 3, "3 workers")
+    wait_until(lambda: ex.statistics().workers == 3, TIMEOUT, "3 workers")
     assert ex.max_workers == ex._max_workers == 3
 
 
@@ -110,7 +104,7 @@ def test_max_workers_counts_workers_that_joined_by_themselves(make_executor: Any
         stdin=subprocess.DEVNULL,
     )
     try:
-        _wait_until(lambda: ex.statistics().workers == 2, "2 joined workers")
+        wait_until(lambda: ex.statistics().workers == 2, TIMEOUT, "2 joined workers")
         assert ex.max_workers == ex._max_workers == 2
     finally:
         proc.terminate()
@@ -263,7 +257,7 @@ def test_cancelled_tasks_never_run(make_executor: Any, tmp_path: Path) -> None:
     release = tmp_path / "release"
     started = tmp_path / "started"
     blocker = ex.submit(tasks.announce_then_wait, str(started), str(release))
-    _wait_until(started.exists, "the blocking task to start")
+    wait_until(started.exists, TIMEOUT, "the blocking task to start")
     markers = [tmp_path / f"marker{i}" for i in range(6)]
     futs = [ex.submit(tasks.write_marker, str(m)) for m in markers]
     cancelled = futs[::2]

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from impexec._cli import parse_duration
+from waiting import wait_until
 
 #: Seconds for a hand-started worker to connect, or to leave when asked.
 WAIT = 30.0
@@ -66,15 +67,6 @@ def workers():
                 pipe.close()
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-
-
 def exit_code(proc):
     try:
         proc.wait(WAIT)
@@ -103,7 +95,7 @@ def test_processes_runs_n_workers_and_status_json_counts_them(make_executor, wor
     ex = make_executor(None)
     path = ex.connection_file()
     proc = workers("--connect", path, "--processes", "2")
-    wait_for(lambda: ex.statistics().workers == 2, WAIT, "2 workers")
+    wait_until(lambda: ex.statistics().workers == 2, WAIT, "2 workers")
     assert list(ex.map(slow_square, range(8), timeout=WAIT)) == [
         x * x for x in range(8)
     ]
@@ -129,7 +121,7 @@ def test_runtime_finishes_the_held_work_then_leaves(make_executor, workers):
     futures = [ex.submit(slow_square, x) for x in range(5)]
     assert [f.result(timeout=WAIT) for f in futures] == [x * x for x in range(5)]
     assert exit_code(proc)[0] == 0
-    wait_for(lambda: ex.statistics().workers == 0, WAIT, "the worker to be gone")
+    wait_until(lambda: ex.statistics().workers == 0, WAIT, "the worker to be gone")
     late = ex.submit(slow_square, 3)  # queued again: a new worker picks it up
     workers("--connect", ex.connection_file())
     assert late.result(timeout=WAIT) == 9
@@ -163,7 +155,7 @@ def test_the_supervisor_does_not_outlive_its_executor(
 ):
     ex = make_executor(None)
     proc = workers("--connect", ex.connection_file(), "--processes", "2")
-    wait_for(lambda: ex.statistics().workers == 2, WAIT, "2 workers")
+    wait_until(lambda: ex.statistics().workers == 2, WAIT, "2 workers")
     shutdown_with_deadline(ex)
     assert exit_code(proc)[0] == 0
 

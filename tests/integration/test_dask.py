@@ -12,7 +12,6 @@ at a time and the barrier is never full.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 
 import barrier_tasks
 import tasks
+from waiting import wait_until
 
 dask = pytest.importorskip("dask", reason="needs dask (impexec[integrations])")
 dask_base = pytest.importorskip("dask.base", reason="needs dask (impexec[integrations])")
@@ -43,11 +43,8 @@ def one_core_client(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def pool(make_executor: Any) -> Iterator[Any]:
     ex = make_executor(WORKERS)
-    deadline = time.monotonic() + TIMEOUT
     # all workers connected first, so the barrier measures dask's concurrency only
-    while ex.statistics().workers < WORKERS:
-        assert time.monotonic() < deadline, f"{WORKERS} workers did not connect"
-        time.sleep(0.05)
+    wait_until(lambda: ex.statistics().workers >= WORKERS, TIMEOUT, f"{WORKERS} workers to connect")
     yield ex
 
 

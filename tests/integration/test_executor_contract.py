@@ -12,7 +12,6 @@ import itertools
 import multiprocessing
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 
 import impexec
 import tasks
+from waiting import wait_until
 
 TIMEOUT = 60  # seconds: generous, every wait has one; the machine is shared
 
@@ -75,19 +75,13 @@ def _block_workers(ex: cf.Executor, gate: Released, n: int = 2) -> list[cf.Futur
         _wait_for_workers(ex, 2)
     started = [gate.dir / f"started{i}" for i in range(n)]
     futs = [ex.submit(tasks.announce_then_wait, str(s), gate.path) for s in started]
-    deadline = time.monotonic() + TIMEOUT
-    while not all(s.exists() for s in started):
-        assert time.monotonic() < deadline, "the blocking tasks did not start"
-        time.sleep(0.01)
+    wait_until(lambda: all(s.exists() for s in started), TIMEOUT, "the blocking tasks to start")
     return futs
 
 
 def _wait_for_workers(ex: impexec.ClusterExecutor, n: int = 2) -> None:
     """Wait until *n* workers are connected (placement depends on who is there)."""
-    deadline = time.monotonic() + TIMEOUT
-    while ex.statistics().workers < n:
-        assert time.monotonic() < deadline, f"fewer than {n} workers connected"
-        time.sleep(0.02)
+    wait_until(lambda: ex.statistics().workers >= n, TIMEOUT, f"{n} workers to connect")
 
 
 # -- submit and results ----------------------------------------------------------------
@@ -354,10 +348,7 @@ def test_shutdown_cancel_futures_cancels_queued(
     gate.release()
     assert all(f.result(timeout=TIMEOUT) for f in blockers)
     # not cf.wait: a future cancelled by shutdown is not yet "notified" in every Python
-    deadline = time.monotonic() + TIMEOUT
-    while not all(f.done() for f in futs):
-        assert time.monotonic() < deadline, "futures still pending after shutdown"
-        time.sleep(0.01)
+    wait_until(lambda: all(f.done() for f in futs), TIMEOUT, "the futures pending at shutdown to finish")
     for f, m in zip(futs, markers, strict=True):
         assert f.done()
         if f.cancelled():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import fault_tasks as ft
 from impexec import ClusterExecutor
+from waiting import wait_until
 
 TESTS_DIR = str(Path(__file__).resolve().parents[1])
 FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 2.0}
@@ -20,23 +20,15 @@ def _worker(conn_file: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "impexec", "worker", "--connect", conn_file], env=env)
 
 
-def _wait_workers(ex: ClusterExecutor, n: int) -> None:
-    deadline = time.monotonic() + 30
-    while ex.statistics().workers < n and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert ex.statistics().workers == n
-
-
 def test_late_joiner_takes_tasks_prefetched_by_a_busy_worker():
     with ClusterExecutor(None, prefetch=5, **FAST) as ex:
         first = _worker(ex.connection_file())
         second = None
         try:
-            _wait_workers(ex, 1)
+            wait_until(lambda: ex.statistics().workers == 1, 30, "the first worker to join")
             futs = [ex.submit(ft.slow_whoami, 0.5) for _ in range(6)]
-            deadline = time.monotonic() + 30  # all six sit on the only worker (1 + 5 prefetched)
-            while ex.statistics().running < 6 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_until(lambda: ex.statistics().running == 6, 30,
+                       "all six tasks on the only worker (1 running + 5 prefetched)")
             assert ex.statistics().queued == 0
             second = _worker(ex.connection_file())
             pids = [f.result(timeout=60) for f in futs]
