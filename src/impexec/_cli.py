@@ -162,6 +162,11 @@ def _connection_file(target: str) -> str | None:
     return None if target == "-" or "://" in target else target
 
 
+#: Seconds after which a supervised worker process counts as having started well: if it
+#: dies later, its replacement starts without the backoff of repeated start failures.
+STABLE_S = 30.0
+
+
 def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
     """Run ``--processes N`` workers; replace those that crash; end when all have left.
 
@@ -170,12 +175,15 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
     """
     from ._worker import EXIT_BROKER_GONE, EXIT_INIT_FAILED, EXIT_NO_BROKER, EXIT_OK
     from .launchers._process import WorkerProcess, worker_argv
+    from .launchers.base import BACKOFF_FACTOR, BACKOFF_FIRST, BACKOFF_MAX
 
     line = (json.dumps(conn.to_json()) + "\n").encode()
     deadline = time.monotonic() + args.runtime if args.runtime else None
     procs: dict[int, WorkerProcess] = {}
     generation = dict.fromkeys(range(args.processes), 0)
     backoff = dict.fromkeys(range(args.processes), 0.0)
+    started = dict.fromkeys(range(args.processes), 0.0)
+    restart_at: dict[int, float] = {}  # slot → when its replacement starts
     tag = args.tag or f"{socket.gethostname()}-{os.getpid()}"
 
     def spawn(i: int) -> None:
@@ -188,6 +196,7 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
         # its stderr is ours (not read): the children's messages reach the terminal
         procs[i] = WorkerProcess(argv, stdin=line, capture_stderr=False,
                                  name=f"impexec-child-{i}")
+        started[i] = time.monotonic()
 
     stop = False
     broker_gone = False
@@ -201,8 +210,12 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
         spawn(i)
     code = 0
     try:
-        while procs and not stop:
+        while (procs or restart_at) and not stop:
             time.sleep(0.2)
+            for i, at in list(restart_at.items()):
+                if time.monotonic() >= at:
+                    del restart_at[i]
+                    spawn(i)
             for i, p in list(procs.items()):
                 rc = p.poll()
                 if rc is None:
@@ -218,15 +231,17 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
                     continue
                 if not _broker_alive(conn):
                     continue  # dismissed because the executor shut down: nothing to rejoin
-                backoff[i] = min(30.0, max(0.5, backoff[i] * 2))
+                if time.monotonic() - started[i] > STABLE_S:
+                    backoff[i] = 0.0  # it was serving: a crash, not a failure to start
+                backoff[i] = min(BACKOFF_MAX, max(BACKOFF_FIRST, backoff[i] * BACKOFF_FACTOR))
                 logger.warning(
                     "worker process %d exited with %s; replacing it in %.1f s",
                     i,
                     rc,
                     backoff[i],
                 )
-                time.sleep(backoff[i])
-                spawn(i)
+                # not a sleep here: the others are watched and SIGTERM obeyed meanwhile
+                restart_at[i] = time.monotonic() + backoff[i]
     except KeyboardInterrupt:
         code = 130
     finally:

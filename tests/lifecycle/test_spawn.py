@@ -109,3 +109,52 @@ def test_every_launcher_runs_the_same_worker_command(tmp_path):
     for batch in (slurm, sge):
         line = batch.worker_line("$TAG")
         assert line.startswith("exec " + shlex.join([*worker, "-"]) + " --tag")
+
+
+def test_a_supervisor_obeys_sigterm_while_a_replacement_waits_its_backoff(shutdown_with_deadline,
+                                                                          tmp_path):
+    # impexec-worker --processes slept through a replacement's backoff (up to 30 s), so a
+    # SIGTERM (or another child's death) waited for it
+    import signal
+    import subprocess
+
+    import psutil
+
+    from impexec import ClusterExecutor
+
+    ex = ClusterExecutor(None, heartbeat_interval=0.1, heartbeat_timeout=2.0)
+    log = tmp_path / "supervisor.log"
+    with open(log, "wb") as err:
+        sup = subprocess.Popen([sys.executable, "-m", "impexec", "worker", "--connect",
+                                ex.connection_file(), "--processes", "2"],
+                               stdin=subprocess.DEVNULL, stderr=err)
+    try:
+        _wait(lambda: ex.statistics().workers == 2, 60)
+        def slot0() -> psutil.Process:  # the child of slot 0: its tag ends in -0-<generation>
+            kids = psutil.Process(sup.pid).children()
+            assert len(kids) == 2
+            [kid] = [k for k in kids if k.cmdline()[-1].split("-")[-2] == "0"]
+            return kid
+
+        for _ in range(4):  # crash slot 0 again and again: its backoff grows each time
+            kid = slot0()
+            kid.kill()
+            kid.wait(10)
+            try:
+                _wait(lambda: len(psutil.Process(sup.pid).children()) == 2, 30)
+            except AssertionError:
+                raise AssertionError(f"no replacement; the supervisor said:\n{log.read_text()}"
+                                     ) from None
+        slot0().kill()  # its next replacement waits the longest backoff yet (seconds)
+        time.sleep(0.5)
+        t = time.monotonic()
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(timeout=20) == 0
+        assert time.monotonic() - t < 2.0, "SIGTERM waited for the backoff"
+    finally:
+        if sup.poll() is None:
+            for kid in psutil.Process(sup.pid).children():
+                kid.kill()
+            sup.kill()
+        sup.wait(10)
+        shutdown_with_deadline(ex)
