@@ -320,7 +320,7 @@ class ClusterExecutor(Executor):
                                                      name="impexec-launchers", daemon=True)
             for launcher in self._launchers:
                 started.append(launcher)  # before start(): it may fail half-way
-                launcher.start(_Host(self, launcher))
+                launcher.start(_Host(self))
             self._launcher_thread.start()
             _running.add(self._launcher_thread)
         except BaseException:
@@ -656,7 +656,7 @@ def _unordered_iter(*args: Any) -> Iterator[Any]:
 class _Host:
     """The executor as seen by one launcher (see launchers.base.LauncherHost)."""
 
-    def __init__(self, ex: ClusterExecutor, launcher: Launcher):
+    def __init__(self, ex: ClusterExecutor):
         self._core = ex._core  # not the executor: launchers must not keep it alive
         self._broker = ex._broker
         self.connection = ex._conn

@@ -56,10 +56,6 @@ DROP_LOG_INTERVAL = 5.0
 _SUFFIXES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
-def new_key() -> bytes:
-    return os.urandom(KEY_SIZE)
-
-
 def curve_keypair() -> tuple[bytes, bytes]:
     """A CurveZMQ (public, secret) pair, Z85-encoded."""
     if not zmq.has("curve"):

@@ -207,7 +207,7 @@ class BatchWorkers(Launcher):
                 cwd=self.output_dir,
                 check=False,
             )
-            error = proc.stderr if proc.returncode else ""
+            error = ""
             if proc.returncode:
                 error = f"{shlex.join(argv)} exited with status {proc.returncode}:\n{proc.stderr}"
         except (OSError, subprocess.TimeoutExpired) as exc:
