@@ -13,6 +13,8 @@ on a cluster, change ``workers=2`` into a launcher, e.g. ``SlurmWorkers(64,
 time="2:00:00")``, or start workers elsewhere with ``impexec-worker --connect FILE``.
 """
 
+# ci: needs pyabc  (pip install -e '.[integrations]')
+
 import logging
 import math
 import os

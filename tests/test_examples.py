@@ -6,6 +6,7 @@ so with a ``# ci: skip  (reason)`` line; it is reported as skipped with that rea
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -22,6 +23,9 @@ SKIP_MARK = re.compile(r"^#\s*ci:\s*skip\b(.*)$", re.MULTILINE)
 ARGS_MARK = re.compile(r"^#\s*ci:\s*args\b(.*)$", re.MULTILINE)
 #: ``# ci: slurm-args ...``: also run it with these arguments where a Slurm answers.
 SLURM_MARK = re.compile(r"^#\s*ci:\s*slurm-args\b(.*)$", re.MULTILINE)
+#: ``# ci: needs MODULE (how to install it)``: skipped, naming it, where MODULE is missing
+#: (the light ``.[test]`` install has no pyABC; CI installs it and runs the example).
+NEEDS_MARK = re.compile(r"^#\s*ci:\s*needs\s+(\S+)(.*)$", re.MULTILINE)
 
 
 def _examples() -> list[Path]:
@@ -55,6 +59,9 @@ def test_example_runs(path: Path, args: str | None, tmp_path: Path) -> None:
     mark = SKIP_MARK.search(text)
     if mark:
         pytest.skip(f"{path.name} is marked '# ci: skip'{mark.group(1)}")
+    for module, how in NEEDS_MARK.findall(text):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{path.name} needs {module}{how}")
     argv = (args or "").split()
     if args and args.startswith("slurm:"):
         if not _slurm_answers():
@@ -108,11 +115,11 @@ def test_examples_are_numbered_without_gaps_and_all_listed() -> None:
 
 def test_the_readme_describes_the_markers_the_runner_reads() -> None:
     readme = (EXAMPLES / "README.md").read_text()
-    for mark in ("# ci: args", "# ci: slurm-args", "# ci: skip"):
+    for mark in ("# ci: args", "# ci: slurm-args", "# ci: skip", "# ci: needs"):
         assert mark in readme
     for path in _examples():  # and every marker a script carries is one the runner knows
         for line in re.findall(r"^#\s*ci:\s*(\S+)", path.read_text(), re.MULTILINE):
-            assert line in ("args", "slurm-args", "skip"), (path.name, line)
+            assert line in ("args", "slurm-args", "skip", "needs"), (path.name, line)
 
 
 def test_the_uneven_batching_workload_is_one_static_cannot_balance() -> None:
