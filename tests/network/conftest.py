@@ -44,6 +44,8 @@ if str(HERE) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
 
 from relay import Relay  # noqa: E402 (found through the path set just above)
 
+from waiting import wait_until  # noqa: E402 (tests/waiting.py)
+
 
 @pytest.fixture
 def relay_factory() -> Iterator[Callable[..., Relay]]:
@@ -135,13 +137,10 @@ class RelayedCluster:
 
     def wait_workers(self, n: int, timeout: float = CONNECT_S) -> None:
         """Wait until ``n`` workers are connected (statistics); fail with the logs if not."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ex.statistics().workers >= n:
-                return
-            time.sleep(0.05)
-        pytest.fail(f"{n} workers did not connect within {timeout} s: "
-                    f"{self.ex.statistics()}\n{self.worker_logs()}", pytrace=False)
+        try:
+            wait_until(lambda: self.ex.statistics().workers >= n, timeout, f"{n} workers to connect")
+        except AssertionError as exc:
+            pytest.fail(f"{exc}: {self.ex.statistics()}\n{self.worker_logs()}", pytrace=False)
 
     def worker_logs(self) -> str:
         out = []

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from relay import DOWN, UP, Relay
 
+from waiting import wait_until
+
 #: Seconds any socket operation here may block before the test fails.
 IO_TIMEOUT = 5.0
 
@@ -128,9 +130,7 @@ def test_end_of_stream_is_passed_on_and_the_link_closes(relay_factory, server, s
     assert recv_exactly(client, 5) == b"reply"
     peer.close()
     assert client.recv(10) == b""
-    deadline = time.monotonic() + IO_TIMEOUT
-    while relay.stats().open and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not relay.stats().open, IO_TIMEOUT, "the relay to drop the closed link")
     stats = relay.stats()
     assert (stats.open, stats.closed, stats.aborted) == (0, 1, 0)
 
