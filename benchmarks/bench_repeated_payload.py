@@ -34,11 +34,11 @@ def make_model(size: int):
 
 
 def child(mode: str, mb: float, tasks: int) -> None:
-    import impexec._executor as executor_module
+    import impexec._submission as submission_module
     from impexec import ClusterExecutor
 
     if mode == "off":
-        executor_module.BLOB_MIN = 1 << 62
+        submission_module.BLOB_MIN = 1 << 62
     size = int(mb * 1024 * 1024)
     model = make_model(size)
     payload = cloudpickle.dumps(model)

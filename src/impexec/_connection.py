@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
+import logging
 import os
 import re
 import socket
@@ -13,6 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,60 @@ class ConnectionInfo:
 
 #: What a ClusterExecutor keeps in its private directory (``impexec-*`` in the temporary
 #: directory); the names :func:`remove_orphaned_private_dir` may delete.
+@dataclass(frozen=True)
+class CurveKeys:
+    """The CurveZMQ key pairs of an encrypted executor: the broker's and its workers'."""
+
+    server_public: bytes
+    server_secret: bytes = field(repr=False)
+    client_public: bytes
+    client_secret: bytes = field(repr=False)
+
+    @classmethod
+    def make(cls) -> CurveKeys:
+        from ._security import curve_keypair
+
+        server_public, server_secret = curve_keypair()
+        client_public, client_secret = curve_keypair()
+        return cls(server_public, server_secret, client_public, client_secret)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def dial_info(bound: str, advertise: str | None, key: bytes, session: bytes,
+              curve: CurveKeys | None) -> ConnectionInfo:
+    """What a worker needs to join a broker bound at *bound* (``tcp://host:port``).
+
+    Workers dial *advertise* when given, this host's name when the broker bound a
+    wildcard address, else the bound host. Unencrypted traffic beyond loopback is
+    logged as a warning: anyone on the path can read tasks and results.
+    """
+    host = bound.split("://", 1)[1].rsplit(":", 1)[0]
+    port = bound.rsplit(":", 1)[1]
+    if advertise is None and host in ("0.0.0.0", "*", "[::]", "::"):  # noqa: S104 (a check, not a bind)
+        advertise = socket.gethostname()
+    if curve is None and not _is_loopback(host):
+        logger.warning(
+            "impexec broker bound to %s without encrypt=True: anyone who can reach this "
+            "port can read the tasks and results in transit (they cannot inject work "
+            "without the key); use encrypt=True or an SSH tunnel on untrusted networks",
+            bound,
+        )
+    return ConnectionInfo(
+        address=f"tcp://{advertise or host}:{port}", key=key, session=session,
+        server_key=curve.server_public.decode() if curve else None,
+        client_public=curve.client_public.decode() if curve else None,
+        client_secret=curve.client_secret.decode() if curve else None,
+    )
+
+
 PRIVATE_DIR_PREFIX = "impexec-"
 BROKER_SOCKET = "broker.sock"
 _PRIVATE_NAMES = re.compile(r"broker\.sock|connection(-local)?\.json|\.connection(-local)?\.json\.\d+\.tmp")

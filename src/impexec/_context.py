@@ -20,19 +20,49 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, wait
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ._broker import Broker
-    from ._executor import ClusterExecutor
+from typing import Any, Protocol
 
 _ids = itertools.count(1)
 
+#: Submits one map chunk of a context (see ContextHost.submit_chunk).
+SubmitChunk = Callable[..., Future[Any]]
 
-def _release(broker: Broker, ctx_id: int) -> None:
-    """Forget the setup on the broker and drop the cached value on every worker."""
-    if not broker.stopped.is_set():
-        broker.enqueue(lambda: broker.drop_context(ctx_id))
+
+class ContextHost(Protocol):
+    """The executor as its contexts see it: all a Context asks of it.
+
+    :meth:`ClusterExecutor.context` hands one to each Context it makes, so that a context
+    depends on these calls only and on none of the executor's private members.
+    """
+
+    def open(self, ctx_id: int, setup: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Callable[[], None]:
+        """Pickle the setup and register it under *ctx_id*; return the call that forgets
+        it again (on the broker and on every worker holding its value).
+
+        The returned call becomes the context's finalizer, so it must not refer to the
+        executor (a forgotten context would keep a forgotten executor alive).
+
+        Raises:
+            SerializationError: the setup or its arguments cannot be pickled (named).
+        """
+        ...
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+               ctx_id: int) -> Future[Any]:
+        """Serialize and queue ``fn(setup_value, *args, **kwargs)``, as the executor's submit."""
+        ...
+
+    def submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes, chunk: list[Any], ctx_id: int,
+                     bare: bool, item_errors: bool) -> Future[Any]:
+        """Queue one map chunk (calls of the already pickled *fn_frame*)."""
+        ...
+
+    def map(self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], timeout: float | None,
+            chunksize: int | str, buffersize: int | None, submit_chunk: SubmitChunk, *,
+            ordered: bool, return_exceptions: bool) -> Iterator[Any]:
+        """The executor's map, each chunk submitted through *submit_chunk*."""
+        ...
 
 
 class Context(Executor):
@@ -51,19 +81,16 @@ class Context(Executor):
     each of its futures refers to it).
     """
 
-    def __init__(self, executor: ClusterExecutor, setup: Callable[..., Any], args: tuple[Any, ...],
+    def __init__(self, host: ContextHost, setup: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any]):
-        self._ex = executor
+        self._host = host
         self.id = next(_ids)
         self._name = getattr(setup, "__qualname__", type(setup).__name__)
         # reentrant: pickling an argument may run user code that submits here
         self._lock = threading.RLock()
         self._closed = False
         self._futures: set[Future[Any]] = set()
-        frame = executor._dumps_once(setup, (setup, args, kwargs), "the context's setup")
-        broker = executor._broker
-        broker.register_context(self.id, [frame], executor._ser.code)
-        self._release = weakref.finalize(self, _release, broker, self.id)
+        self._release = weakref.finalize(self, host.open(self.id, setup, args, kwargs))
         self._release.atexit = False  # at exit the executor's own shutdown ends everything
 
     def _submitted(self, submit: Callable[[], Future[Any]]) -> Future[Any]:
@@ -92,12 +119,12 @@ class Context(Executor):
             RuntimeError: after :meth:`close` (or after the executor's shutdown).
             SerializationError: ``fn`` or an argument cannot be serialized (named).
         """
-        return self._submitted(lambda: self._ex._submit(fn, args, kwargs, ctx_id=self.id))
+        return self._submitted(lambda: self._host.submit(fn, args, kwargs, self.id))
 
     def _submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes,
                       chunk: list[Any], bare: bool = False, item_errors: bool = False) -> Future[Any]:
-        return self._submitted(lambda: self._ex._submit_chunk(fn, fn_frame, chunk, ctx_id=self.id,
-                                                              bare=bare, item_errors=item_errors))
+        return self._submitted(lambda: self._host.submit_chunk(fn, fn_frame, chunk, self.id,
+                                                               bare, item_errors))
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int | str = 1, buffersize: int | None = None,
@@ -109,16 +136,16 @@ class Context(Executor):
         RuntimeError when the iterator reaches them.
         """
         self._check()
-        return self._ex._map(fn, iterables, timeout, chunksize, buffersize, self, ordered=True,
-                             return_exceptions=return_exceptions)
+        return self._host.map(fn, iterables, timeout, chunksize, buffersize, self._submit_chunk,
+                              ordered=True, return_exceptions=return_exceptions)
 
     def map_unordered(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int | str = 1,
                       buffersize: int | None = None, timeout: float | None = None,
                       return_exceptions: bool = False) -> Iterator[Any]:
         """Like :meth:`ClusterExecutor.map_unordered`, each call getting the setup value first."""
         self._check()
-        return self._ex._map(fn, iterables, timeout, chunksize, buffersize, self, ordered=False,
-                             return_exceptions=return_exceptions)
+        return self._host.map(fn, iterables, timeout, chunksize, buffersize, self._submit_chunk,
+                              ordered=False, return_exceptions=return_exceptions)
 
     def close(self) -> None:
         """Wait for this context's tasks, then drop its cached value on every worker."""
