@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from ._context import Context
 from ._errors import (
     BrokenClusterError,
@@ -15,6 +13,7 @@ from ._errors import (
 from ._executor import ClusterExecutor
 from ._progress import progress
 from ._scheduler import Statistics
+from ._version import __version__
 from .launchers import Launcher, LocalWorkers, SGEWorkers, SlurmWorkers, SSHWorkers
 
 __all__ = [

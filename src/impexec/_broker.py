@@ -1,17 +1,22 @@
-"""The broker thread: owns the ROUTER socket, turns frames into Scheduler calls, resolves futures.
+"""The broker thread: turns messages into Scheduler calls and Scheduler answers into messages.
 
-Threading model (the only thread that touches the broker's sockets is this one)::
+Threading model::
 
     caller threads ── submit: Task → inbox deque (+ a wake-up byte if the broker sleeps) ──┐
+                      or, when the lock is free, queue and dispatch it themselves           │
     launcher thread ─ worker exited / start failed → inbox (as a command) ─────────────────┤
                                                                                             ▼
-    broker thread:  poll(ROUTER, wake-up) → verify+decode → Scheduler → encode+sign → ROUTER
-                    set_result / set_exception on futures (their callbacks run here)
+    broker thread:  poll(ROUTER, wake-up) → RouterLink (verify, number, acknowledge)
+                    → handler by message kind → Scheduler → RouterLink (sign, keep, send)
+                    set_result / set_exception on futures, outside the lock
 
-This follows CPython's ``_ExecutorManagerThread`` and its ``_ThreadWakeup``: other
-threads never touch the socket, they append to a deque and poke a socketpair. Unlike
-CPython, the caller thread pickles (so ``submit`` can raise naming the culprit) and no
-feeder thread copies payloads again.
+Whoever holds the broker's lock may use the socket (:mod:`._router`); futures are resolved
+outside it, because their callbacks may submit. This follows CPython's
+``_ExecutorManagerThread`` and its ``_ThreadWakeup``, except that the caller pickles (so
+``submit`` can name what does not pickle) and may dispatch its own task.
+
+One turn of the loop (:meth:`Broker._turn`) is a fixed list of steps: drain the inbox,
+receive, dispatch, housekeeping (liveness), rebalance, stop when idle and asked to.
 """
 
 from __future__ import annotations
@@ -29,23 +34,23 @@ from typing import Any
 
 import zmq
 
-from . import __version__
-from ._errors import BrokenClusterError, ProtocolError, SerializationError, WorkerLostError, WorkerStartError
-from ._protocol import Flag, Kind, decode, encode, join, recv_frames, send_frames
+from ._errors import BrokenClusterError, ProtocolError, SerializationError, WorkerLostError
+from ._peers import Peer
+from ._protocol import Flag, Kind, Message
+from ._router import HB_SUFFIX, WORKER_ID_SIZE, RouterLink
 from ._scheduler import REBALANCE_INTERVAL_S, Scheduler, Statistics, Task, WorkerRecord
-from ._security import DropLog, RouterGuard
 from ._serialize import get_serializer
+from ._version import __version__
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["HB_SUFFIX", "RECV_BATCH", "WORKER_ID_SIZE", "Broker"]
+
 #: Messages read from the ROUTER per poll wake-up before other work gets a turn.
 RECV_BATCH = 512
-#: Heartbeat socket of a worker: its routing id is the worker id plus this suffix.
-HB_SUFFIX = b"h"
-WORKER_ID_SIZE = 16
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-_NOBLOCK = int(zmq.NOBLOCK)
+_BROKEN = "the executor's broker has stopped"
 
 
 class Broker:
@@ -76,7 +81,6 @@ class Broker:
     ):
         self._thread = threading.Thread(target=self.run, name="impexec-broker", daemon=True)
         self.scheduler = scheduler
-        self._key = key
         self._session = session
         self._hb_interval = heartbeat_interval
         self._hb_timeout = heartbeat_timeout
@@ -84,64 +88,54 @@ class Broker:
         self._init_frames = initializer_frames
         self._init_ser = initializer_serializer
         self._on_joined = on_worker_joined
-        self._seq = 0
         self._inbox: deque[Any] = deque()
         self._sleeping = False
         self._stop_when_idle = False
-        self._stopping = False
         self.stopped = threading.Event()
-        self.idle_event = threading.Event()
         self.crash: BaseException | None = None
-        self.start_error: WorkerStartError | None = None
         self._contexts: dict[int, tuple[list[Any], int]] = {}  # ctx_id → (setup frames, ser)
-        self._last_seq: dict[bytes, int] = {}
-        self._seen_workers: set[bytes] = set()
-        self._local: set[bytes] = set()  # workers on the Unix socket: Flag.LOCAL both ways
         self._initializing: set[bytes] = set()  # joined; initializer not yet done
         self._tags: dict[str, bytes] = {}  # launcher tag → worker id
         self.connected_tags: set[str] = set()  # read by the launcher thread
         self.ever_connected_tags: set[str] = set()
-        self._drop_log = DropLog(logger, "a message")  # rate-limited, bounded memory
         self._last_stop_seq = 0  # STOP_WORKERS, END_RUN: highest seq accepted (replay guard)
         self.ended = False  # `impexec end` ended the run (read by the executor's submit)
         # status clients (impexec status --watch) and when they last asked: told at
         # teardown that the run ended, so that a watch can say so instead of timing out
         self._watchers: dict[bytes, float] = {}
-
         self._zctx = zmq.Context()
-        self._router = self._zctx.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.LINGER, 0)
-        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._router.setsockopt(zmq.SNDHWM, 0)
-        # limits (MAXMSGSIZE, RCVHWM per peer), CURVE server + ZAP client check: _security
-        self._guard = RouterGuard(self._router, curve_secret=curve_secret,
-                                  curve_clients=curve_clients, max_message_size=max_message_size)
         try:
-            if address.endswith((":0", ":*")):
-                base = address.rsplit(":", 1)[0]
-                port = self._router.bind_to_random_port(base)
-                self.address = f"{base}:{port}"
-            else:
-                self._router.bind(address)
-                self.address = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
-            for extra in extra_binds:
-                self._router.bind(extra)
-            self._guard.start(self._zctx)
-        except BaseException:  # address in use, bad address: nothing of ours may stay open
-            self._guard.close()
-            self._router.close(linger=0)
+            self._link = RouterLink(
+                self._zctx, key=key, session=session, address=address,
+                rto=max(2 * heartbeat_interval, 0.2), max_rto=heartbeat_timeout,
+                curve_secret=curve_secret, curve_clients=curve_clients,
+                max_message_size=max_message_size, extra_binds=extra_binds)
+        except BaseException:
             self._zctx.term()
             raise
+        self.address = self._link.address
+        self._guard = self._link.guard
+        self._drop_log = self._link.drop_log
+        self._peers = self._link.peers
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._router_fd = self._router.getsockopt(zmq.FD)
-        # Guards the scheduler, the ROUTER socket and the sequence counter. Caller threads
-        # take it to dispatch their own tasks (no hop through this thread); this thread
-        # holds it except while it sleeps in select(). Futures are resolved outside it.
+        self._router_fd = self._link.sock.getsockopt(zmq.FD)
+        # Guards the scheduler, the socket and the peer table. Caller threads take it to
+        # dispatch their own tasks (no hop through this thread); this thread holds it
+        # except while it sleeps in select(). Futures are resolved outside it.
         self._lock = threading.RLock()
         self._later: list[tuple[Any, ...]] = []  # (future, ok, value) or (future, msg)
         self._closed = False
+        self._handlers: dict[Kind, Callable[[Peer, WorkerRecord | None, bool, Message], None]] = {
+            Kind.HEARTBEAT: self._on_heartbeat,
+            Kind.STARTED: self._on_started,
+            Kind.RESULT: self._on_result,
+            Kind.GOODBYE: self._on_goodbye,
+            Kind.START_FAILED: self._on_start_failed,
+        }
+        self._next_house = 0.0
+        self._next_rebalance = 0.0
 
     # -- called from other threads -----------------------------------------------------
     def enqueue(self, item: Any) -> None:
@@ -149,6 +143,8 @@ class Broker:
         self._inbox.append(item)
         if self._sleeping:
             self._wake()
+        if self.stopped.is_set():  # raced with teardown: nobody will read the inbox
+            self._fail_orphans()
 
     def _wake(self) -> None:
         self._sleeping = False
@@ -166,22 +162,18 @@ class Broker:
 
         When the broker thread holds the lock (it is receiving), the task goes to the
         inbox instead: it picks it up on its next turn and dispatches it in a batch.
-        Waiting for the lock cost the caller ~40 µs of CPU per task once every task
-        found a free slot (many workers; issue 8: twice the client's CPU per task with
-        1,000 workers).
+        Waiting for the lock would cost the caller far more than the hand-over.
         """
         if not self._lock.acquire(blocking=False):
             self.enqueue(task)
-            if self.stopped.is_set():  # raced with teardown: nobody will read the inbox
-                self._fail_orphans()
             return
         try:
             if self._closed:
-                task.future.set_exception(BrokenClusterError("the executor's broker has stopped"))
+                task.future.set_exception(BrokenClusterError(_BROKEN))
                 return
             self.scheduler.submit(task)
             self._dispatch()
-            readable = self._router.getsockopt(_EVENTS) & _POLLIN
+            readable = self._link.sock.getsockopt(_EVENTS) & _POLLIN
         finally:
             self._lock.release()
         if self._later:
@@ -190,26 +182,36 @@ class Broker:
             self._wake()
 
     def _fail_orphans(self) -> None:
-        """After the thread stopped: fail queued tasks, run queued calls (nobody else will)."""
+        """After teardown: fail every task and run every command left in the inbox."""
         while True:
             try:
                 item = self._inbox.popleft()
             except IndexError:
                 return
             if isinstance(item, Task):
-                _resolve(item.future, False, BrokenClusterError("the executor's broker has stopped"))
-            elif isinstance(item, _Call):
-                item()  # state is no longer shared: run it here, as call() would
+                _resolve(item.future, False, BrokenClusterError(_BROKEN))
+            else:
+                try:
+                    item()
+                except Exception:
+                    logger.debug("a command for a stopped broker failed", exc_info=True)
 
     def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
         """Run *fn* on the broker thread and return its result (or raise its error)."""
+        fut: Future[Any] = Future()
+
+        def run() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
         if self.stopped.is_set():
             return fn()  # no broker any more: state is no longer shared
-        run = _Call(fn)
-        self.enqueue(run)
-        if self.stopped.is_set():  # raced with teardown: nobody will read the inbox
-            self._fail_orphans()
-        return run.future.result(timeout)
+        self.enqueue(run)  # run here by the teardown if the broker stops meanwhile
+        return fut.result(timeout)
 
     def stop_when_idle(self) -> None:
         """Finish every open task, then tell workers to leave and end the thread."""
@@ -237,6 +239,10 @@ class Broker:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def native_id(self) -> int | None:
+        return self._thread.native_id
+
     def run(self) -> None:
         try:
             self._loop()
@@ -247,37 +253,15 @@ class Broker:
             self._teardown()
 
     def _loop(self) -> None:
-        sched = self.scheduler
-        next_house = time.monotonic() + self._hb_interval
-        next_rebalance = 0.0
+        self._next_house = time.monotonic() + self._hb_interval
         fds = [self._router_fd, self._wake_r.fileno()]
         while True:
-            wake_at = next_house
             with self._lock:
-                if self._inbox:
-                    self._drain_inbox()
-                more = self._receive()
-                if sched.n_pending:
-                    self._dispatch()
-                now = time.monotonic()
-                if now >= next_house:
-                    self._housekeeping(now)
-                    next_house = now + self._hb_interval
-                wake_at = next_house
-                if sched.tasks and sched.has_idle_worker and not sched.n_pending:
-                    # idle workers while tasks wait queued on busy ones: maybe recall some
-                    if now >= next_rebalance:
-                        self._rebalance()
-                        next_rebalance = now + REBALANCE_INTERVAL_S
-                    wake_at = min(wake_at, next_rebalance)
-                if sched.idle() and not self._later:
-                    self.idle_event.set()
-                    if self._stop_when_idle and not self._inbox:
-                        self._closed = True
-                        return
-                else:
-                    self.idle_event.clear()
-                more = more or bool(self._router.getsockopt(_EVENTS) & _POLLIN)
+                state = self._turn()
+                if state is None:
+                    self._closed = True
+                    return
+                more, wake_at = state
                 self._sleeping = True
             if self._later:
                 self._flush()
@@ -294,15 +278,45 @@ class Broker:
                 except BlockingIOError:
                     pass
 
+    def _turn(self) -> tuple[bool, float] | None:
+        """One round of the loop's steps, under the lock.
+
+        Returns (more to read at once?, when to wake up next), or None to stop.
+        """
+        sched = self.scheduler
+        if self._inbox:
+            self._drain_inbox()
+        more = self._link.receive(self._on_message, RECV_BATCH)
+        if sched.n_pending:
+            self._dispatch()
+        now = time.monotonic()
+        if now >= self._next_house:
+            self._housekeeping(now)
+            self._next_house = now + self._hb_interval
+        wake_at = self._next_house
+        if sched.tasks and sched.has_idle_worker and not sched.n_pending:
+            # idle workers while tasks wait queued on busy ones: maybe recall some
+            if now >= self._next_rebalance:
+                self._rebalance(now)
+                self._next_rebalance = now + REBALANCE_INTERVAL_S
+            wake_at = min(wake_at, self._next_rebalance)
+        if sched.idle() and not self._later and self._stop_when_idle and not self._inbox:
+            return None
+        more = more or bool(self._link.sock.getsockopt(_EVENTS) & _POLLIN)
+        return more, wake_at
+
     def _flush(self) -> None:
         """Resolve the futures settled under the lock (their callbacks may submit)."""
         with self._lock:
             later, self._later = self._later, []
         for item in later:
-            if len(item) == 2:
-                _resolve_message(*item)
-            else:
-                _resolve(*item)
+            try:
+                if len(item) == 2:
+                    _resolve_message(*item)
+                else:
+                    _resolve(*item)
+            except BaseException:  # never let one future take the broker down
+                logger.exception("could not resolve a future")
 
     def _drain_inbox(self) -> None:
         inbox, submit = self._inbox, self.scheduler.submit
@@ -317,24 +331,17 @@ class Broker:
                     self._dispatch()
                 item()
 
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
-    def _send(self, ident: bytes, frames: list[Any]) -> bool:
-        try:
-            send_frames(self._router, [ident, *frames])
-            return True
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                return False  # the peer is gone; heartbeats will tell
-            raise
-
+    # -- sending tasks -----------------------------------------------------------------
     def _dispatch(self) -> None:
-        batches: dict[bytes, list[list[Any]]] = {}
-        key, session, local = self._key, self._session, self._local
+        batches: dict[bytes, tuple[Peer, list[list[Any]]]] = {}
+        link, peers = self._link, self._peers
+        now = time.monotonic()
         for a in self.scheduler.assign(_claim):
             task = a.task
+            peer = peers.get(a.worker.ident)
+            if peer is None:  # cannot happen: the scheduler knows only joined workers
+                self._finish(a.worker.ident, task, False, RuntimeError("unknown worker"))
+                continue
             frames = task.frames
             flags = task.flags
             if task.blobs:  # table of (digest, included?) then the blobs the worker lacks
@@ -350,14 +357,15 @@ class Broker:
                     continue
                 frames = [*setup[0], *frames]
                 flags |= Flag.HAS_SETUP
-            msg = encode(
-                key, Kind.TASK, session, self._next_seq(), task_id=task.id, ctx_id=task.ctx_id,
-                aux=task.attempts, flags=flags, serializer=task.ser, frames=frames,
-                local=a.worker.ident in local,
-            )
-            batches.setdefault(a.worker.ident, []).append(msg)
-        for ident, msgs in batches.items():  # one block frame per worker and round
-            self._send(ident, join(msgs))
+            msg = link.encode_main(peer, Kind.TASK, now, task_id=task.id, ctx_id=task.ctx_id,
+                                   aux=task.attempts, flags=flags, serializer=task.ser, frames=frames)
+            batch = batches.get(peer.wid)
+            if batch is None:
+                batches[peer.wid] = (peer, [msg])
+            else:
+                batch[1].append(msg)
+        for peer, msgs in batches.values():  # one block frame per worker and round
+            link.send_batch(peer, msgs)
 
     def _finish(self, ident: bytes, task: Task, ok: bool, value: Any) -> None:
         done = self.scheduler.complete(ident, task.id, ok=ok)
@@ -365,94 +373,60 @@ class Broker:
             self._later.append((done.future, ok, value))
 
     # -- receiving ---------------------------------------------------------------------
-    def _receive(self) -> bool:
-        """Handle what has arrived; True if the batch limit left messages unread."""
-        router = self._router
-        for _ in range(RECV_BATCH):
-            # read until empty (the FD is edge-triggered): one zmq.Again (~4 µs) per
-            # wake-up is cheaper than asking ZMQ_EVENTS (~2 µs) before every message
-            try:
-                frames = recv_frames(router, _NOBLOCK)
-            except zmq.Again:
-                return False
-            ident = frames[0].bytes
-            try:
-                for msg in decode(self._key, frames[1:], None, ident in self._local):
-                    self._on_message(ident, msg)
-            except ProtocolError as exc:
-                self._dropped(ident, str(exc))
-            except Exception:  # a bug handling one message must not take the broker down
-                logger.exception("error while handling a message from %s", ident.hex()[:12])
-        return True
-
-    def _dropped(self, ident: bytes, why: str) -> None:
-        self._drop_log(f"peer {ident.hex()[:12]}", why)
-
-    def _on_message(self, ident: bytes, msg: Any) -> None:
+    def _on_message(self, ident: bytes, peer: Peer | None, is_hb: bool, msg: Message) -> None:
+        """A verified, first-seen message (RouterLink checked numbers and session)."""
         kind = msg.kind
-        if kind == Kind.READY:
-            self._on_ready(ident, msg)
-            return
-        if kind == Kind.STATUS or kind == Kind.STOP_WORKERS or kind == Kind.END_RUN:
-            if msg.session != self._session and (  # a URL + key client knows no session:
-                    msg.session != b"\0" * 8 or abs(msg.seq / 1e6 - time.time()) > 300):
-                raise ProtocolError("status request from another session")  # or a stale one
-            if kind != Kind.STATUS:  # clients number requests by the clock
-                if msg.seq <= self._last_stop_seq:
-                    raise ProtocolError(f"replayed {kind.name} (seq {msg.seq})")
-                self._last_stop_seq = msg.seq
-            self._on_status(ident, kind)
-            return
-        if msg.session != self._session:
-            raise ProtocolError("message from another session (another executor, or a replay)")
-        is_hb = len(ident) == WORKER_ID_SIZE + len(HB_SUFFIX) and ident.endswith(HB_SUFFIX)
-        wid = ident[:WORKER_ID_SIZE] if is_hb else ident
-        if wid not in self._seen_workers:  # keeps _last_seq bounded by real workers
-            raise ProtocolError(f"{kind.name} from a peer that never sent READY (a replay?)")
-        last = self._last_seq.get(ident, 0)
-        if msg.seq <= last:
-            raise ProtocolError(f"replayed or reordered message (seq {msg.seq} <= {last})")
-        self._last_seq[ident] = msg.seq
-        now = time.monotonic()
-        w = self.scheduler.seen(wid, now)
-        if kind == Kind.HEARTBEAT:
-            if w is None:
-                self._send(ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq()))
+        if peer is None:
+            if kind == Kind.READY:
+                self._on_ready(ident, msg)
             else:
-                if not is_hb and wid in self._initializing:  # its initializer succeeded
-                    self._initializing.discard(wid)
-                    self._worker_started(w)
-                self._send(ident, encode(self._key, Kind.HEARTBEAT, self._session, self._next_seq()))
-        elif kind == Kind.RESULT:
-            self._on_result(wid, msg)
-            if w is None:  # a worker we declared lost: its late result is taken, it goes
-                self._send(ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq()))
-        elif kind == Kind.GOODBYE:
-            reason = (msg.json() or {}).get("reason", "")
-            if w is not None:
-                logger.info("worker %s is leaving (%s)", w.name, reason)
-                self.scheduler.drain_worker(wid)
-                self._release_drained(w)
-        elif kind == Kind.START_FAILED:
-            text = (msg.json() or {}).get("error", "")
-            name = w.name if w else ident.hex()
-            logger.error("worker %s could not start: %s", name, text)
-            self._note_start_failure(WorkerStartError(f"worker {name} failed to start", text))
-            if w is not None:
-                self._forget(w, lost=False)
-        else:
+                self._on_status(ident, msg)
+            return
+        w = self.scheduler.seen(peer.wid, time.monotonic())
+        handler = self._handlers.get(kind)
+        if handler is None:
             raise ProtocolError(f"unexpected {kind.name} from a worker")
+        handler(peer, w, is_hb, msg)
 
-    def _on_ready(self, ident: bytes, msg: Any) -> None:
-        info = msg.json() or {}
-        if len(ident) != WORKER_ID_SIZE or info.get("worker") != ident.hex():
+    def _on_heartbeat(self, peer: Peer, w: WorkerRecord | None, is_hb: bool, msg: Message) -> None:
+        if w is None:
+            self._link.send_hb(peer, Kind.SHUTDOWN)
+            return
+        if not is_hb:
+            raise ProtocolError("HEARTBEAT on a worker's main link")
+        self._link.send_hb(peer, Kind.HEARTBEAT)
+        # idle with messages unacknowledged, or a gap: they were lost, send them again
+        self._link.resend(peer, self._peers.resend_on_report(peer, msg.aux, time.monotonic()))
+
+    def _on_started(self, peer: Peer, w: WorkerRecord | None, is_hb: bool, msg: Message) -> None:
+        """Its initializer ran: only now is it counted as started (a failing initializer
+        would otherwise look like a worker that connected and died, restarted forever)."""
+        if w is not None and peer.wid in self._initializing:
+            self._initializing.discard(peer.wid)
+            self._worker_started(w)
+
+    def _on_goodbye(self, peer: Peer, w: WorkerRecord | None, is_hb: bool, msg: Message) -> None:
+        reason = msg.json().get("reason", "")
+        if w is not None:
+            logger.info("worker %s is leaving (%s)", w.name, reason)
+            self.scheduler.drain_worker(peer.wid)
+            self._release_drained(w)
+
+    def _on_start_failed(self, peer: Peer, w: WorkerRecord | None, is_hb: bool, msg: Message) -> None:
+        text = msg.json().get("error", "")
+        name = w.name if w else peer.wid.hex()
+        logger.error("worker %s could not start: %s", name, text)
+        if w is not None:
+            self._forget(w, lost=False)
+
+    def _on_ready(self, ident: bytes, msg: Message) -> None:
+        info = msg.json()
+        if info.get("worker") != ident.hex():
             raise ProtocolError("READY whose worker id does not match its socket")
-        if ident in self._seen_workers:
+        peer = self._peers.join(ident, msg.seq)
+        if peer is None:
             raise ProtocolError("READY from a worker id seen before (replay)")
-        self._seen_workers.add(ident)
-        self._last_seq[ident] = msg.seq
-        if info.get("local") is True:  # it dialed our Unix socket (signed, so a key holder says so)
-            self._local.add(ident)
+        peer.local = info.get("local") is True  # it dialed our Unix socket (signed: a key holder says so)
         name = f"{info.get('host', '?')}:{info.get('pid', '?')}"
         tag = str(info.get("tag") or "")
         w = self.scheduler.add_worker(ident, name, time.monotonic(), tag=tag, info=info)
@@ -465,19 +439,19 @@ class Broker:
             "heartbeat_interval": self._hb_interval,
             "heartbeat_timeout": self._hb_timeout,
             "max_message_size": self._guard.max_message_size,  # per frame (ZeroMQ MAXMSGSIZE)
+            # heartbeat-link numbers so far: the worker takes only later ones from there
+            "hb_floor": self._link.hb_seq,
         }
         frames: list[Any] = [json.dumps(welcome).encode()]
         flags = 0
         if self._init_frames is not None:
             frames += self._init_frames
             flags = Flag.HAS_SETUP
-        self._send(ident, encode(self._key, Kind.WELCOME, self._session, self._next_seq(),
-                                 flags=flags, serializer=self._init_ser, frames=frames,
-                                 local=ident in self._local))
+        self._link.send_main(peer, Kind.WELCOME, flags=flags, serializer=self._init_ser, frames=frames)
         logger.info("worker %s joined (tag %s, python %s)", name, tag or "-", info.get("python", "?"))
         if self._init_frames is None:
             self._worker_started(w)
-        else:  # started once its initializer ran (it says so with a main-socket HEARTBEAT)
+        else:  # started once its initializer ran (it says so with STARTED)
             self._initializing.add(ident)
 
     def _worker_started(self, w: WorkerRecord) -> None:
@@ -485,14 +459,23 @@ class Broker:
         if w.tag:
             self.connected_tags.add(w.tag)
             self.ever_connected_tags.add(w.tag)
-        self.start_error = None
         if self._on_joined is not None:
             self._on_joined(w)
 
-    def _on_status(self, ident: bytes, kind: Kind) -> None:
+    def _on_status(self, ident: bytes, msg: Message) -> None:
+        kind = msg.kind
+        if msg.session != self._session and (  # a URL + key client knows no session:
+                msg.session != b"\0" * 8 or abs(msg.seq / 1e6 - time.time()) > 300):
+            raise ProtocolError("status request from another session")  # or a stale one
+        if kind != Kind.STATUS:  # clients number requests by the clock
+            if msg.seq <= self._last_stop_seq:
+                raise ProtocolError(f"replayed {kind.name} (seq {msg.seq})")
+            self._last_stop_seq = msg.seq
         if kind == Kind.STOP_WORKERS:
             for w in list(self.scheduler.workers.values()):
-                self._send(w.ident, encode(self._key, Kind.DRAIN, self._session, self._next_seq()))
+                peer = self._peers.get(w.ident)
+                if peer is not None:
+                    self._link.send_main(peer, Kind.DRAIN)
                 self.scheduler.drain_worker(w.ident)
                 self._release_drained(w)
         elif kind == Kind.END_RUN:
@@ -501,7 +484,8 @@ class Broker:
         self._watchers[ident] = now
         if len(self._watchers) > 64:  # bounded: forget those that stopped asking
             self._watchers = {i: t for i, t in self._watchers.items() if now - t < 60}
-        self._send(ident, self._status_reply("ending" if self._stop_when_idle else "running"))
+        self._link.send_client(ident, Kind.STATUS_REPLY,
+                               self._status_reply("ending" if self._stop_when_idle else "running"))
 
     def _status_reply(self, state: str) -> list[Any]:
         stats: dict[str, Any] = self.scheduler.statistics().as_dict()
@@ -514,8 +498,7 @@ class Broker:
         stats["address"] = self.address
         stats["version"] = __version__
         stats["state"] = state
-        return encode(self._key, Kind.STATUS_REPLY, self._session, self._next_seq(),
-                      frames=[json.dumps(stats).encode()])
+        return [json.dumps(stats).encode()]
 
     def _end_run(self) -> None:
         """``impexec end``: no future may wait on a run that nobody will serve any more."""
@@ -525,12 +508,14 @@ class Broker:
         for t in self.scheduler.fail_all():  # the held ones: their results are not awaited
             self._later.append((t.future, False, ended))
         for w in list(self.scheduler.workers.values()):
-            self._send(w.ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq(),
-                                       aux=1))
+            peer = self._peers.get(w.ident)
+            if peer is not None:
+                self._link.send_unkept(peer, Kind.SHUTDOWN, aux=1)
             self._forget(w, lost=False)
         self._stop_when_idle = True
 
-    def _on_result(self, wid: bytes, msg: Any) -> None:
+    def _on_result(self, peer: Peer, w: WorkerRecord | None, is_hb: bool, msg: Message) -> None:
+        wid = peer.wid
         if msg.flags & Flag.NEED_SETUP:
             self.scheduler.needs_setup(wid, msg.task_id)
             return
@@ -539,18 +524,21 @@ class Broker:
             return
         ok = bool(msg.flags & Flag.OK)
         task = self.scheduler.complete(wid, msg.task_id, ok=ok, run_s=msg.aux / 1e6, raised=msg.ctx_id)
-        w = self.scheduler.workers.get(wid)
-        if w is not None and w.draining:
+        if w is None:  # a worker we declared lost: its late result is taken, it goes
+            self._link.send_hb(peer, Kind.SHUTDOWN)
+        elif w.draining:
             self._release_drained(w)
         if task is None:
-            logger.debug("dropped a duplicate or late result for task %d", msg.task_id)
+            logger.debug("dropped a late result for task %d (completed elsewhere)", msg.task_id)
             return
         self._later.append((task.future, msg))  # unpickled outside the lock
 
     # -- worker loss -------------------------------------------------------------------
     def _release_drained(self, w: WorkerRecord) -> None:
         if w.draining and not w.assigned:
-            self._send(w.ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq()))
+            peer = self._peers.get(w.ident)
+            if peer is not None:
+                self._link.send_unkept(peer, Kind.SHUTDOWN)
             self._forget(w, lost=False)
 
     def _forget(self, w: WorkerRecord, *, lost: bool) -> None:
@@ -562,8 +550,8 @@ class Broker:
                 "probably kills its worker (crash, os._exit, out of memory)",
                 attempts=lt.attempts, workers=tuple(lt.task.lost_on),
             )))
+        self._peers.forget(w.ident)
         self._initializing.discard(w.ident)
-        self._local.discard(w.ident)
         if w.tag:
             self.connected_tags.discard(w.tag)
             self._tags.pop(w.tag, None)
@@ -574,9 +562,10 @@ class Broker:
         if w is None:
             return
         logger.warning("worker %s lost (%s); %d task(s) go back to the queue", w.name, why, len(w.assigned))
-        # if it is only stopped, it learns on waking that it is no longer wanted
-        self._send(ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq()))
-        self._send(ident + HB_SUFFIX, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq()))
+        peer = self._peers.get(ident)
+        if peer is not None:  # if it is only stopped, it learns on waking that it is not wanted
+            self._link.send_unkept(peer, Kind.SHUTDOWN)
+            self._link.send_hb(peer, Kind.SHUTDOWN)
         self._forget(w, lost=True)
 
     def tag_exited(self, tag: str, why: str) -> None:
@@ -585,18 +574,18 @@ class Broker:
         if ident is not None:
             self.worker_lost(ident, why)
 
-    def _note_start_failure(self, err: WorkerStartError) -> None:
-        self.start_error = err
-
     def fail_open_tasks(self, err: BaseException) -> None:
         """Broker thread: no worker can start: every open future fails with *err*."""
         for t in self.scheduler.fail_all():
             self._later.append((t.future, False, err))
 
-    def _rebalance(self) -> None:
-        for w, n in self.scheduler.rebalance():
-            logger.debug("asking worker %s to give back up to %d queued task(s)", w.name, n)
-            self._send(w.ident, encode(self._key, Kind.RECALL, self._session, self._next_seq(), aux=n))
+    def _rebalance(self, now: float) -> None:
+        # on the heartbeat link: its thread answers while the worker's main thread runs a task
+        for w, n in self.scheduler.rebalance(now):
+            peer = self._peers.get(w.ident)
+            if peer is not None:
+                logger.debug("asking worker %s to give back up to %d queued task(s)", w.name, n)
+                self._link.send_hb(peer, Kind.RECALL, aux=n)
 
     def _housekeeping(self, now: float) -> None:
         for w in self.scheduler.expire(now):
@@ -606,8 +595,9 @@ class Broker:
     def drop_context(self, ctx_id: int) -> None:
         self._contexts.pop(ctx_id, None)
         for w in self.scheduler.drop_context(ctx_id):
-            self._send(w.ident, encode(self._key, Kind.DROP_CONTEXT, self._session,
-                                       self._next_seq(), ctx_id=ctx_id))
+            peer = self._peers.get(w.ident)
+            if peer is not None:
+                self._link.send_main(peer, Kind.DROP_CONTEXT, ctx_id=ctx_id)
 
     def cancel_pending(self) -> None:
         for t in self.scheduler.cancel_pending():
@@ -617,27 +607,25 @@ class Broker:
         with self._lock:
             self._closed = True
             self._teardown_locked()
-        self._flush()
         self.stopped.set()
-        # what arrived while the sockets closed (after the drain in _teardown_locked):
-        # from here on submit_now() and call() see `stopped` and clear the inbox themselves
-        self._fail_orphans()
-        self.idle_event.set()
+        self._fail_orphans()  # anything put in the inbox while the socket closed
+        self._flush()
 
     def _teardown_locked(self) -> None:
         try:
             now = time.monotonic()
             for ident, asked in self._watchers.items():
                 if now - asked < 60:
-                    self._send(ident, self._status_reply("ended"))
+                    self._link.send_client(ident, Kind.STATUS_REPLY, self._status_reply("ended"))
         except Exception:  # closing anyway; a watch then says it lost the executor
             logger.debug("could not tell the status watchers", exc_info=True)
         try:
             for ident in list(self.scheduler.workers):
-                # main socket only: the worker finishes its loop and exits cleanly;
+                # main link only: the worker finishes its loop and exits cleanly;
                 # aux=1 says the executor is closing (exit status 0, not "dismissed")
-                self._send(ident, encode(self._key, Kind.SHUTDOWN, self._session, self._next_seq(),
-                                         aux=1))
+                peer = self._peers.get(ident)
+                if peer is not None:
+                    self._link.send_unkept(peer, Kind.SHUTDOWN, aux=1)
         except Exception:  # closing anyway
             logger.debug("could not say goodbye to every worker", exc_info=True)
         err = self.crash
@@ -652,30 +640,15 @@ class Broker:
             item = self._inbox.popleft()
             if isinstance(item, Task):
                 self._later.append((item.future, False, broken))
-            elif isinstance(item, _Call):
-                item()  # a statistics() or other call() waits for it
-        # give ZeroMQ a moment to flush the SHUTDOWNs, then close
-        self._guard.close()  # ZAP and monitor threads, before the socket and the context
-        self._router.close(linger=200)
+            else:
+                try:
+                    item()  # a call() waiting for its answer, a cancel, a context drop
+                except Exception:
+                    logger.debug("a command at teardown failed", exc_info=True)
+        self._link.close()
         self._wake_r.close()
         self._wake_w.close()
         self._zctx.term()
-
-
-class _Call:
-    """A function to run on the broker thread for :meth:`Broker.call`, with its future."""
-
-    __slots__ = ("fn", "future")
-
-    def __init__(self, fn: Callable[[], Any]):
-        self.fn = fn
-        self.future: Future[Any] = Future()
-
-    def __call__(self) -> None:
-        try:
-            self.future.set_result(self.fn())
-        except BaseException as exc:
-            self.future.set_exception(exc)
 
 
 def _claim(task: Task) -> bool:
@@ -685,12 +658,16 @@ def _claim(task: Task) -> bool:
     return bool(task.future.set_running_or_notify_cancel())
 
 
-def _resolve_message(future: Any, msg: Any) -> None:
-    """Unpickle a RESULT's payload (its signature was verified) into its future."""
+def _resolve_message(future: Any, msg: Message) -> None:
+    """Unpickle a RESULT's payload (its signature was verified) into its future.
+
+    Whatever unpickling raises, ``BaseException`` included (a payload whose
+    ``__reduce__`` calls ``sys.exit``), lands in this future and nowhere else.
+    """
     ok = bool(msg.flags & Flag.OK)
     try:
         value = get_serializer(msg.serializer).loads(msg.frames)
-    except (Exception, SystemExit) as exc:  # a SystemExit from a __reduce__: not the end of this thread
+    except BaseException as exc:
         ok = False
         value = SerializationError(
             f"the {'result' if msg.flags & Flag.OK else 'exception'} of the task could not "
@@ -711,3 +688,4 @@ def _resolve(future: Any, ok: bool | None, value: Any) -> None:
             future.set_exception(value)
     except Exception:  # cancelled or already resolved (InvalidStateError): first one wins
         logger.debug("future already resolved", exc_info=True)
+

@@ -277,7 +277,7 @@ def _broker_alive(conn: ConnectionInfo, timeout: float = 3.0) -> bool:
 def _ask(conn: ConnectionInfo, kind_name: str, timeout: float) -> dict[str, Any]:
     import zmq
 
-    from ._protocol import Kind, ProtocolError, decode, encode
+    from ._protocol import Kind, ProtocolError, client_keys, decode, encode
 
     zctx = zmq.Context()
     sock = zctx.socket(zmq.DEALER)
@@ -291,15 +291,16 @@ def _ask(conn: ConnectionInfo, kind_name: str, timeout: float) -> dict[str, Any]
         # numbered by the clock (the broker refuses an old or replayed request); a URL
         # names no session: the broker accepts the all-zero one for a fresh request
         session = conn.session or b"\0" * 8
+        to_broker, from_broker = client_keys(conn.key)
         sock.send_multipart(
-            encode(conn.key, Kind[kind_name], session, int(time.time() * 1e6))
+            encode(to_broker, Kind[kind_name], session, int(time.time() * 1e6))
         )
         if not sock.poll(int(timeout * 1000)):
             raise TimeoutError(
                 f"no answer from {conn.address} within {timeout:g} s "
                 "(not running, wrong address, or wrong key)"
             )
-        for msg in decode(conn.key, sock.recv_multipart(), conn.session or None):
+        for msg in decode(from_broker, sock.recv_multipart(), conn.session or None):
             if msg.kind == Kind.STATUS_REPLY:
                 return msg.json()
         raise ProtocolError("unexpected answer")

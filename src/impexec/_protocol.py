@@ -6,7 +6,7 @@ followed by the **out-of-band** frames its records refer to::
     [routing id]                 ROUTER side only, added and removed by ZeroMQ
     block                        one or more records back to back:
         signature   32 bytes     HMAC-SHA256(key, header ‖ table ‖ inline ‖ oob part …)
-        header      48 bytes     HEADER below (network byte order)
+        header      56 bytes     HEADER below (network byte order)
         table       4 x nframes  u32 per payload: its length if it is inline in this
                                  block, OOB (0xFFFFFFFF) if it is the next out-of-band frame
         inline      …            the inline payloads, back to back
@@ -20,7 +20,7 @@ Large payloads go out of band, without a copy. An out-of-band payload enters the
 its length (u64) and its bytes, or, from TREE_MIN bytes on, a parallel SHA-256 tree
 digest of them (see :func:`_tree_digest`).
 
-Header fields (``!BBBBI8sQQQQ``):
+Header fields (``!BBBBI8sQQQQQ``):
 
 ==========  =====  ==============================================================
 field       type   meaning
@@ -31,7 +31,10 @@ serializer  u8     code of the serializer that made the pickles (0: none)
 flags       u8     per kind, see :class:`Flag`
 nframes     u32    number of payloads (inline and out of band) of the record
 session     8 B    the executor's random session id; binds the message to it
-seq         u64    per-sender counter, strictly increasing (in-session replay guard)
+seq         u64    the sender's number of this message on its link (see :mod:`._peers`):
+                   contiguous on a worker's main link, where it is also the replay guard
+ack         u64    the highest number the sender has received in order on the same link
+                   from its peer (cumulative acknowledgement; 0: none yet)
 task_id     u64    TASK, RESULT: the task; 0 otherwise
 ctx_id      u64    TASK, DROP_CONTEXT: the context (0: none); RESULT of an ITEM_ERRORS
                    chunk: how many of its calls raised
@@ -43,13 +46,15 @@ Kind            direction        payloads
 ==============  ===============  ================================================
 READY           worker → broker  JSON: worker id, pid, host, tag, versions (sent with a
                                  zero session: the worker learns it from WELCOME)
-HEARTBEAT       both             none
+HEARTBEAT       both             none (on the heartbeat link); from a worker, aux =
+                                 HB_IDLE | HB_GAP (see :mod:`._peers`)
+STARTED         worker → broker  none: the executor's initializer ran (main link)
 TASK            broker → worker  [setup pickle if HAS_SETUP], [blob table if HAS_BLOBS,
                                  then the blobs the worker lacks], function pickle (or
                                  its digest if FN_BLOB), arguments pickle, buffers
 RESULT          worker → broker  value or exception pickle, out-of-band buffers
 DROP_CONTEXT    broker → worker  none
-SHUTDOWN        broker → worker  none: leave now
+SHUTDOWN        broker → worker  none: leave now; aux=1: the executor is closing (exit 0)
 DRAIN           broker → worker  none: finish what you hold, take nothing more, leave
 GOODBYE         worker → broker  JSON: reason
 START_FAILED    worker → broker  JSON: error text (the initializer raised)
@@ -62,11 +67,18 @@ WELCOME         broker → worker  JSON: session, worker id echoed, heartbeat se
                                  [initializer pickle] when HAS_SETUP
 RECALL          broker → worker  none; aux = how many queued (unstarted) tasks to give
                                  back, newest first: each comes back as a RESULT with
-                                 RELEASED and no payload (work goes to an idle worker)
+                                 RELEASED and no payload (work goes to an idle worker).
+                                 Sent on the heartbeat link, whose thread answers it
+                                 while a task runs
 ==============  ===============  ================================================
 
 Nothing is unpickled before :func:`decode` has checked the signature with
 :func:`hmac.compare_digest`; control payloads are JSON and never pickles.
+
+Each direction and each peer signs with a key of its own, derived from the executor's key
+(:func:`worker_keys`, :func:`client_keys`): a message a worker sent verifies only as that
+worker's message to the broker, so a frame reflected back to its sender, replayed to
+another worker, or sent by a status client in a worker's name fails its signature.
 """
 
 from __future__ import annotations
@@ -99,8 +111,8 @@ _SNDMORE = int(zmq.SNDMORE)
 #: (ZeroMQ keeps a reference); smaller ones are copied into the block.
 ZERO_COPY_THRESHOLD = 64 * 1024
 
-PROTOCOL_VERSION = 2
-HEADER = struct.Struct("!BBBBI8sQQQQ")
+PROTOCOL_VERSION = 3
+HEADER = struct.Struct("!BBBBI8sQQQQQ")
 SIG_SIZE = 32
 #: Signature and header: the fixed part of every record.
 RECORD_FIXED = SIG_SIZE + HEADER.size
@@ -135,6 +147,7 @@ class Kind(enum.IntEnum):
     WELCOME = 13
     RECALL = 14
     END_RUN = 15
+    STARTED = 16
 
 
 class Flag:
@@ -169,14 +182,16 @@ class Message:
     ZeroMQ frames themselves for out-of-band ones.
     """
 
-    __slots__ = ("aux", "ctx_id", "flags", "frames", "kind", "seq", "serializer", "session", "task_id")
+    __slots__ = ("ack", "aux", "ctx_id", "flags", "frames", "kind", "seq", "serializer", "session",
+                 "task_id")
 
     def __init__(self, kind: Kind, session: bytes = b"\0" * 8, seq: int = 0, task_id: int = 0,
                  ctx_id: int = 0, aux: int = 0, flags: int = 0, serializer: int = 0,
-                 frames: list[Any] | None = None):
+                 frames: list[Any] | None = None, ack: int = 0):
         self.kind = kind
         self.session = session
         self.seq = seq
+        self.ack = ack
         self.task_id = task_id
         self.ctx_id = ctx_id
         self.aux = aux
@@ -185,7 +200,7 @@ class Message:
         self.frames = [] if frames is None else frames
 
     def __repr__(self) -> str:
-        return (f"Message({self.kind.name}, seq={self.seq}, task_id={self.task_id}, "
+        return (f"Message({self.kind.name}, seq={self.seq}, ack={self.ack}, task_id={self.task_id}, "
                 f"ctx_id={self.ctx_id}, aux={self.aux}, flags={self.flags}, "
                 f"frames={len(self.frames)})")
 
@@ -251,18 +266,39 @@ except ImportError:  # pragma: no cover - CPython without OpenSSL, or another ru
         return hmac.new(key, digestmod=hashlib.sha256)
 
 _KEYED: dict[bytes, Any] = {}
+_KEYED_MAX = 8192
+
+
+def _derive(key: bytes, label: bytes) -> bytes:
+    return hmac.digest(key, b"impexec/3\0" + label, "sha256")
+
+
+def worker_keys(key: bytes, wid: bytes) -> tuple[bytes, bytes]:
+    """MAC keys of worker *wid*'s messages: (worker → broker, broker → worker).
+
+    Binding the direction and the worker's id into the key means no signed frame can be
+    turned around (a broker's heartbeat reply reflected to the broker as the worker's
+    heartbeat) or moved to another worker's link.
+    """
+    return _derive(key, b"to-broker\0" + wid), _derive(key, b"from-broker\0" + wid)
+
+
+def client_keys(key: bytes) -> tuple[bytes, bytes]:
+    """MAC keys of a status client (``impexec status``/``stop``): (to broker, from broker)."""
+    return _derive(key, b"client-to-broker"), _derive(key, b"broker-to-client")
 
 
 def _keyed(key: bytes) -> Any:
     """An HMAC-SHA256 state with *key* absorbed, to copy per message.
 
-    A fresh ``hmac.digest`` costs ~5 µs (OpenSSL looks the digest up and pads the key
-    each time); copying a prepared state costs ~1.5 µs. The process sees one key or
-    two, so the table stays tiny; it is cleared if something feeds it many.
+    A fresh ``hmac.digest`` costs several times a copy of a prepared state (OpenSSL
+    looks the digest up and pads the key each time). A broker holds two derived keys
+    per worker, so the table holds a few thousand at most; it is cleared if something
+    feeds it more.
     """
     state = _KEYED.get(key)
     if state is None:
-        if len(_KEYED) >= 16:
+        if len(_KEYED) >= _KEYED_MAX:
             _KEYED.clear()
         state = _KEYED[bytes(key)] = _new_hmac(key)
     return state
@@ -308,6 +344,7 @@ def encode(
     serializer: int = 0,
     frames: Sequence[Any] = (),
     local: bool = False,
+    ack: int = 0,
 ) -> list[Any]:
     """Return the frames of one signed message (without a routing id): a block, then
     its out-of-band payloads. The frames of several messages may be sent as one
@@ -318,8 +355,8 @@ def encode(
     """
     n = len(frames)
     if not n:
-        header = _pack_header(PROTOCOL_VERSION, kind, serializer, flags, 0, session, seq, task_id,
-                              ctx_id, aux)
+        header = _pack_header(PROTOCOL_VERSION, kind, serializer, flags, 0, session, seq, ack,
+                              task_id, ctx_id, aux)
         return [_mac(key, header, ()) + header]
     lengths: list[int] = []
     inline: list[Any] = []
@@ -335,7 +372,8 @@ def encode(
     local = local and bool(oob)
     if local:
         flags |= _LOCAL
-    header = _pack_header(PROTOCOL_VERSION, kind, serializer, flags, n, session, seq, task_id, ctx_id, aux)
+    header = _pack_header(PROTOCOL_VERSION, kind, serializer, flags, n, session, seq, ack, task_id,
+                          ctx_id, aux)
     body = b"".join([header, _table(n).pack(*lengths), *inline])
     return [_mac(key, body, oob, not local) + body, *oob]
 
@@ -381,7 +419,7 @@ def decode(key: bytes, frames: Sequence[Any], session: bytes | None,
             if size - pos < RECORD_FIXED:
                 raise ProtocolError(f"truncated record: {size - pos} B left, need {RECORD_FIXED}")
             body_at = pos + SIG_SIZE
-            version, kind, ser, flags, nframes, sess, seq, task_id, ctx_id, aux = _unpack_header(
+            version, kind, ser, flags, nframes, sess, seq, ack, task_id, ctx_id, aux = _unpack_header(
                 view, body_at)
             at = body_at + HEADER.size
             if nframes > MAX_FRAMES or at + 4 * nframes > size:
@@ -418,7 +456,7 @@ def decode(key: bytes, frames: Sequence[Any], session: bytes | None,
                 raise ProtocolError(f"unknown message kind {kind}")
             if session is not None and sess != session:
                 raise ProtocolError("message from another session (another executor, or a replay)")
-            yield Message(k, sess, seq, task_id, ctx_id, aux, flags, ser, payload)
+            yield Message(k, sess, seq, task_id, ctx_id, aux, flags, ser, payload, ack)
             pos = at
 
 

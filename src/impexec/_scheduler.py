@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,9 @@ PREFETCH_TARGET_S = 0.002
 MAX_PREFETCH = 64
 #: Seconds between looks for idle workers that could take queued work from busy ones.
 REBALANCE_INTERVAL_S = 0.05
+#: Seconds after which a worker asked to give back tasks (RECALL) that has not answered
+#: may be asked again (the request travels on the heartbeat link, which may drop it).
+RECALL_RETRY_S = 1.0
 #: Default number of contexts a worker keeps set up at once (least recently used go).
 DEFAULT_MAX_CONTEXTS = 8
 #: Large repeated payloads (blobs) a worker keeps, least recently used evicted; the
@@ -86,7 +89,7 @@ class WorkerRecord:
     blobs: OrderedDict[bytes, None] = field(default_factory=OrderedDict)  # LRU mirror
     draining: bool = False
     isolated: bool = False  # running a suspect task alone: gets nothing else meanwhile
-    recalling: bool = False  # asked to give back queued tasks; not asked again meanwhile
+    recalling: float = 0.0  # when it was asked to give back queued tasks (0: not asked)
     completed: int = 0
     items_done: int = 0  # calls of the tasks it completed (a chunk holds many)
 
@@ -440,16 +443,18 @@ class Scheduler:
         if w is not None and (held := w.assigned.pop(task_id, None)) is not None:
             w.completed += 1
             w.items_done += held.items
-            w.recalling = False
+            w.recalling = 0.0
             before = self._capacity()
             if run_s > 0:
                 m = self._mean_run_s
                 self._mean_run_s = run_s if m <= 0 else 0.8 * m + 0.2 * run_s
             capacity = self._capacity()
+            # refile this worker in any case: it may be out of every pool (it ran a
+            # suspect task alone), where refresh_pools, which looks only at full
+            # workers, would never find it again
+            self._refile(w, capacity)
             if capacity > before:
                 self.refresh_pools()
-            else:
-                self._refile(w, capacity)
         task = self.tasks.pop(task_id, None)
         if task is None:
             return None  # a duplicate, or the answer of a worker declared lost, too late
@@ -460,7 +465,7 @@ class Scheduler:
         self._count_items(task, "done" if ok else "failed", min(raised, task.items))
         return task
 
-    def rebalance(self) -> list[tuple[WorkerRecord, int]]:
+    def rebalance(self, now: float = 0.0) -> list[tuple[WorkerRecord, int]]:
         """Idle workers while others hold queued tasks and nothing waits here: recall.
 
         Returns (worker, n) pairs: ask that worker to give back up to n of the tasks queued
@@ -471,14 +476,16 @@ class Scheduler:
         if self._n_pending or not self._idle:
             return []
         idle = len(self._idle)
+        retry = now - RECALL_RETRY_S
         donors = sorted((w for w in self.workers.values()
-                         if len(w.assigned) >= 2 and not w.recalling and not w.draining),
+                         if len(w.assigned) >= 2 and not w.draining
+                         and (not w.recalling or w.recalling < retry)),
                         key=lambda w: len(w.assigned), reverse=True)
         # one donor per idle worker, busiest first; each gives back half of what it holds
         # (never the running task), so queues even out within a round or two
         out = []
         for w in donors[:idle]:
-            w.recalling = True
+            w.recalling = now or 1e-9
             out.append((w, len(w.assigned) // 2))
         return out
 
@@ -488,7 +495,7 @@ class Scheduler:
         if w is None:
             return None
         task = w.assigned.pop(task_id, None)
-        w.recalling = False
+        w.recalling = 0.0
         if task is None or task.state != ASSIGNED or task.worker != ident:
             self._refile(w, self._capacity())
             return None
@@ -583,5 +590,39 @@ class Scheduler:
             tasks_cancelled=st["cancelled"],
         )
 
-    def worker_names(self, idents: Iterable[bytes]) -> list[str]:
-        return [self.workers[i].name for i in idents if i in self.workers]
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the scheduler's state is inconsistent (for tests).
+
+        After :meth:`assign`: a connected worker with a free slot is in a pool, and no
+        task waits here while a worker could take it (a suspect task waits only for an
+        idle worker, since it runs alone).
+        """
+        capacity = self._capacity()
+        pooled = self._idle.keys() | self._partial.keys()
+        for ident, w in self.workers.items():
+            held = len(w.assigned)
+            assert sum(ident in p for p in (self._idle, self._partial, self._full)) <= 1, w
+            if w.draining:
+                assert ident not in pooled and ident not in self._full, f"draining {w.name} in a pool"
+                continue
+            if w.isolated:
+                assert held > 0, f"{w.name} isolated with nothing to run"
+                assert ident not in pooled, f"isolated {w.name} in a pool"
+                continue
+            if held < capacity:
+                assert ident in pooled, f"{w.name} holds {held} < {capacity} tasks, in no pool"
+            assert (ident in self._idle) == (held == 0 and ident in pooled), w.name
+            for tid, t in w.assigned.items():
+                assert t.worker == ident and t.state == ASSIGNED and self.tasks.get(tid) is t, t
+        waiting = [t for t in self._pending if t.state == PENDING]
+        assert len(waiting) == self._n_pending, (len(waiting), self._n_pending)
+        for t in waiting:
+            assert t.worker is None and self.tasks.get(t.id) is t, t
+        if waiting:
+            assert not self._idle, "a task waits while a worker is idle"
+            if not waiting[0].suspect:
+                assert not self._partial, "a task waits while a worker has a free slot"
+        for t in self.tasks.values():
+            assert t.state in (PENDING, ASSIGNED), t
+            if t.state == ASSIGNED:
+                assert t.worker in self.workers and t.id in self.workers[t.worker].assigned, t

@@ -3,13 +3,18 @@
 ::
 
     main thread  DEALER (id = worker id)     READY → WELCOME → [initializer] → TASK… → RESULT…
-    heartbeat    DEALER (id = worker id + h) HEARTBEAT ⇄ HEARTBEAT every interval; exits the
-    thread                                   process when the broker is silent for the timeout
+    heartbeat    DEALER (id = worker id + h) HEARTBEAT ⇄ HEARTBEAT every interval; RECALL;
+    thread                                   resends what the broker has not acknowledged;
+                                             exits the process when the broker is silent
 
-Tasks run in the main thread, in the order they arrive (the broker relies on it: the
-first task it sent and has no answer for is the one running). The heartbeat thread has a
-socket of its own, so a task that runs for hours still proves the process alive, and
-the hot path has no thread hop.
+Tasks run in the main thread, in the order the broker numbered them (it relies on it: the
+first task it sent and has no answer for is the one running); messages that arrive past
+a gap wait for the missing one (:class:`._peers.InOrder`). Every message on the main link
+is kept until the broker acknowledges it, and sent again if it was lost (:mod:`._peers`).
+The heartbeat thread has a socket of its own, so a task that runs for hours still proves
+the process alive, queued tasks can be given back while it runs, and the hot path has no
+thread hop. The two threads share the main link's numbering and the task queue under
+``Worker._lock``.
 """
 
 from __future__ import annotations
@@ -28,14 +33,15 @@ from typing import Any
 
 import zmq
 
-from . import __version__
 from ._connection import ConnectionInfo, remove_orphaned_private_dir
 from ._errors import ProtocolError, SerializationError
 from ._mapping import RaisedItem
-from ._protocol import Flag, Kind, Message, decode, encode, recv_frames, send_frames
+from ._peers import HB_GAP, HB_IDLE, Channel, InOrder, LinkBroken
+from ._protocol import Flag, Kind, Message, decode, encode, join, recv_frames, send_frames, worker_keys
 from ._scheduler import MAX_BLOBS
 from ._security import DropLog
 from ._serialize import BlobRef, ExceptionWithTraceback, _resolve, get_serializer
+from ._version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,8 @@ CONNECT_TIMEOUT = 60.0
 #: Cached unpickled functions (keyed by their pickled bytes; only those sent by reference).
 FUNCTION_CACHE_SIZE = 128
 _NAMED_TYPES = (types.FunctionType, types.BuiltinFunctionType)
+#: Seconds between READY messages while no WELCOME has come (a reset link drops them).
+READY_RESEND_S = 1.0
 
 _HB_SUFFIX = b"h"
 #: Microseconds a worker whose queue ran dry keeps polling (yielding the CPU between
@@ -127,13 +135,21 @@ class Worker:
         # On a Unix socket the kernel vouches for the bytes of each connection: large
         # payloads then enter the MAC by length only (Flag.LOCAL; docs/security.md)
         self._local = conn.address.startswith("ipc://")
-        self._seq = 0
+        # signing and verifying keys bound to this worker and the direction
+        self._tx_key, self._rx_key = worker_keys(conn.key, self.wid)
+        self._chan = Channel()  # the main link: numbers, acknowledgements, resends
+        self._inorder = InOrder(self._chan)
+        self._lock = threading.Lock()  # the main link's channel and the task queue
+        self._idle = False  # the main thread waits for work with nothing queued or unread
         self._session = b"\0" * 8
-        self._broker_seq = 0
+        self._hb_floor = 0
         self._fn_cache: OrderedDict[bytes, Any] = OrderedDict()
         self._setups = _SetupCache(8)
         self._blobs = _SetupCache(MAX_BLOBS)  # large repeated payloads, by SHA-256 digest
-        self._queue: deque[Message] = deque()
+        self._queue: deque[Message] = deque()  # tasks (and DROP_CONTEXTs) in order
+        self._control: deque[Message] = deque()  # SHUTDOWN, DRAIN: for the main thread
+        self._sock_lock = threading.Lock()  # the main socket: its user, main or heartbeat
+        self._main_sock: zmq.Socket[Any] | None = None
         self._leaving = False
         self._stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
@@ -164,19 +180,23 @@ class Worker:
         return s
 
     def _encode(self, kind: Kind, **kw: Any) -> list[Any]:
-        self._seq += 1
-        return encode(self.conn.key, kind, self._session, self._seq, local=self._local, **kw)
+        """A main-link message, numbered and kept until the broker acknowledges it."""
+        with self._lock:
+            chan = self._chan
+            seq = chan.stamp()
+            frames = encode(self._tx_key, kind, self._session, seq, ack=chan.upto, local=self._local, **kw)
+            chan.keep(seq, frames, time.monotonic())
+        return frames
 
     def _accept(self, frames: list[Any]) -> list[Message]:
-        """Verified messages of one multipart receive; anything else is dropped and logged."""
+        """Verified main-link messages, in the broker's order; the rest is dropped and logged."""
         out: list[Message] = []
         try:
-            for msg in decode(self.conn.key, frames, self._session, self._local):
-                if msg.seq <= self._broker_seq:
-                    raise ProtocolError(f"replayed message (seq {msg.seq})")
-                self._broker_seq = msg.seq
-                out.append(msg)
-        except ProtocolError as exc:
+            for msg in decode(self._rx_key, frames, self._session, self._local):
+                with self._lock:
+                    self._chan.on_ack(msg.ack)
+                    out += self._inorder.push(msg.seq, msg)
+        except (ProtocolError, LinkBroken) as exc:
             self._drop_log("the broker's socket", str(exc))  # rate-limited: floods stay cheap
         if out:
             self._main_rx = time.monotonic()
@@ -185,7 +205,7 @@ class Worker:
     # -- main ----------------------------------------------------------------------------
     def run(self) -> int:
         zctx = zmq.Context()
-        sock = self._socket(zctx, self.wid)
+        sock = self._main_sock = self._socket(zctx, self.wid)
         try:
             return self._run(zctx, sock)
         finally:
@@ -201,15 +221,13 @@ class Worker:
             "tag": self.tag, "python": sys.version.split()[0], "impexec": __version__,
             "local": self._local,
         }
-        self._seq += 1
-        sock.send_multipart(encode(self.conn.key, Kind.READY, b"\0" * 8, self._seq,
-                                   frames=[json.dumps(info).encode()]))
-        welcome = self._wait_welcome(sock)
+        ready = self._encode(Kind.READY, frames=[json.dumps(info).encode()])
+        welcome = self._wait_welcome(sock, ready)
         if welcome is None:
             say(f"impexec worker: no answer from the broker at {self.conn.address} "
                 f"within {self.connect_timeout:g} s (wrong address or key?)\n")
             return EXIT_NO_BROKER
-        self._hb_thread = threading.Thread(target=self._heartbeat, args=(zctx, welcome.seq),
+        self._hb_thread = threading.Thread(target=self._heartbeat, args=(zctx,),
                                            name="impexec-heartbeat", daemon=True)
         self._hb_thread.start()
         if welcome.flags & Flag.HAS_SETUP:
@@ -222,20 +240,25 @@ class Worker:
                 sock.send_multipart(self._encode(Kind.START_FAILED,
                                                  frames=[json.dumps({"error": text}).encode()]))
                 return EXIT_INIT_FAILED
-            # a heartbeat on the main socket says "initialized": only now does the broker
+            # STARTED says "initialized": only now does the broker
             # count this worker as started (else a failing initializer looks like a worker
             # that connected and died, and launchers restart it forever)
-            sock.send_multipart(self._encode(Kind.HEARTBEAT))
+            sock.send_multipart(self._encode(Kind.STARTED))
         return self._serve(sock)
 
-    def _wait_welcome(self, sock: zmq.Socket[Any]) -> Message | None:
+    def _wait_welcome(self, sock: zmq.Socket[Any], ready: list[Any]) -> Message | None:
+        sock.send_multipart(ready)
         deadline = time.monotonic() + self.connect_timeout
+        again = time.monotonic() + READY_RESEND_S
         while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(left * 1000):
-                break
+            if not sock.poll(min(left, max(0.0, again - time.monotonic())) * 1000):
+                if time.monotonic() >= again:  # lost on a reset link? the broker takes it once
+                    sock.send_multipart(ready)
+                    again = time.monotonic() + READY_RESEND_S
+                continue
             frames = sock.recv_multipart(copy=False)
             try:
-                msgs = list(decode(self.conn.key, frames, None, self._local))
+                msgs = list(decode(self._rx_key, frames, None, self._local))
             except ProtocolError as exc:
                 self._drop_log("the broker's socket", f"{exc} (while connecting)")
                 continue
@@ -251,85 +274,120 @@ class Worker:
                     self._drop_log("the broker's socket", "a WELCOME meant for another worker (replay?)")
                     continue
                 self._session = bytes.fromhex(data["session"])
-                self._broker_seq = msg.seq
+                with self._lock:
+                    self._chan.on_ack(msg.ack)
+                    self._inorder.push(msg.seq, msg)
                 self.hb_interval = float(data.get("heartbeat_interval", 1.0))
                 self.hb_timeout = float(data.get("heartbeat_timeout", 10.0))
                 self._setups = _SetupCache(int(data.get("max_contexts", 8)))
                 self._max_frame = int(data.get("max_message_size", 0))
+                self._hb_floor = int(data.get("hb_floor", 0))
                 return msg
         return None
 
     def _serve(self, sock: zmq.Socket[Any]) -> int:
         deadline = time.monotonic() + self.runtime if self.runtime else None
-        queue = self._queue
+        queue, control, sock_lock = self._queue, self._control, self._sock_lock
         poll = zmq.zmq_poll
         items = [(sock, zmq.POLLIN)]
         spin_until = 0.0
         spin_s = _spin_seconds()
         sched_yield = getattr(os, "sched_yield", lambda: None)
         while True:
-            if deadline is not None and not self._leaving and time.monotonic() >= deadline:
-                self._leaving = True
-                logger.info("runtime spent: finishing held tasks, then leaving")
-                sock.send_multipart(self._encode(Kind.GOODBYE,
-                                                 frames=[json.dumps({"reason": "runtime"}).encode()]))
-            # take everything that has arrived; block only when there is nothing to do
-            timeout = 0 if queue else 200
+            with sock_lock:  # the heartbeat thread reads the socket only while a task runs
+                if deadline is not None and not self._leaving and time.monotonic() >= deadline:
+                    self._leaving = True
+                    logger.info("runtime spent: finishing held tasks, then leaving")
+                    sock.send_multipart(self._encode(Kind.GOODBYE,
+                                                     frames=[json.dumps({"reason": "runtime"}).encode()]))
+                # take everything that has arrived; block only when there is nothing to do
+                timeout = 0 if queue else 200
+                if not queue and spin_until:
+                    while not poll(items, 0) and time.perf_counter() < spin_until:
+                        sched_yield()
+                    spin_until = 0.0
+                # the heartbeat thread tells the broker when we wait with nothing to do:
+                # what it sent a while ago and we never got was lost, and it sends it again
+                self._idle = not queue and not control
+                while poll(items, timeout):  # zmq_poll: Socket.poll builds a Poller per call
+                    self._idle = False
+                    for msg in self._accept(recv_frames(sock)):
+                        self._file(msg)
+                    timeout = 0
+                self._idle = False
+            while control:
+                msg = control.popleft()
+                if msg.kind == Kind.SHUTDOWN:
+                    return EXIT_OK if self._leaving or msg.aux == 1 else EXIT_DISMISSED
+                if msg.kind == Kind.DRAIN:
+                    self._leaving = True
+                elif msg.kind != Kind.HEARTBEAT:
+                    logger.warning("ignored unexpected %s", msg.kind.name)
             if self._dismissed:
                 return EXIT_DISMISSED
-            if not queue and spin_until:
-                while not poll(items, 0) and time.perf_counter() < spin_until:
-                    sched_yield()
-                spin_until = 0.0
-            while poll(items, timeout):  # zmq_poll: Socket.poll builds a Poller per call
-                for msg in self._accept(recv_frames(sock)):
-                    if msg.kind == Kind.TASK:
-                        queue.append(msg)
-                    elif msg.kind == Kind.SHUTDOWN:
-                        return EXIT_OK if self._leaving or msg.aux == 1 else EXIT_DISMISSED
-                    elif msg.kind == Kind.DROP_CONTEXT:
-                        # ordered after every task of that context: safe to drop now
-                        queue.append(msg)
-                    elif msg.kind == Kind.DRAIN:
-                        self._leaving = True
-                    elif msg.kind == Kind.RECALL:
-                        self._release(sock, queue, msg.aux)
-                    elif msg.kind == Kind.HEARTBEAT:
-                        pass
-                    else:
-                        logger.warning("ignored unexpected %s", msg.kind.name)
-                timeout = 0
-            if not queue:
-                continue
-            msg = queue.popleft()
+            with self._lock:  # the heartbeat thread may give queued tasks back
+                if not queue:
+                    continue
+                msg = queue.popleft()
             if msg.kind == Kind.DROP_CONTEXT:
                 self._setups.drop(msg.ctx_id)
                 continue
             # each result leaves at once: held back, it would be lost with the process if
             # the next task crashes it, and the broker would blame the wrong task
-            send_frames(sock, self._run_task(msg))
+            frames = self._run_task(msg)
+            with sock_lock:
+                send_frames(sock, frames)
             self._main_tx = time.monotonic()
             if spin_s:
                 spin_until = time.perf_counter() + spin_s
-            if self._dismissed:
-                return EXIT_DISMISSED
+
+    def _file(self, msg: Message) -> None:
+        """Put a main-link message where the main thread takes it: tasks in the queue (a
+        DROP_CONTEXT there too, after every task of its context), the rest in control."""
+        if msg.kind == Kind.TASK or msg.kind == Kind.DROP_CONTEXT:
+            with self._lock:
+                self._queue.append(msg)
+        else:
+            self._control.append(msg)
+
+    def _read_main_socket(self) -> None:
+        """Heartbeat thread, while the main thread runs a task: file what has arrived on
+        the main socket, so that a RECALL can give back tasks the main thread has not read.
+
+        Only when the main thread does not use the socket (a lock hands it over; ZeroMQ
+        sockets may change threads across a full memory barrier); else it is between
+        tasks and reads the socket itself.
+        """
+        sock = self._main_sock
+        if sock is None or not self._sock_lock.acquire(timeout=0.05):
+            return
+        try:
+            while sock.poll(0):
+                for msg in self._accept(recv_frames(sock)):
+                    self._file(msg)
+        finally:
+            self._sock_lock.release()
 
     # -- running a task ------------------------------------------------------------------
-    def _release(self, sock: zmq.Socket[Any], queue: deque[Message], n: int) -> None:
-        """Give back up to *n* queued tasks, newest first; they have not started."""
-        keep: list[Message] = []
-        out: list[Any] = []
-        while queue and n > 0:
-            msg = queue.pop()
-            if msg.kind != Kind.TASK:
-                keep.append(msg)  # a DROP_CONTEXT stays in its place
-                continue
-            out += self._encode(Kind.RESULT, task_id=msg.task_id, flags=Flag.RELEASED,
-                                serializer=msg.serializer)
-            n -= 1
-        queue.extend(reversed(keep))
-        if out:
-            send_frames(sock, out)
+    def _release(self, n: int) -> list[list[Any]]:
+        """Heartbeat thread: give back up to *n* queued tasks, newest first (not started).
+
+        Returns the RELEASED answers to send. The main thread may be running a task: that
+        is the point, queued work should not wait behind it while another worker idles.
+        """
+        queue = self._queue
+        taken: list[Message] = []
+        with self._lock:
+            keep: list[Message] = []
+            while queue and len(taken) < n:
+                msg = queue.pop()
+                if msg.kind == Kind.TASK:
+                    taken.append(msg)
+                else:
+                    keep.append(msg)  # a DROP_CONTEXT stays in its place
+            queue.extend(reversed(keep))
+        return [self._encode(Kind.RESULT, task_id=m.task_id, flags=Flag.RELEASED, serializer=m.serializer)
+                for m in taken]
 
     def _take_blobs(self, msg: Message, first: int) -> int:
         """Store the blobs that came with *msg*, touch the others in table order.
@@ -456,12 +514,18 @@ class Worker:
                             ctx_id=raised, aux=run_us, serializer=msg.serializer, frames=frames)
 
     # -- heartbeat thread ----------------------------------------------------------------
-    def _heartbeat(self, zctx: zmq.Context[Any], broker_seq: int = 0) -> None:
-        # broker_seq starts at the WELCOME's: replies to our heartbeats come later, so an
-        # older message of this session (a replayed SHUTDOWN) is ignored here too
+    def _beat_flags(self) -> int:
+        flags = HB_IDLE if self._idle and not self._queue else 0
+        if self._inorder.gap:
+            flags |= HB_GAP
+        return flags
+
+    def _heartbeat(self, zctx: zmq.Context[Any]) -> None:
         sock = self._socket(zctx, self.wid + _HB_SUFFIX)
         dropped = DropLog(logger, "a message")  # this thread's own: DropLog is not thread-safe
         seq = 0
+        broker_seq = self._hb_floor  # the heartbeat link's numbers: strictly increasing
+        rto, max_rto = max(2 * self.hb_interval, 0.2), self.hb_timeout
         last_heard = time.monotonic()
         dismissed_at = 0.0
         last_tick = time.monotonic()
@@ -481,7 +545,12 @@ class Worker:
                     last_heard = max(last_heard, self._main_rx)
                 else:
                     seq += 1
-                    sock.send_multipart(encode(self.conn.key, Kind.HEARTBEAT, self._session, seq))
+                    sock.send_multipart(encode(self._tx_key, Kind.HEARTBEAT, self._session, seq,
+                                               ack=self._chan.upto, aux=self._beat_flags()))
+                with self._lock:  # what the broker has not acknowledged for a while: again
+                    due = self._chan.due(now, rto, max_rto)
+                if due:
+                    send_frames(sock, join(due))
                 deadline = time.monotonic() + self.hb_interval
                 first = True  # after a stall (SIGSTOP), read what came before judging silence
                 while first or ((left := deadline - time.monotonic()) > 0 and not self._stop.is_set()):
@@ -494,16 +563,24 @@ class Worker:
                     if not ready:
                         continue
                     try:
-                        msgs = list(decode(self.conn.key, sock.recv_multipart(copy=False), self._session))
+                        msgs = list(decode(self._rx_key, sock.recv_multipart(copy=False), self._session))
                     except ProtocolError as exc:
                         dropped("the broker's heartbeat socket", str(exc))
                         continue
                     for msg in msgs:
                         if msg.seq <= broker_seq:
+                            dropped("the broker's heartbeat socket", f"replayed message (seq {msg.seq})")
                             continue
                         broker_seq = msg.seq
                         last_heard = time.monotonic()
-                        if msg.kind == Kind.SHUTDOWN and not dismissed_at:
+                        with self._lock:
+                            self._chan.on_ack(msg.ack)
+                        if msg.kind == Kind.RECALL:
+                            self._read_main_socket()
+                            released = self._release(msg.aux)
+                            if released:
+                                send_frames(sock, join(released))
+                        elif msg.kind == Kind.SHUTDOWN and not dismissed_at:
                             # declared lost: the running task may still finish and be
                             # taken; the main thread leaves after it
                             logger.info("the broker no longer wants this worker: leaving")

@@ -94,7 +94,7 @@ class Forge:
                            r.choice([*KINDS, 0, 99, 255]), r.randint(0, 255), r.randint(0, 255),
                            r.choice((0, 1, 2, 3, MAX_FRAMES, MAX_FRAMES + 1, 2**32 - 1)),
                            r.randbytes(8), r.getrandbits(64), r.getrandbits(64), r.getrandbits(64),
-                           r.getrandbits(64))
+                           r.getrandbits(64), r.getrandbits(64))
 
     # -- messages ----------------------------------------------------------------------
     def junk(self) -> list[bytes]:

@@ -163,10 +163,10 @@ def test_busy_worker_sends_no_heartbeats_and_is_never_declared_lost():
         beats: list[float] = []
         handle = broker._on_message
 
-        def counting(ident, msg):  # runs on the broker thread
-            if msg.kind == Kind.HEARTBEAT and ident.endswith(b"h"):
+        def counting(ident, peer, is_hb, msg):  # runs on the broker thread
+            if msg.kind == Kind.HEARTBEAT and is_hb:
                 beats.append(time.monotonic())
-            handle(ident, msg)
+            handle(ident, peer, is_hb, msg)
 
         broker._on_message = counting
         assert ex.submit(abs, -1).result(timeout=60) == 1

@@ -29,6 +29,7 @@ from impexec._protocol import (
     decode,
     encode,
     encode_json,
+    worker_keys,
     join,
 )
 
@@ -106,9 +107,9 @@ def test_round_trip_through_zmq_frames(raw_socket: Any) -> None:
     assert bytes(msg.frames[1]) == big
 
 
-# A record is signature (32) ‖ header (48) ‖ table (4 per payload) ‖ inline payloads, in
+# A record is signature (32) ‖ header (56) ‖ table (4 per payload) ‖ inline payloads, in
 # one block frame; payloads of ZERO_COPY_THRESHOLD and more follow as their own frames.
-FIELDS = ["version", "kind", "serializer", "flags", "nframes", "session", "seq", "task_id",
+FIELDS = ["version", "kind", "serializer", "flags", "nframes", "session", "seq", "ack", "task_id",
           "ctx_id", "aux"]
 
 
@@ -206,9 +207,9 @@ def test_any_session_accepted_when_none_given() -> None:
 
 
 def test_header_layout_is_fixed() -> None:
-    assert HEADER.size == 48
+    assert HEADER.size == 56
     assert SIG_SIZE == 32
-    assert RECORD_FIXED == 80
+    assert RECORD_FIXED == 88
 
 
 def test_small_payloads_travel_inline_and_large_ones_out_of_band() -> None:
@@ -251,7 +252,7 @@ JUNK = {
     "truncated": [b"\0" * SIG_SIZE],
     "tampered task": [
         b"\0" * SIG_SIZE
-        + HEADER.pack(PROTOCOL_VERSION, Kind.RESULT, 1, 0, 0, SESSION, 1, 1, 0, 0),
+        + HEADER.pack(PROTOCOL_VERSION, Kind.RESULT, 1, 0, 0, SESSION, 1, 0, 1, 0, 0),
     ],
 }
 
@@ -309,7 +310,7 @@ def test_worker_drops_and_logs_junk_from_its_broker(
     )
     try:
         ident, *frames = router.recv_multipart()
-        assert next(decode(KEY, frames, None)).kind is Kind.READY
+        assert next(decode(worker_keys(KEY, ident)[0], frames, None)).kind is Kind.READY
         router.send_multipart([ident, b"junk", b"frames"])
         router.send_multipart([ident, *encode(b"x" * 32, Kind.WELCOME, SESSION, 1)])
         _, err = worker.communicate(timeout=60)

@@ -324,3 +324,79 @@ def test_assign_does_not_scan_every_worker() -> None:
     assert len(s.assign(ALWAYS)) == n - 1
     assert _CountingContexts.lookups <= (n - 1) * 2 * (LOCALITY_SCAN + 2)
     assert a.with_setup
+
+
+# -- the pool invariant ------------------------------------------------------------------
+def test_a_worker_that_ran_a_suspect_task_returns_to_a_pool() -> None:
+    """The replacement of a dead worker runs the suspect task alone (isolated). When the
+    task ends and the adaptive capacity rises (its first measured run time), the worker
+    must be back in a pool: it stayed out of every pool, and nothing ran again."""
+    s = make(1)
+    s.check_invariants()
+    (t,) = submit(s, 1)
+    s.assign(ALWAYS)
+    s.check_invariants()
+    s.remove_worker(b"w0", lost=True)  # it died running t
+    s.add_worker(b"w1", "w1", 1.0)  # the launcher's replacement
+    assert placed(s.assign(ALWAYS)) == [(1, b"w1")]
+    s.check_invariants()
+    assert s.workers[b"w1"].isolated
+    assert finish(s, t, run_s=1.0) is t  # capacity 1 -> 2
+    s.check_invariants()
+    submit(s, 2)
+    assert placed(s.assign(ALWAYS)) == [(2, b"w1")]
+    s.check_invariants()
+
+
+def test_invariant_holds_through_a_random_run() -> None:
+    """Random submits, completions, kills, joins, recalls and drains on a fake clock:
+    the pool invariant is checked after every transition."""
+    import random
+
+    rng = random.Random(12)
+    s = make(3)
+    next_id, next_w, now = 1, 3, 0.0
+    for _ in range(5000):
+        now += 0.01
+        roll = rng.random()
+        if roll < 0.35:
+            submit(s, next_id, ctx=rng.choice((0, 0, 1, 2)))
+            next_id += 1
+        elif roll < 0.7:
+            held = [t for w in s.workers.values() for t in w.assigned.values()]
+            if held:
+                t = rng.choice(held)
+                s.complete(t.worker, t.id, ok=True, run_s=rng.choice((0.0, 1e-4, 0.5)))
+        elif roll < 0.75 and s.workers:
+            s.remove_worker(rng.choice(list(s.workers)), lost=rng.random() < 0.8)
+        elif roll < 0.8:
+            s.add_worker(f"w{next_w}".encode(), f"w{next_w}", now)
+            next_w += 1
+        elif roll < 0.9:
+            for w, n in s.rebalance(now):
+                for tid in list(w.assigned)[-n:]:
+                    s.release(w.ident, tid)
+        elif roll < 0.92 and len(s.workers) > 1:
+            s.drain_worker(rng.choice(list(s.workers)))
+        elif roll < 0.95:
+            held = [t for w in s.workers.values() for t in list(w.assigned.values())[1:]]
+            if held:
+                t = rng.choice(held)
+                s.needs_setup(t.worker, t.id)
+        s.assign(ALWAYS)
+        s.check_invariants()
+    assert s.statistics().done > 500
+
+
+def test_a_recall_that_got_no_answer_is_asked_again_later() -> None:
+    s = make(2, prefetch=4)
+    submit(s, *range(1, 6))
+    s.assign(ALWAYS)
+    w0 = s.workers[b"w0"]
+    for tid in list(s.workers[b"w1"].assigned):
+        s.complete(b"w1", tid, ok=True)
+    s.assign(ALWAYS)
+    first = s.rebalance(10.0)
+    assert [(w.ident, n) for w, n in first] == [(b"w0", len(w0.assigned) // 2)]
+    assert s.rebalance(10.5) == []  # asked, no answer yet: not again at once
+    assert [w.ident for w, _ in s.rebalance(11.5)] == [b"w0"]  # the RECALL may be lost
