@@ -54,24 +54,25 @@ class StatusClient:
         self._zctx.term()
 
     def send(self, kind_name: str) -> None:
-        from ._protocol import Kind, encode
+        from ._protocol import Kind, client_keys, encode
 
         # numbered by the clock (the broker refuses an old or replayed stop/end); a URL
         # names no session: the broker accepts the all-zero one for a fresh request
         self._seq = max(self._seq + 1, int(time.time() * 1e6))
         session = self.conn.session or b"\0" * 8
-        self._sock.send_multipart(encode(self.conn.key, Kind[kind_name], session, self._seq))
+        self._sock.send_multipart(encode(client_keys(self.conn.key)[0], Kind[kind_name], session, self._seq))
 
     def receive(self, timeout: float) -> list[dict[str, Any]]:
         """Status replies that arrive within *timeout* (all those already waiting)."""
-        from ._protocol import Kind, ProtocolError, decode
+        from ._protocol import Kind, ProtocolError, client_keys, decode
 
         out: list[dict[str, Any]] = []
         wait_ms = int(timeout * 1000)
         while self._sock.poll(wait_ms):
             wait_ms = 0
             try:
-                msgs = list(decode(self.conn.key, self._sock.recv_multipart(), self.conn.session or None))
+                msgs = list(decode(client_keys(self.conn.key)[1], self._sock.recv_multipart(),
+                                   self.conn.session or None))
             except ProtocolError:
                 continue  # not for us, or not from our executor: ignore it
             out += [m.json() for m in msgs if m.kind == Kind.STATUS_REPLY]

@@ -29,8 +29,8 @@ from impexec._protocol import (
     decode,
     encode,
     encode_json,
-    worker_keys,
     join,
+    worker_keys,
 )
 
 KEY = b"k" * 32
