@@ -480,11 +480,39 @@ class WorkerKill(Workload):
         return out
 
 
+# --- long tasks right after tiny ones -------------------------------------------------
+
+
+class LongAfterMap(Workload):
+    """A large map of no-ops (adaptive prefetch learns that tasks are tiny), then one
+    1 s sleep per worker. Ideal: 1 s. An executor that queues both long tasks on one
+    worker, or leaves them behind prefetched work, takes 2 s or more."""
+
+    name = "long_after_map"
+    title = "3,000-item map, then one 1 s sleep per worker; elapsed of the sleeps (ideal 1 s)"
+    metrics = (
+        Metric("elapsed_s", "1 s tasks after a large map: elapsed (ideal 1 s)", "s", LOWER,
+               fmt="{:.2f}"),
+    )
+    budget = 30.0
+
+    def params(self, quick):
+        return {"items": 3000, "seconds": 1.0}
+
+    def measure(self, ex, ctx):
+        items, s = ctx.params["items"], ctx.params["seconds"]
+        list(ex.map(tasks.noop, range(items), timeout=ctx.remaining()))
+        t0 = time.perf_counter()
+        ctx.wait_all([ex.submit(tasks.sleep, s) for _ in range(ctx.workers)])
+        return {"elapsed_s": time.perf_counter() - t0}
+
+
 WORKLOADS: tuple[Workload, ...] = (
     SubmitThroughput(),
     MapThroughput(),
     Latency(),
     SleepEfficiency(),
+    LongAfterMap(),
     ArrayEcho(),
     Startup(),
     ContextSetup(),

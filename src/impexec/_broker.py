@@ -382,7 +382,9 @@ class Broker:
             else:
                 self._on_status(ident, msg)
             return
-        w = self.scheduler.seen(peer.wid, time.monotonic())
+        # alive counts from when it last provably heard us (see PeerTable.heard), not from
+        # when it last spoke: a half-open link must not keep a worker that hears nothing
+        w = self.scheduler.seen(peer.wid, peer.heard_at)
         handler = self._handlers.get(kind)
         if handler is None:
             raise ProtocolError(f"unexpected {kind.name} from a worker")
@@ -423,7 +425,7 @@ class Broker:
         info = msg.json()
         if info.get("worker") != ident.hex():
             raise ProtocolError("READY whose worker id does not match its socket")
-        peer = self._peers.join(ident, msg.seq)
+        peer = self._peers.join(ident, msg.seq, time.monotonic())
         if peer is None:
             raise ProtocolError("READY from a worker id seen before (replay)")
         peer.local = info.get("local") is True  # it dialed our Unix socket (signed: a key holder says so)

@@ -31,6 +31,7 @@ number seen on its heartbeat link.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,19 +75,25 @@ class Channel:
         if seq > self.acked:
             self.unacked[seq] = [frames, now, 1]
 
-    def on_ack(self, ack: int) -> None:
-        """The peer has everything up to *ack*: forget it."""
+    def on_ack(self, ack: int) -> float:
+        """The peer has everything up to *ack*: forget it.
+
+        Returns when the newest message this released was last sent (0.0: none): the peer
+        has heard us since then.
+        """
         if ack <= self.acked:
-            return
+            return 0.0
         if ack > self.sent:  # acknowledges what was never sent: a bug or a forgery
             ack = self.sent
         self.acked = ack
         unacked = self.unacked
+        sent_at = 0.0
         while unacked:
             seq = next(iter(unacked))
             if seq > ack:
                 break
-            del unacked[seq]
+            sent_at = unacked.pop(seq)[1]
+        return sent_at
 
     def due(self, now: float, rto: float, max_rto: float, *, at_once: bool = False) -> list[list[Any]]:
         """Messages to send again: unacknowledged for *rto* (doubling per resend, at most
@@ -167,6 +174,10 @@ class Peer:
     tx_key: bytes  # signs what the broker sends it
     chan: Channel = field(default_factory=Channel)
     hb_seq: int = 0  # last number seen on its heartbeat link
+    # (number, when sent) of our recent heartbeat-link messages to it: its heartbeats echo
+    # the last number they heard, which dates when it last heard us
+    hb_sent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=32))
+    heard_at: float = 0.0  # when it last provably heard us (liveness counts from here)
     local: bool = False  # dialed the Unix socket: Flag.LOCAL both ways
     gone: bool = False  # forgotten by the scheduler; late messages still verify
 
@@ -187,12 +198,12 @@ class PeerTable:
             return p.rx_key, p.tx_key
         return worker_keys(self._key, wid)
 
-    def join(self, wid: bytes, ready_seq: int) -> Peer | None:
+    def join(self, wid: bytes, ready_seq: int, now: float = 0.0) -> Peer | None:
         """A verified READY: the new peer, or None if *wid* was seen before (a replay)."""
         if wid in self._peers:
             return None
         rx, tx = worker_keys(self._key, wid)
-        p = Peer(wid, rx, tx)
+        p = Peer(wid, rx, tx, heard_at=now)
         p.chan.accept(ready_seq)
         self._peers[wid] = p
         return p
@@ -217,6 +228,25 @@ class PeerTable:
         if p.gone or not p.chan.unacked or not flags & (HB_IDLE | HB_GAP):
             return []
         return p.chan.due(now, self.rto, self.max_rto, at_once=bool(flags & HB_GAP))
+
+    @staticmethod
+    def heard(p: Peer, ack_sent_at: float, echo: int) -> float:
+        """Update when *p* last heard us, from what a message of its acknowledged (the
+        send time of the newest message its ack released) and, on a heartbeat, the last
+        heartbeat-link number it echoes. Returns ``p.heard_at``.
+
+        A worker that talks but does not hear (a half-open link) is not alive for the
+        broker: tasks sent to it are lost, and it gives up on its side.
+        """
+        t = ack_sent_at
+        if echo:
+            for seq, sent in reversed(p.hb_sent):
+                if seq <= echo:
+                    t = max(t, sent) if seq == echo else t
+                    break
+        if t > p.heard_at:
+            p.heard_at = t
+        return p.heard_at
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self._peers.values())

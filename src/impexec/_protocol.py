@@ -35,7 +35,8 @@ seq         u64    the sender's number of this message on its link (see :mod:`._
                    contiguous on a worker's main link, where it is also the replay guard
 ack         u64    the highest number the sender has received in order on the same link
                    from its peer (cumulative acknowledgement; 0: none yet)
-task_id     u64    TASK, RESULT: the task; 0 otherwise
+task_id     u64    TASK, RESULT: the task; a worker's HEARTBEAT: the last heartbeat-link
+                   number it heard from the broker; 0 otherwise
 ctx_id      u64    TASK, DROP_CONTEXT: the context (0: none); RESULT of an ITEM_ERRORS
                    chunk: how many of its calls raised
 aux         u64    TASK: attempt number; RESULT: run time in µs; else 0

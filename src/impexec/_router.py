@@ -104,6 +104,7 @@ class RouterLink:
     def send_hb(self, peer: Peer, kind: int, **fields: Any) -> None:
         """A message on *peer*'s heartbeat link (not kept: the next one replaces it)."""
         self._hb_seq += 1
+        peer.hb_sent.append((self._hb_seq, time.monotonic()))
         self.send(peer.wid + HB_SUFFIX, encode(peer.tx_key, kind, self.session, self._hb_seq,
                                                ack=peer.chan.upto, **fields))
 
@@ -171,14 +172,16 @@ class RouterLink:
             if kind == Kind.READY:  # sent before it knew the session: a resend of its first
                 return peer.chan.accept(msg.seq) != DUPLICATE or self._ready_again(peer)
             raise ProtocolError("message from another session (another executor, or a replay)")
+        echo = 0
         if is_hb and kind == Kind.HEARTBEAT:
             if msg.seq <= peer.hb_seq:
                 raise ProtocolError(f"replayed or reordered heartbeat (seq {msg.seq} <= {peer.hb_seq})")
             peer.hb_seq = msg.seq
+            echo = msg.task_id  # the last heartbeat-link number it heard from us
         elif peer.chan.accept(msg.seq) == DUPLICATE:
-            peer.chan.on_ack(msg.ack)
+            self.peers.heard(peer, peer.chan.on_ack(msg.ack), 0)
             return False  # sent again after a loss, or replayed: taken once already
-        peer.chan.on_ack(msg.ack)
+        self.peers.heard(peer, peer.chan.on_ack(msg.ack), echo)
         return True
 
     def _ready_again(self, peer: Peer) -> bool:

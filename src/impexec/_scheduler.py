@@ -212,8 +212,9 @@ class Scheduler:
         return w
 
     def seen(self, ident: bytes, now: float) -> WorkerRecord | None:
+        """The worker showed it was alive at *now* (never moves its last sign back)."""
         w = self.workers.get(ident)
-        if w is not None:
+        if w is not None and now > w.last_seen:
             w.last_seen = now
         return w
 

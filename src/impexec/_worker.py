@@ -545,8 +545,11 @@ class Worker:
                     last_heard = max(last_heard, self._main_rx)
                 else:
                     seq += 1
+                    # task_id echoes the last heartbeat-link number heard: the broker dates
+                    # from it when we last heard it (a half-open link is noticed both ways)
                     sock.send_multipart(encode(self._tx_key, Kind.HEARTBEAT, self._session, seq,
-                                               ack=self._chan.upto, aux=self._beat_flags()))
+                                               ack=self._chan.upto, aux=self._beat_flags(),
+                                               task_id=broker_seq))
                 with self._lock:  # what the broker has not acknowledged for a while: again
                     due = self._chan.due(now, rto, max_rto)
                 if due:

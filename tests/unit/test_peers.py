@@ -98,3 +98,21 @@ def test_reports_decide_resends() -> None:
     t.forget(p.wid)
     assert p.gone and t.resend_on_report(p, HB_GAP, 20.0) == []
     assert t.get(p.wid) is p  # its late messages still verify
+
+
+def test_a_peer_is_alive_from_when_it_last_heard_us_not_when_it_last_spoke() -> None:
+    """Half-open link: a worker whose heartbeats arrive but who hears nothing must age."""
+    t = PeerTable(KEY, rto=1.0, max_rto=5.0)
+    p = t.join(b"w" * 16, 1, now=100.0)
+    assert p is not None and p.heard_at == 100.0
+    p.hb_sent.extend([(7, 101.0), (9, 102.0)])
+    assert t.heard(p, 0.0, 0) == 100.0  # it spoke; it echoes nothing it heard
+    assert t.heard(p, 0.0, 7) == 101.0  # it heard our heartbeat reply 7, sent at 101
+    assert t.heard(p, 0.0, 8) == 101.0  # 8 was not ours to it: no news
+    assert t.heard(p, 0.0, 7) == 101.0  # the same echo again (replies stopped arriving)
+    assert t.heard(p, 105.0, 0) == 105.0  # its ack released a message sent at 105
+    assert t.heard(p, 103.0, 9) == 105.0  # never back in time
+    c = Channel()
+    c.keep(c.stamp(), [b"a"], 3.0)
+    c.keep(c.stamp(), [b"b"], 4.0)
+    assert c.on_ack(2) == 4.0 and c.on_ack(2) == 0.0
