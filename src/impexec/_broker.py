@@ -383,8 +383,10 @@ class Broker:
                 self._on_status(ident, msg)
             return
         # alive counts from when it last provably heard us (see PeerTable.heard), not from
-        # when it last spoke: a half-open link must not keep a worker that hears nothing
-        w = self.scheduler.seen(peer.wid, peer.heard_at)
+        # when it last spoke: a half-open link must not keep a worker that hears nothing.
+        # Its heartbeat echoes our reply to the one before, so allow one interval of lag.
+        now = time.monotonic()
+        w = self.scheduler.seen(peer.wid, min(now, peer.heard_at + self._hb_interval))
         handler = self._handlers.get(kind)
         if handler is None:
             raise ProtocolError(f"unexpected {kind.name} from a worker")
