@@ -60,10 +60,22 @@ _NAMED_TYPES = (types.FunctionType, types.BuiltinFunctionType)
 READY_RESEND_S = 1.0
 
 _HB_SUFFIX = b"h"
+_NOBLOCK = int(zmq.NOBLOCK)
 #: Microseconds a worker whose queue ran dry keeps polling (yielding the CPU between
 #: polls) before it blocks: a task that arrives meanwhile is taken without the wake-up
 #: of a sleeping process, a third of a short task's round trip on a VM (docs/benchmarks.md).
 SPIN_US = 300
+
+
+def _send(sock: zmq.Socket[Any], frames: list[Any]) -> bool:
+    """Send without blocking. A DEALER whose connection ZeroMQ tore down (a handshake
+    refused, a peer gone) has no pipe, and a blocking send would wait for ever; what
+    is not sent now is kept and sent again (main link), or replaced by the next beat."""
+    try:
+        send_frames(sock, frames, _NOBLOCK)
+        return True
+    except zmq.Again:
+        return False
 
 
 def say(text: str) -> None:
@@ -237,23 +249,22 @@ class Worker:
             except BaseException as exc:
                 text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
                 say(f"impexec worker: the initializer raised:\n{text}")
-                sock.send_multipart(self._encode(Kind.START_FAILED,
-                                                 frames=[json.dumps({"error": text}).encode()]))
+                _send(sock, self._encode(Kind.START_FAILED, frames=[json.dumps({"error": text}).encode()]))
                 return EXIT_INIT_FAILED
             # STARTED says "initialized": only now does the broker
             # count this worker as started (else a failing initializer looks like a worker
             # that connected and died, and launchers restart it forever)
-            sock.send_multipart(self._encode(Kind.STARTED))
+            _send(sock, self._encode(Kind.STARTED))
         return self._serve(sock)
 
     def _wait_welcome(self, sock: zmq.Socket[Any], ready: list[Any]) -> Message | None:
-        sock.send_multipart(ready)
+        _send(sock, ready)
         deadline = time.monotonic() + self.connect_timeout
         again = time.monotonic() + READY_RESEND_S
         while (left := deadline - time.monotonic()) > 0:
             if not sock.poll(min(left, max(0.0, again - time.monotonic())) * 1000):
                 if time.monotonic() >= again:  # lost on a reset link? the broker takes it once
-                    sock.send_multipart(ready)
+                    _send(sock, ready)
                     again = time.monotonic() + READY_RESEND_S
                 continue
             frames = sock.recv_multipart(copy=False)
@@ -298,8 +309,8 @@ class Worker:
                 if deadline is not None and not self._leaving and time.monotonic() >= deadline:
                     self._leaving = True
                     logger.info("runtime spent: finishing held tasks, then leaving")
-                    sock.send_multipart(self._encode(Kind.GOODBYE,
-                                                     frames=[json.dumps({"reason": "runtime"}).encode()]))
+                    bye = json.dumps({"reason": "runtime"}).encode()
+                    _send(sock, self._encode(Kind.GOODBYE, frames=[bye]))
                 # take everything that has arrived; block only when there is nothing to do
                 timeout = 0 if queue else 200
                 if not queue and spin_until:
@@ -336,7 +347,7 @@ class Worker:
             # the next task crashes it, and the broker would blame the wrong task
             frames = self._run_task(msg)
             with sock_lock:
-                send_frames(sock, frames)
+                _send(sock, frames)
             self._main_tx = time.monotonic()
             if spin_s:
                 spin_until = time.perf_counter() + spin_s
@@ -547,13 +558,12 @@ class Worker:
                     seq += 1
                     # task_id echoes the last heartbeat-link number heard: the broker dates
                     # from it when we last heard it (a half-open link is noticed both ways)
-                    sock.send_multipart(encode(self._tx_key, Kind.HEARTBEAT, self._session, seq,
-                                               ack=self._chan.upto, aux=self._beat_flags(),
-                                               task_id=broker_seq))
+                    _send(sock, encode(self._tx_key, Kind.HEARTBEAT, self._session, seq,
+                                       ack=self._chan.upto, aux=self._beat_flags(), task_id=broker_seq))
                 with self._lock:  # what the broker has not acknowledged for a while: again
                     due = self._chan.due(now, rto, max_rto)
                 if due:
-                    send_frames(sock, join(due))
+                    _send(sock, join(due))
                 deadline = time.monotonic() + self.hb_interval
                 first = True  # after a stall (SIGSTOP), read what came before judging silence
                 while first or ((left := deadline - time.monotonic()) > 0 and not self._stop.is_set()):
@@ -582,7 +592,7 @@ class Worker:
                             self._read_main_socket()
                             released = self._release(msg.aux)
                             if released:
-                                send_frames(sock, join(released))
+                                _send(sock, join(released))
                         elif msg.kind == Kind.SHUTDOWN and not dismissed_at:
                             # declared lost: the running task may still finish and be
                             # taken; the main thread leaves after it
