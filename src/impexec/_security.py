@@ -25,6 +25,7 @@ routing id, and pyzmq's own debug lines (which print client *public* keys) go to
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -251,6 +252,11 @@ def _describe_handshake_failure(kind: int, value: int, encrypt: bool) -> str:
             detail = f"ZeroMQ protocol error {value:#x}"
     else:  # the peer hung up mid-handshake; errno says how
         detail = os.strerror(value) if 0 < value < 4096 else f"error {value}"
+        if value in (errno.ECONNRESET, errno.EPIPE):
+            # the connection went away before the handshake ended: on a real network a
+            # reset (a restarted tunnel, a NAT timeout) is far likelier than a bad peer
+            return (f"handshake failed ({detail}): the connection was reset or closed before "
+                    "the handshake ended (a network reset, or a peer that went away)")
     if encrypt:
         return (f"handshake failed ({detail}); this executor has encrypt=True: a client "
                 "without CurveZMQ, with the wrong server key, or not a ZeroMQ peer")
