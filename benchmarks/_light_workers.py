@@ -8,18 +8,24 @@ many real worker processes (~30 MB and one interpreter each) would not fit.
 Seen from the broker, each identity is a real worker (``src/impexec/_worker.py``)::
 
     main DEALER  (routing id = 16 random bytes)   READY → WELCOME → TASK… → RESULT…
-    hb   DEALER  (routing id = worker id + b"h")  HEARTBEAT ⇄ HEARTBEAT every interval
+    hb   DEALER  (routing id = worker id + b"h")  HEARTBEAT ⇄ HEARTBEAT every interval;
+                                                  RECALL; resends of unacknowledged results
 
-Differences from the real worker, and why they do not matter to the broker:
+Each identity holds a real :class:`impexec._worker.Worker` that never runs its loops: its
+keys (bound to the worker and the direction), its main link's numbering, acknowledgements
+and in-order delivery, and its task runner come from there, so the wire is the real
+worker's. Only the sockets and the waiting differ, and that does not matter to the broker:
 
 - One thread waits on every main socket with epoll on their ZMQ_FD (zmq.Poller costs
-  O(sockets) per call: ~220 µs for 250 sockets, more than a task). Tasks run inline,
-  in arrival order per identity (the order the broker relies on). A long task would
-  block the other identities and their heartbeats: use no-op or microsecond tasks only.
-- Heartbeat sockets are not polled: every TICK_S a tenth of the identities send their
-  HEARTBEAT after reading the broker's reply to their previous one, so the broker sees
-  each identity once per interval, spread evenly over time (as independent processes
-  would be), and the poller only watches the K main sockets.
+  O(sockets) per call: ~220 µs for 250 sockets, more than a task). Tasks run inline as
+  they arrive, in the broker's order per identity (the order it relies on); so nothing
+  ever waits queued, a RECALL finds nothing to give back, and a long task would block
+  the other identities and their heartbeats: use no-op or microsecond tasks only.
+- Heartbeat sockets are not polled: every TICK_S a tenth of the identities read the
+  broker's heartbeat-link messages and send their HEARTBEAT (or skip it, like the real
+  worker, while tasks and results flow on main), so the broker sees each identity once
+  per interval, spread evenly over time (as independent processes would be), and the
+  poller only watches the K main sockets.
 - Broker silence is judged for the whole process: nothing heard on any socket for the
   heartbeat timeout (or the parent process gone) ends the process.
 
@@ -38,7 +44,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections import OrderedDict
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -47,46 +53,44 @@ import zmq
 from impexec import __version__
 from impexec._connection import ConnectionInfo
 from impexec._errors import ProtocolError
-from impexec._protocol import Flag, Kind, decode, encode, recv_frames, send_frames
-from impexec._serialize import ExceptionWithTraceback, get_serializer
+from impexec._protocol import Flag, Kind, decode, encode, join, recv_frames, send_frames
+from impexec._serialize import get_serializer
+from impexec._worker import READY_RESEND_S, Worker, _SetupCache
 
 EXIT_OK, EXIT_NO_BROKER, EXIT_BROKER_GONE = 0, 3, 5
 #: Seconds between heartbeat ticks; each tick serves 1/SLICES of the identities.
 TICK_S = 0.1
 #: Seconds to wait for every WELCOME before giving up (EXIT_NO_BROKER).
 CONNECT_TIMEOUT_S = 60.0
-#: Cached unpickled functions (by their pickled bytes), shared by the identities.
-FUNCTION_CACHE_SIZE = 64
 HB_SUFFIX = b"h"
+_NOBLOCK = int(zmq.NOBLOCK)
 
 
 class _Identity:
-    """One worker as the broker sees it: two sockets, their counters, its contexts."""
+    """One worker as the broker sees it: a real Worker's state, and two sockets."""
 
-    __slots__ = (
-        "active",
-        "broker_seq",
-        "contexts",
-        "hb",
-        "hb_broker_seq",
-        "hb_seq",
-        "main",
-        "seq",
-        "welcomed",
-        "wid",
-    )
+    __slots__ = ("active", "hb", "hb_broker_seq", "hb_seq", "main", "ready", "ready_at",
+                 "welcomed", "worker")
 
-    def __init__(self, wid: bytes, main: zmq.Socket[Any]):
-        self.wid = wid
+    def __init__(self, worker: Worker, main: zmq.Socket[Any]):
+        self.worker = worker  # keys, main-link channel, caches and task runner
         self.main = main
         self.hb: zmq.Socket[Any] | None = None
-        self.seq = 0  # our messages on main (READY is 1)
-        self.hb_seq = 0  # our messages on hb: the broker checks a counter per socket
-        self.broker_seq = 0  # the broker's last accepted seq, per socket (replays)
-        self.hb_broker_seq = 0
+        self.hb_seq = 0  # our numbers on the heartbeat link (strictly increasing)
+        self.hb_broker_seq = 0  # the broker's there: above WELCOME's hb_floor, increasing
         self.welcomed = False
-        self.contexts: OrderedDict[int, tuple[bool, Any]] = OrderedDict()
+        self.ready: list[Any] = []  # READY, sent again every READY_RESEND_S until WELCOME
+        self.ready_at = 0.0
         self.active = 0.0  # last task in and result out on main (then no beat is due)
+
+
+def _send(sock: zmq.Socket[Any], frames: list[Any]) -> None:
+    """Send without blocking: a DEALER whose connection is gone blocks in send, and one
+    identity must not stall the others (a lost message is what resends are for)."""
+    try:
+        send_frames(sock, frames, _NOBLOCK)
+    except zmq.Again:
+        pass
 
 
 class LightWorkerHost:
@@ -106,11 +110,8 @@ class LightWorkerHost:
         self.n = n
         self.tag = tag
         self.connect_timeout = connect_timeout
-        self.session = b"\0" * 8
         self.hb_interval = 1.0
         self.hb_timeout = 10.0
-        self.max_contexts = 8
-        self._fn_cache: OrderedDict[bytes, Any] = OrderedDict()
         self._by_sock: dict[zmq.Socket[Any], _Identity] = {}
         self._by_fd: dict[int, _Identity] = {}
         self._epoll: select.epoll | None = None
@@ -152,7 +153,6 @@ class LightWorkerHost:
     def _run(self, zctx: zmq.Context[Any]) -> int:
         epoll = self._epoll
         assert epoll is not None
-        key = self.conn.key
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -162,8 +162,10 @@ class LightWorkerHost:
             "light": True,
         }
         for _ in range(self.n):
-            wid = os.urandom(16)
-            idn = _Identity(wid, self._socket(zctx, wid))
+            worker = Worker(self.conn, tag=self.tag)
+            # tasks run as they arrive: between reads nothing waits here (HB_IDLE)
+            worker._idle = True
+            idn = _Identity(worker, self._socket(zctx, worker.wid))
             self._by_sock[idn.main] = idn
             # ZMQ_FD is readable when the socket has commands to process, not exactly
             # when a message waits: level-triggered epoll, and a socket is always read
@@ -171,11 +173,11 @@ class LightWorkerHost:
             fd = idn.main.getsockopt(zmq.FD)
             self._by_fd[fd] = idn
             epoll.register(fd, select.EPOLLIN)
-            # READY goes with a zero session: the broker tells it in WELCOME
-            idn.seq = 1
-            ready = json.dumps({**info, "worker": wid.hex()}).encode()
-            zero = b"\0" * 8
-            send_frames(idn.main, encode(key, Kind.READY, zero, 1, frames=[ready]))
+            # READY: main-link number 1, with a zero session (WELCOME tells it)
+            ready = json.dumps({**info, "worker": worker.wid.hex(), "local": worker._local})
+            idn.ready = worker._encode(Kind.READY, frames=[ready.encode()])
+            idn.ready_at = time.monotonic()
+            _send(idn.main, idn.ready)
             self._serve(zctx, idn)  # read to EAGAIN (see above) before epoll waits
         parent = os.getppid()
         started = time.monotonic()
@@ -194,21 +196,25 @@ class LightWorkerHost:
             next_tick = now + TICK_S
             welcomed = [i for i in self._by_sock.values() if i.welcomed]
             waiting = len(self._by_sock) - len(welcomed)
-            if waiting and now - started > self.connect_timeout:
-                sys.stderr.write(
-                    f"light workers: {waiting} of {self.n} got no WELCOME from "
-                    f"{self.conn.address}\n"
-                )
-                return EXIT_NO_BROKER
+            if waiting:
+                if now - started > self.connect_timeout:
+                    sys.stderr.write(
+                        f"light workers: {waiting} of {self.n} got no WELCOME from "
+                        f"{self.conn.address}\n"
+                    )
+                    return EXIT_NO_BROKER
+                for idn in list(self._by_sock.values()):
+                    if not idn.welcomed and now - idn.ready_at >= READY_RESEND_S:
+                        # lost on a reset link? the broker takes it once
+                        idn.ready_at = now
+                        _send(idn.main, idn.ready)
             slices = max(1, round(self.hb_interval / TICK_S))
             tick += 1
             for idn in welcomed[tick % slices :: slices]:
-                if now - idn.active < self.hb_interval:
-                    # like impexec-worker: tasks and results flowed on main within the
-                    # interval, so both sides know the other is alive; no beat
-                    last_heard = max(last_heard, idn.active)
-                elif self._heartbeat(idn):
+                if self._heartbeat(idn, now):
                     last_heard = now
+                if now - idn.active < self.hb_interval:
+                    last_heard = max(last_heard, idn.active)
             if not waiting and now - last_heard > self.hb_timeout:
                 sys.stderr.write(
                     f"light workers: no word from the broker in {self.hb_timeout:g} s\n"
@@ -218,86 +224,123 @@ class LightWorkerHost:
                 return EXIT_BROKER_GONE  # orphaned: our parent (the benchmark) is gone
         return EXIT_OK
 
-    def _accept(self, idn: _Identity, frames: list[Any], hb: bool) -> list[Any]:
-        """Verified, fresh messages of one receive (the worker's replay guard)."""
-        out = []
+    def _welcome(self, zctx: zmq.Context[Any], idn: _Identity, frames: list[Any]) -> bool:
+        """Before WELCOME: look for ours in *frames* and take its settings (as the real
+        worker's ``_wait_welcome``). True once welcomed."""
+        w = idn.worker
         try:
-            for msg in decode(
-                self.conn.key, frames, None if not idn.welcomed else self.session
-            ):
-                last = idn.hb_broker_seq if hb else idn.broker_seq
-                if msg.seq <= last:
-                    continue
-                if hb:
-                    idn.hb_broker_seq = msg.seq
-                else:
-                    idn.broker_seq = msg.seq
-                out.append(msg)
+            msgs = list(decode(w._rx_key, frames, None, w._local))
         except ProtocolError as exc:
-            sys.stderr.write(f"light workers: dropped a message: {exc}\n")
-        return out
+            w._drop_log("the broker's socket", f"{exc} (while connecting)")
+            return False
+        for msg in msgs:
+            if msg.kind != Kind.WELCOME:
+                continue
+            try:
+                data = msg.json()
+            except ProtocolError as exc:
+                w._drop_log("the broker's socket", str(exc))
+                continue
+            if data.get("worker") != w.wid.hex():
+                w._drop_log("the broker's socket", "a WELCOME meant for another worker")
+                continue
+            w._session = bytes.fromhex(data["session"])
+            w._chan.on_ack(msg.ack)
+            w._inorder.push(msg.seq, msg)
+            self.hb_interval = w.hb_interval = float(data.get("heartbeat_interval", 1.0))
+            self.hb_timeout = w.hb_timeout = float(data.get("heartbeat_timeout", 10.0))
+            w._setups = _SetupCache(int(data.get("max_contexts", 8)))
+            w._max_frame = int(data.get("max_message_size", 0))
+            w._hb_floor = idn.hb_broker_seq = int(data.get("hb_floor", 0))
+            idn.welcomed = True
+            idn.hb = self._socket(zctx, w.wid + HB_SUFFIX)
+            self._heartbeat(idn, time.monotonic())
+            if msg.flags & Flag.HAS_SETUP:
+                # the executor's initializer, once per identity as per process; STARTED
+                # then tells the broker it succeeded
+                try:
+                    fn, args = get_serializer(msg.serializer).loads(msg.frames[1:])
+                    fn(*args)
+                except BaseException as exc:
+                    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                    _send(idn.main, w._encode(Kind.START_FAILED,
+                                              frames=[json.dumps({"error": text}).encode()]))
+                    self._close(idn)
+                    return True
+                _send(idn.main, w._encode(Kind.STARTED))
+            return True
+        return False
 
     def _serve(self, zctx: zmq.Context[Any], idn: _Identity) -> bool:
         """Handle everything waiting on one main socket; True if anything came."""
         heard = False
+        w = idn.worker
         while True:
             try:
-                frames = recv_frames(idn.main, zmq.NOBLOCK)
+                frames = recv_frames(idn.main, _NOBLOCK)
             except zmq.Again:
                 return heard
             heard = True
-            for msg in self._accept(idn, frames, hb=False):
+            if not idn.welcomed:
+                self._welcome(zctx, idn, frames)
+                if idn.main not in self._by_sock:
+                    return True  # its initializer raised: closed
+                continue
+            # verified, each number once, in the broker's order (held past a gap)
+            for msg in w._accept(frames):
                 kind = msg.kind
                 if kind == Kind.TASK:
-                    send_frames(idn.main, self._run_task(idn, msg))
+                    self.tasks_run += 1
+                    _send(idn.main, w._run_task(msg))
                     idn.active = time.monotonic()
-                elif kind == Kind.WELCOME and not idn.welcomed:
-                    data = msg.json()
-                    if data.get("worker") != idn.wid.hex():
-                        continue
-                    self.session = bytes.fromhex(data["session"])
-                    self.hb_interval = float(data.get("heartbeat_interval", 1.0))
-                    self.hb_timeout = float(data.get("heartbeat_timeout", 10.0))
-                    self.max_contexts = int(data.get("max_contexts", 8))
-                    idn.welcomed = True
-                    idn.hb = self._socket(zctx, idn.wid + HB_SUFFIX)
-                    self._heartbeat(idn)
-                    if msg.flags & Flag.HAS_SETUP:
-                        # the executor's initializer, once per identity as per process;
-                        # a main-socket HEARTBEAT then tells the broker it succeeded
-                        fn, args = get_serializer(msg.serializer).loads(msg.frames[1:])
-                        fn(*args)
-                        idn.seq += 1
-                        beat = encode(
-                            self.conn.key, Kind.HEARTBEAT, self.session, idn.seq
-                        )
-                        send_frames(idn.main, beat)
                 elif kind == Kind.SHUTDOWN:
                     self._close(idn)
                     return True
                 elif kind == Kind.DROP_CONTEXT:
-                    idn.contexts.pop(msg.ctx_id, None)
-                # HEARTBEAT (after an initializer) and DRAIN need nothing: tasks never
-                # wait here; the broker sends SHUTDOWN once a draining worker is empty
+                    w._setups.drop(msg.ctx_id)
+                # DRAIN needs nothing: tasks never wait here; the broker sends SHUTDOWN
+                # once a draining worker holds nothing
 
-    def _heartbeat(self, idn: _Identity) -> bool:
-        """Read the broker's answers on the heartbeat socket; send the next beat."""
+    def _heartbeat(self, idn: _Identity, now: float) -> bool:
+        """The heartbeat link: read the broker's messages there, send the next beat (if
+        main was quiet) and what the broker has not acknowledged for a while."""
         hb = idn.hb
         if hb is None:
             return False
+        w = idn.worker
         heard = False
         while True:
             try:
-                frames = recv_frames(hb, zmq.NOBLOCK)
+                frames = recv_frames(hb, _NOBLOCK)
             except zmq.Again:
                 break
-            heard = True
-            for msg in self._accept(idn, frames, hb=True):
-                if msg.kind == Kind.SHUTDOWN:  # declared lost: leave like a real worker
+            try:
+                msgs = list(decode(w._rx_key, frames, w._session))
+            except ProtocolError as exc:
+                w._drop_log("the broker's heartbeat socket", str(exc))
+                continue
+            for msg in msgs:
+                if msg.seq <= idn.hb_broker_seq:
+                    w._drop_log("the broker's heartbeat socket", f"replayed message (seq {msg.seq})")
+                    continue
+                idn.hb_broker_seq = msg.seq
+                heard = True
+                w._chan.on_ack(msg.ack)
+                if msg.kind == Kind.RECALL:
+                    released = w._release(msg.aux)  # nothing waits here: usually none
+                    if released:
+                        _send(hb, join(released))
+                elif msg.kind == Kind.SHUTDOWN:  # declared lost: leave like a real worker
                     self._close(idn)
                     return heard
-        idn.hb_seq += 1
-        send_frames(hb, encode(self.conn.key, Kind.HEARTBEAT, self.session, idn.hb_seq))
+        if now - idn.active >= self.hb_interval:
+            # like impexec-worker: no beat while tasks and results flow on main
+            idn.hb_seq += 1
+            _send(hb, encode(w._tx_key, Kind.HEARTBEAT, w._session, idn.hb_seq,
+                             ack=w._chan.upto, aux=w._beat_flags()))
+        due = w._chan.due(now, max(2 * self.hb_interval, 0.2), self.hb_timeout)
+        if due:
+            _send(hb, join(due))
         return heard
 
     def _close(self, idn: _Identity) -> None:
@@ -310,84 +353,6 @@ class LightWorkerHost:
         idn.main.close(linger=1000)
         if idn.hb is not None:
             idn.hb.close(linger=0)
-
-    # -- tasks ------------------------------------------------------------------------
-    def _load_fn(self, ser: Any, frame: Any) -> Any:
-        data = frame.bytes if hasattr(frame, "bytes") else bytes(frame)
-        fn = self._fn_cache.get(data)
-        if fn is None:
-            fn = ser.loads([data])
-            self._fn_cache[data] = fn
-            if len(self._fn_cache) > FUNCTION_CACHE_SIZE:
-                self._fn_cache.popitem(last=False)
-        return fn
-
-    def _run_task(self, idn: _Identity, msg: Any) -> list[Any]:
-        started = time.perf_counter()
-        self.tasks_run += 1
-        ser = get_serializer(msg.serializer)
-        first = 1 if msg.flags & Flag.HAS_SETUP else 0
-        ok, value = True, None
-        idn.seq += 1
-        try:
-            prefix: tuple[Any, ...] = ()
-            if msg.ctx_id:
-                entry = idn.contexts.get(msg.ctx_id)
-                if entry is None:
-                    if not first:
-                        return encode(
-                            self.conn.key,
-                            Kind.RESULT,
-                            self.session,
-                            idn.seq,
-                            task_id=msg.task_id,
-                            flags=Flag.NEED_SETUP,
-                            serializer=msg.serializer,
-                        )
-                    try:
-                        setup, sargs, skw = ser.loads([msg.frames[0]])
-                        entry = (True, setup(*sargs, **skw))
-                    except Exception as exc:
-                        entry = (
-                            False,
-                            ExceptionWithTraceback(exc, "(in the context's setup)\n"),
-                        )
-                    idn.contexts[msg.ctx_id] = entry
-                    while len(idn.contexts) > self.max_contexts:
-                        idn.contexts.popitem(last=False)
-                if not entry[0]:
-                    ok, value = False, entry[1]
-                    raise _Done
-                prefix = (entry[1],)
-            fn = self._load_fn(ser, msg.frames[first])
-            call = ser.loads(msg.frames[first + 1 :])
-            if msg.flags & Flag.CHUNK and msg.flags & Flag.BARE:  # map over one input
-                value = [fn(*prefix, arg) for arg in call]
-            elif msg.flags & Flag.CHUNK:
-                value = [fn(*prefix, *args) for args in call]
-            else:
-                args, kwargs = call
-                value = fn(*prefix, *args, **kwargs)
-        except _Done:
-            pass
-        except Exception as exc:
-            ok, value = False, ExceptionWithTraceback(exc)
-        run_us = int((time.perf_counter() - started) * 1e6)
-        return encode(
-            self.conn.key,
-            Kind.RESULT,
-            self.session,
-            idn.seq,
-            task_id=msg.task_id,
-            flags=Flag.OK if ok else 0,
-            aux=run_us,
-            serializer=msg.serializer,
-            frames=ser.dumps(value),
-        )
-
-
-class _Done(Exception):
-    """The task's outcome is already decided (its context's setup failed)."""
 
 
 # -- helpers for the benchmark and the test --------------------------------------------

@@ -8,8 +8,9 @@
 Each repetition of each W runs on a fresh ``ClusterExecutor(None,
 heartbeat_interval=1.0, heartbeat_timeout=10.0)`` with W lightweight workers
 (``_light_workers.py``: up to --procs processes, 2 by default so that every W loads the
-machine with the same processes; every identity has its own two sockets, READY/WELCOME
-handshake and heartbeats, exactly like a real worker on the wire). Repetitions go round
+machine with the same processes; every identity has its own two sockets, keys,
+READY/WELCOME handshake, numbered and acknowledged main link and heartbeats, exactly like
+a real worker on the wire: the wire code is the real worker's). Repetitions go round
 the Ws (so a drifting load hits them all alike); medians of --repeats, each after a
 warm-up:
 

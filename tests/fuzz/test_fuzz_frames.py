@@ -6,7 +6,9 @@ a fast generator that forges each message from one of:
 * junk: random frame counts and sizes, often exactly the signature/header sizes;
 * refusable signed messages: right key but another session, right key and session but
   a sequence number already used (a replay) or a routing id that never said READY, a
-  READY whose worker id is not its socket's, a WELCOME for another worker;
+  READY whose worker id is not its socket's, a WELCOME for another worker. "Right key"
+  is the key of the link the message goes to (keys are per worker and per direction):
+  each such message names its target socket (``Forge.target``);
 * those messages mutated: bits flipped, bytes set, frames cut, grown, dropped, doubled,
   swapped or inserted, header fields rewritten without re-signing, signatures replaced,
   several records batched in one multipart;
@@ -49,10 +51,14 @@ from impexec._protocol import (
 from impexec._serialize import get_serializer
 from impexec._worker import EXIT_DISMISSED, EXIT_OK
 from security_tasks import (
+    HB_SUFFIX,
+    client_replies,
+    client_request,
     drop_count,
+    keys_for,
     marker_path,
-    recv_messages,
     sentinel_pickle,
+    wait_for,
 )
 
 #: Frames thrown at each target (the issue asks for at least 100,000).
@@ -71,6 +77,8 @@ class Forge:
         self.key = key
         self.sentinel = sentinel
         self.refusable = refusable
+        #: the socket (index) the last refusable message was signed for; None: any
+        self.target: int | None = None
 
     # -- pieces ------------------------------------------------------------------------
     def junk_frame(self) -> bytes:
@@ -169,20 +177,29 @@ class Forge:
 
 def throw(alive: Any, send: Any, forge_for: Any, counts: dict[str, int], examples: int,
           frames: int) -> None:
-    """Send at least *frames* frames in *examples* Hypothesis examples of equal size."""
+    """Send at least *frames* frames in *examples* Hypothesis examples of equal size.
+
+    ``send(forge, msg)`` sends each message as soon as it is forged: to ``forge.target``
+    if the message was signed for one socket, else to one the forge's generator picks.
+    """
     per_example = frames // examples
     goal = counts["frames"] + frames
 
-    def send_batch(forge: Forge, batch: list[list[bytes]]) -> None:
-        n = sum(len(m) for m in batch)
-        while n < per_example:
-            msg = forge.message()
-            batch.append(msg)
-            n += len(msg)
-        for msg in batch:
-            send(forge.rng, msg)
+    def send_batch(forge: Forge, raw: list[list[bytes]]) -> None:
+        n = 0
+        for msg in raw:
+            forge.target = None
+            send(forge, msg)
             counts["messages"] += 1
             counts["frames"] += len(msg)
+            n += len(msg)
+        while n < per_example:
+            forge.target = None
+            msg = forge.message()
+            send(forge, msg)
+            counts["messages"] += 1
+            counts["frames"] += len(msg)
+            n += len(msg)
 
     @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
@@ -207,41 +224,53 @@ def test_fuzz_broker(make_executor: Any, raw_socket: Any, tmp_path: Path,
     marker = marker_path(tmp_path)
     sentinel = sentinel_pickle(marker)
     rnd = random.Random(1)
-    socks = []
-    for identity in (rnd.randbytes(16), rnd.randbytes(16) + b"h", None):
+    # a worker's main and heartbeat routing ids (of a worker that never says READY), and
+    # a status client; each message signed for one of them uses that socket's key
+    idents = [rnd.randbytes(16), rnd.randbytes(16) + HB_SUFFIX, None]
+    socks, keys = [], []
+    for identity in idents:
         s = raw_socket(zmq.DEALER, identity=identity, rcvtimeo_ms=60_000)
         s.connect(conn.address)
         socks.append(s)
+        keys.append(keys_for(conn.key, identity)[0])
+    client = len(socks) - 1
     other_session = bytes(b ^ 0x5A for b in conn.session)
+    # kinds the broker may act on in this session: a client's requests (answered from
+    # any routing id that has not joined as a worker) and READY
+    answered = (Kind.READY, Kind.STATUS, Kind.STOP_WORKERS, Kind.END_RUN)
 
     def refusable(f: Forge) -> list[bytes]:
         r = f.rng
+        f.target = r.randrange(len(socks))
+        key = keys[f.target]
         roll = r.random()
         if roll < 0.4:  # another session
-            return f.signed(conn.key, r.choice(KINDS), other_session, r.getrandbits(64))
-        if roll < 0.8:  # this session, from a routing id that never said READY
-            # (the client commands are valid from anyone holding the key: not forgeries)
-            kind = r.choice([k for k in KINDS if k not in (Kind.READY, Kind.STATUS, Kind.STOP_WORKERS,
-                                                           Kind.END_RUN)])
-            return f.signed(conn.key, kind, conn.session, r.getrandbits(64))
+            return f.signed(key, r.choice(KINDS), other_session, r.getrandbits(64))
+        if roll < 0.8:  # this session: a worker's kind from a routing id that never said
+            # READY, or from a status client
+            kind = r.choice([k for k in KINDS if k not in answered])
+            return f.signed(key, kind, conn.session, r.getrandbits(64))
         info = {"worker": r.randbytes(16).hex(), "pid": 1, "host": "fuzz", "tag": ""}
-        return f.signed(conn.key, Kind.READY, b"\0" * 8, r.getrandbits(64),
+        return f.signed(key, Kind.READY, b"\0" * 8, r.getrandbits(64),
                         frames=[json.dumps(info).encode()], flags=0)
 
-    def send(rng: random.Random, msg: list[bytes]) -> None:
-        rng.choice(socks).send_multipart(msg)
+    def send(f: Forge, msg: list[bytes]) -> None:
+        socks[f.rng.randrange(len(socks)) if f.target is None else f.target].send_multipart(msg)
 
     counts = {"messages": 0, "frames": 0}
     before = drop_count(ex)
     throw(lambda: ex._broker.is_alive(), send,
           lambda rng: Forge(rng, conn.key, sentinel, refusable), counts, EXAMPLES, FRAMES_PER_TARGET)
-    # barrier: a STATUS on each socket is answered only after everything sent before it
-    for seq, s in enumerate(socks, 1):
-        s.send_multipart(encode(conn.key, Kind.STATUS, conn.session, seq))
-        deadline = time.monotonic() + 120
-        while not any(m.kind == Kind.STATUS_REPLY for m in recv_messages(s, conn.key, 5)):
-            assert time.monotonic() < deadline, "the broker stopped answering"
+    # barrier: a STATUS on the client's socket is answered only after everything sent
+    # before it there; the worker sockets are not status clients, so for them: the drop
+    # count reaches one per message sent (with a deadline), or a message was taken
+    s = socks[client]
+    s.send_multipart(client_request(conn.key, Kind.STATUS, conn.session, 1))
+    deadline = time.monotonic() + 120
+    while not any(m.kind == Kind.STATUS_REPLY for m in client_replies(s, conn.key, 5)):
+        assert time.monotonic() < deadline, "the broker stopped answering"
     assert counts["frames"] >= FRAMES_PER_TARGET
+    wait_for(lambda: drop_count(ex) - before >= counts["messages"], 30, 0.05)
     assert drop_count(ex) - before == counts["messages"], "a forged message was not refused"
     assert not marker.exists(), "the broker deserialized a forged pickle"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -290,12 +319,13 @@ def test_fuzz_worker(zmq_context: Any, tmp_path: Path) -> None:
 
 
 def _recv(router: zmq.Socket[Any], key: bytes, timeout: float, want: Kind) -> tuple[bytes, Any]:
+    """The next *want* message from the worker (verified with the key of its sender)."""
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
         if not router.poll(left * 1000):
             break
         ident, *frames = router.recv_multipart()
-        for msg in decode(key, frames, None):
+        for msg in decode(keys_for(key, ident)[0], frames, None):
             if msg.kind == want:
                 return ident, msg
     raise TimeoutError(f"no {want.name} from the worker")
@@ -305,7 +335,12 @@ def _fuzz_worker(router: zmq.Socket[Any], proc: subprocess.Popen[bytes], key: by
                  session: bytes, sentinel: bytes) -> None:
     wid, ready = _recv(router, key, 60, Kind.READY)
     assert ready.json()["worker"] == wid.hex()
-    floor = 1_000  # the WELCOME's sequence number; "replays" use numbers up to it
+    tx = keys_for(key, wid)[1]  # the broker's key for this worker: what it verifies
+    # Heartbeat-link numbers up to the floor (WELCOME's "hb_floor") are refused there;
+    # the main link is numbered from 1 (WELCOME) and takes each number once, in order: a
+    # "replay" on it reuses a number it has taken (0 or 1), silently ignored. A number
+    # past a gap would be held and delivered once the gap closes, so none is forged.
+    floor = 1_000
     welcomed = False
     other_session = bytes(b ^ 0x5A for b in session)
     targets = [wid]
@@ -313,19 +348,27 @@ def _fuzz_worker(router: zmq.Socket[Any], proc: subprocess.Popen[bytes], key: by
     def refusable(f: Forge) -> list[bytes]:
         r = f.rng
         if not welcomed:  # still connecting: only a WELCOME for this worker counts
+            f.target = 0
             if r.random() < 0.5:
                 info = {"worker": r.randbytes(16).hex(), "session": session.hex(),
-                        "heartbeat_interval": 0.5, "heartbeat_timeout": 600}
-                return f.signed(key, Kind.WELCOME, session, r.getrandbits(64),
+                        "heartbeat_interval": 0.5, "heartbeat_timeout": 600, "hb_floor": floor}
+                return f.signed(tx, Kind.WELCOME, session, r.getrandbits(64),
                                 frames=[json.dumps(info).encode(), sentinel], flags=Flag.HAS_SETUP)
             kind = r.choice([k for k in KINDS if k != Kind.WELCOME])
-            return f.signed(key, kind, r.choice((session, other_session)), r.getrandbits(64))
+            return f.signed(tx, kind, r.choice((session, other_session)), r.getrandbits(64))
+        f.target = r.randrange(len(targets))
         if r.random() < 0.5:
-            return f.signed(key, r.choice(KINDS), other_session, r.getrandbits(64))
-        return f.signed(key, r.choice(KINDS), session, r.randint(0, floor))  # a replay
+            return f.signed(tx, r.choice(KINDS), other_session, r.getrandbits(64))
+        if f.target and r.random() < 0.5:
+            # the worst replay there: SHUTDOWN at the floor (taken, it would dismiss the
+            # worker, and the test would see it gone); refused only thanks to the floor
+            return f.signed(tx, Kind.SHUTDOWN, session, floor)
+        seen = floor if f.target else 1  # a replay: a number the worker has taken
+        return f.signed(tx, r.choice(KINDS), session, r.randint(0, seen))
 
-    def send(rng: random.Random, msg: list[bytes]) -> None:
-        router.send_multipart([rng.choice(targets), *msg])
+    def send(f: Forge, msg: list[bytes]) -> None:
+        target = f.rng.randrange(len(targets)) if f.target is None else f.target
+        router.send_multipart([targets[target], *msg])
 
     def alive() -> bool:
         return proc.poll() is None
@@ -337,20 +380,20 @@ def _fuzz_worker(router: zmq.Socket[Any], proc: subprocess.Popen[bytes], key: by
     half = FRAMES_PER_TARGET // 2
     throw(alive, send, forge_for, counts, EXAMPLES // 2, half)  # before the WELCOME
     welcome = {"worker": wid.hex(), "session": session.hex(), "heartbeat_interval": 0.5,
-               "heartbeat_timeout": 600, "max_contexts": 8}
-    router.send_multipart([wid, *encode(key, Kind.WELCOME, session, floor,
+               "heartbeat_timeout": 600, "max_contexts": 8, "hb_floor": floor}
+    router.send_multipart([wid, *encode(tx, Kind.WELCOME, session, 1,
                                         frames=[json.dumps(welcome).encode()])])
     welcomed = True
     hb_ident, _ = _recv(router, key, 60, Kind.HEARTBEAT)
-    while hb_ident == wid:  # the main socket may say HEARTBEAT too; we want the other one
-        hb_ident, _ = _recv(router, key, 60, Kind.HEARTBEAT)
+    assert hb_ident == wid + HB_SUFFIX  # heartbeats travel on the heartbeat link only
     targets.append(hb_ident)
     throw(alive, send, forge_for, counts, EXAMPLES // 2, FRAMES_PER_TARGET - half)  # both sockets
     assert counts["frames"] >= FRAMES_PER_TARGET
-    # a real task afterwards: answered only once everything before it has been read
+    # a real task afterwards (the main link's next number): answered only once
+    # everything before it has been read
     ser = get_serializer("cloudpickle")
     frames = [*ser.dumps(pow), *ser.dumps(((3, 4), {}))]
-    router.send_multipart([wid, *encode(key, Kind.TASK, session, floor + 1, task_id=7,
+    router.send_multipart([wid, *encode(tx, Kind.TASK, session, 2, task_id=7,
                                         serializer=ser.code, frames=frames)])
     deadline = time.monotonic() + 120
     while True:
@@ -360,4 +403,4 @@ def _fuzz_worker(router: zmq.Socket[Any], proc: subprocess.Popen[bytes], key: by
     assert result.flags & Flag.OK
     assert ser.loads(result.frames) == 81
     assert alive()
-    router.send_multipart([wid, *encode(key, Kind.SHUTDOWN, session, floor + 2, aux=1)])
+    router.send_multipart([wid, *encode(tx, Kind.SHUTDOWN, session, 3, aux=1)])

@@ -324,36 +324,31 @@ def test_setup_that_kills_its_worker_fails_with_worker_lost(
 def test_worker_without_the_context_gets_the_task_again_with_setup(
         make_executor: Callable[..., Any], raw_socket: Callable[..., Any]) -> None:
     """A hand-driven worker (real sockets, real broker) answers NEED_SETUP once."""
-    import json
     import os
 
     import zmq
 
-    from impexec._protocol import Flag, Kind, decode, encode
+    from impexec._protocol import Flag, Kind
     from impexec._serialize import get_serializer
+    from security_tasks import FakeWorker
 
     key = os.urandom(32)
     ex = make_executor(None, key=key, heartbeat_interval=0.5, heartbeat_timeout=20.0)
     wid = os.urandom(16)
     sock = raw_socket(zmq.DEALER, identity=wid, rcvtimeo_ms=int(TIMEOUT * 1000))
     sock.connect(ex.address)
-    seq = iter(range(1, 1000))
-    sock.send_multipart(encode(key, Kind.READY, b"\0" * 8, next(seq), frames=[json.dumps(
-        {"worker": wid.hex(), "pid": 0, "host": "hand", "tag": ""}).encode()]))
+    # signs with this worker's key, numbers its main-link messages, acknowledges the broker's
+    hand = FakeWorker(sock, key, wid)
+    hand.join(TIMEOUT)
+    ser = get_serializer("cloudpickle")
 
     def receive(kind: Kind) -> Any:
-        while True:
-            for msg in decode(key, sock.recv_multipart(), None):
-                if msg.kind == kind:
-                    return msg
-
-    session = bytes.fromhex(receive(Kind.WELCOME).json()["session"])
-    ser = get_serializer("cloudpickle")
+        return hand.expect(kind, TIMEOUT)
 
     def answer(task: Any, value: Any = None, flags: int = Flag.OK) -> None:
         frames = ser.dumps(value) if flags & Flag.OK else []
-        sock.send_multipart(encode(key, Kind.RESULT, session, next(seq), task_id=task.task_id,
-                                   flags=flags, serializer=task.serializer, frames=frames))
+        hand.send(Kind.RESULT, task_id=task.task_id, flags=flags, serializer=task.serializer,
+                  frames=frames)
 
     ctx = ex.context(ct.setup, "/nonexistent", "hand")
     first = ctx.submit(ct.whoami, 1)
