@@ -183,7 +183,7 @@ def test_a_replayed_end_is_refused_and_a_stranger_cannot_end_the_run(make_execut
     import zmq
 
     from impexec._connection import ConnectionInfo
-    from impexec._protocol import Kind, encode
+    from impexec._protocol import Kind, client_keys, encode
 
     caplog.set_level(logging.WARNING, logger="impexec")
     ex = make_executor(None)  # no workers: STOP_WORKERS below changes nothing
@@ -196,13 +196,14 @@ def test_a_replayed_end_is_refused_and_a_stranger_cannot_end_the_run(make_execut
 
     wrong_key = encode(b"k" * 32, Kind.END_RUN, conn.session, 10**6)
     dealer().send_multipart(wrong_key)
-    stale = encode(conn.key, Kind.END_RUN, b"\0" * 8, 10**6)  # no session, clock from 1970
+    to_broker = client_keys(conn.key)[0]  # what a status client signs with
+    stale = encode(to_broker, Kind.END_RUN, b"\0" * 8, 10**6)  # no session, clock from 1970
     dealer().send_multipart(stale)
-    stop = encode(conn.key, Kind.STOP_WORKERS, conn.session, 2 * 10**6)
+    stop = encode(to_broker, Kind.STOP_WORKERS, conn.session, 2 * 10**6)
     first = dealer()
     first.send_multipart(stop)
     assert first.poll(WAIT * 1000)  # answered: the guard's high-water mark is now 2e6
-    end_replayed = encode(conn.key, Kind.END_RUN, conn.session, 2 * 10**6)
+    end_replayed = encode(to_broker, Kind.END_RUN, conn.session, 2 * 10**6)
     dealer().send_multipart(end_replayed)
     wait_for(lambda: "replayed END_RUN" in caplog.text, WAIT, "the replay to be refused")
     assert "bad signature" in caplog.text
