@@ -359,6 +359,7 @@ class Broker:
                 flags |= Flag.HAS_SETUP
             msg = link.encode_main(peer, Kind.TASK, now, task_id=task.id, ctx_id=task.ctx_id,
                                    aux=task.attempts, flags=flags, serializer=task.ser, frames=frames)
+            task.sent_seq = peer.chan.sent
             batch = batches.get(peer.wid)
             if batch is None:
                 batches[peer.wid] = (peer, [msg])
@@ -546,7 +547,9 @@ class Broker:
             self._forget(w, lost=False)
 
     def _forget(self, w: WorkerRecord, *, lost: bool) -> None:
-        for lt in self.scheduler.remove_worker(w.ident, lost=lost):
+        peer = self._peers.get(w.ident)
+        received = peer.chan.acked if peer is not None else None
+        for lt in self.scheduler.remove_worker(w.ident, lost=lost, received_upto=received):
             names = ", ".join(lt.task.lost_on)
             self._later.append((lt.task.future, False, WorkerLostError(
                 f"the task's worker was lost on each of its {lt.attempts} attempts "

@@ -69,6 +69,7 @@ class Task:
     # digests of blobs (forgotten again if the worker gives the task back unstarted)
     sent_setup: bool = False
     sent_blobs: frozenset[bytes] = frozenset()
+    sent_seq: int = 0  # number of the message that carried its current assignment (0: unknown)
     state: str = PENDING
     worker: bytes | None = None
     lost_on: list[str] = field(default_factory=list)
@@ -232,11 +233,18 @@ class Scheduler:
             self._partial.pop(ident, None)
             self._full.pop(ident, None)
 
-    def remove_worker(self, ident: bytes, *, lost: bool) -> list[LostTask]:
+    def remove_worker(self, ident: bytes, *, lost: bool,
+                      received_upto: int | None = None) -> list[LostTask]:
         """Forget a worker; requeue its tasks. Returns the tasks that ran out of attempts.
 
         With ``lost`` (it died, or went silent) the task it was running is charged one
         attempt; a clean goodbye charges nothing.
+
+        *received_upto*: the highest message number the worker acknowledged. A task whose
+        message it never acknowledged may never have reached it (sent to a worker that
+        had already died): it goes back free, as a suspect. Run alone next time, it is
+        charged whatever the acknowledgements say, so a task that kills its worker before
+        any acknowledgement leaves still runs out of attempts.
         """
         w = self.workers.pop(ident, None)
         if w is None:
@@ -252,7 +260,9 @@ class Scheduler:
             if task.state != ASSIGNED or task.worker != ident:
                 continue  # already completed by a late result
             task.worker = None
-            if i == 0 and lost:
+            unseen = (received_upto is not None and not w.isolated
+                      and task.sent_seq > received_upto)
+            if i == 0 and lost and not unseen:
                 task.attempts += 1
                 task.lost_on.append(w.name)
                 if task.attempts > self.max_retries:

@@ -400,3 +400,26 @@ def test_a_recall_that_got_no_answer_is_asked_again_later() -> None:
     assert [(w.ident, n) for w, n in first] == [(b"w0", len(w0.assigned) // 2)]
     assert s.rebalance(10.5) == []  # asked, no answer yet: not again at once
     assert [w.ident for w, _ in s.rebalance(11.5)] == [b"w0"]  # the RECALL may be lost
+
+
+def test_a_task_its_dead_worker_never_acknowledged_goes_back_free_then_runs_alone() -> None:
+    """A task sent to a worker that had already died (it never acknowledged the message)
+    is not charged; as a suspect it runs alone next, and is charged if that worker dies
+    too (a task that kills its worker before any acknowledgement still fails in the end)."""
+    s = make(1, max_retries=1)
+    (t,) = submit(s, 1)
+    s.assign(ALWAYS)
+    t.sent_seq = 5  # the broker's number of that TASK message
+    assert s.remove_worker(b"w0", lost=True, received_upto=4) == []  # never acknowledged
+    assert t.attempts == 0 and t.suspect
+    s.add_worker(b"w1", "w1", 1.0)
+    s.assign(ALWAYS)
+    assert s.workers[b"w1"].isolated
+    t.sent_seq = 2
+    assert s.remove_worker(b"w1", lost=True, received_upto=1) == []  # alone: charged anyway
+    assert t.attempts == 1
+    s.add_worker(b"w2", "w2", 2.0)
+    s.assign(ALWAYS)
+    t.sent_seq = 2
+    (lost,) = s.remove_worker(b"w2", lost=True, received_upto=1)
+    assert lost.task is t and lost.attempts == 2  # max_retries=1: out of attempts
