@@ -587,7 +587,9 @@ class Scheduler:
         return not self.tasks
 
     def statistics(self) -> Statistics:
-        running = sum(len(w.assigned) for w in self.workers.values())
+        # a task a lost worker's late result completed stays held by the worker that reruns
+        # it (it gets nothing else meanwhile) but no longer runs for the user
+        running = sum(t.state == ASSIGNED for w in self.workers.values() for t in w.assigned.values())
         items_running = sum(t.items for w in self.workers.values() for t in w.assigned.values()
                             if t.state == ASSIGNED)
         st, it = self._stats, self._items
@@ -624,7 +626,8 @@ class Scheduler:
                 assert ident in pooled, f"{w.name} holds {held} < {capacity} tasks, in no pool"
             assert (ident in self._idle) == (held == 0 and ident in pooled), w.name
             for tid, t in w.assigned.items():
-                assert t.worker == ident and t.state == ASSIGNED and self.tasks.get(tid) is t, t
+                # DONE: a lost worker's late result completed it while this one reruns it
+                assert t.state == DONE or (t.worker == ident and self.tasks.get(tid) is t), t
         waiting = [t for t in self._pending if t.state == PENDING]
         assert len(waiting) == self._n_pending, (len(waiting), self._n_pending)
         for t in waiting:
