@@ -153,3 +153,23 @@ def test_a_task_whose_result_was_lost_is_not_charged_when_its_worker_dies_on_the
     assert not (f1.done() and isinstance(f1.exception(timeout=0), WorkerLostError)), \
         "T1 finished on the lost worker, yet it was charged (T2 was running)"
     assert not f2.done()
+
+
+def test_statistics_do_not_count_as_running_a_task_a_lost_worker_completed() -> None:
+    """Worker A is declared lost while it runs T; T goes to B (alone: it is suspect); then
+    A's late result arrives and completes T (first result wins). B still runs T, and the
+    scheduler keeps it in B's held tasks until B answers, which is right (B gets nothing
+    else meanwhile). But ``statistics().tasks_running`` counts it too: the task counts
+    say one task runs while every task is done (the call counts say 0). Found by the
+    simulation's check that the counts agree with the futures."""
+    s = Scheduler(max_retries=3, heartbeat_timeout=HB_TIMEOUT)
+    s.add_worker(b"A", "A", 0.0)
+    s.submit(Task(1, [b"fn"]))
+    assert [a.worker.ident for a in s.assign(lambda t: True)] == [b"A"]
+    assert s.remove_worker(b"A", lost=True) == []  # charged one attempt, requeued
+    s.add_worker(b"B", "B", 1.0)
+    assert [a.worker.ident for a in s.assign(lambda t: True)] == [b"B"]
+    assert s.complete(b"A", 1, ok=True) is not None  # the lost worker's late result
+    stats = s.statistics()
+    assert (stats.tasks_done, stats.running, stats.queued) == (1, 0, 0), stats
+    assert stats.tasks_running == 0, stats
