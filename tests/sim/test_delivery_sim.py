@@ -331,6 +331,7 @@ class SimWorker:
         self.running: list[Any] | None = None  # [TASK message, end time]
         self.died_running: int | None = None
         self.state: dict[int, str] = {}  # task id -> queued, running, answered (the model's)
+        self.last_started = 0  # number of the last TASK it started
         self.main_buf: deque[list[Msg]] = deque()  # arrived, unread
         self.hb_buf: deque[list[Msg]] = deque()
         self.idle = False
@@ -444,6 +445,10 @@ class SimWorker:
             return
         if self.queue:
             msg = self.queue.popleft()
+            # tasks run in the order the broker numbered them (InOrder): the broker's blame
+            # rests on it
+            assert msg.seq > self.last_started, (msg.seq, self.last_started)
+            self.last_started = msg.seq
             self.running = [msg, now + self.sim.durations[msg.task_id]]
             self.state[msg.task_id] = "running"
             self.idle = False
