@@ -180,6 +180,7 @@ class SimBroker:
 
     def send_hb(self, peer: Peer, kind: Kind, **kw: Any) -> None:
         self.hb_seq += 1
+        peer.hb_sent.append((self.hb_seq, self.sim.now))
         self.sim.net_send(peer.wid, "hb", "b2w", [Msg(kind, self.hb_seq, peer.chan.upto, **kw)])
 
     def send_unkept(self, peer: Peer, kind: Kind, **kw: Any) -> None:
@@ -211,14 +212,16 @@ class SimBroker:
             if kind == Kind.READY:
                 return peer.chan.accept(msg.seq) != DUPLICATE or self.ready_again(peer, now)
             raise Refused("another session")
+        echo = 0
         if is_hb and kind == Kind.HEARTBEAT:
             if msg.seq <= peer.hb_seq:
                 raise Refused("replayed or reordered heartbeat")
             peer.hb_seq = msg.seq
+            echo = msg.task_id  # the last heartbeat-link number it heard
         elif peer.chan.accept(msg.seq) == DUPLICATE:
-            peer.chan.on_ack(msg.ack)
+            self.peers.heard(peer, peer.chan.on_ack(msg.ack), 0)
             return False
-        peer.chan.on_ack(msg.ack)
+        self.peers.heard(peer, peer.chan.on_ack(msg.ack), echo)
         return True
 
     def ready_again(self, peer: Peer, now: float) -> bool:
@@ -231,7 +234,7 @@ class SimBroker:
         if peer is None:
             self.on_ready(wid, msg, now)
             return
-        w = self.sched.seen(wid, now)
+        w = self.sched.seen(wid, min(now, peer.heard_at + HB_INTERVAL))  # Broker._on_message
         if msg.kind == Kind.HEARTBEAT:
             if w is None:
                 self.send_hb(peer, Kind.SHUTDOWN)
@@ -246,7 +249,7 @@ class SimBroker:
             raise Refused(f"unexpected {msg.kind.name}")
 
     def on_ready(self, wid: bytes, msg: Msg, now: float) -> None:
-        peer = self.peers.join(wid, msg.seq)
+        peer = self.peers.join(wid, msg.seq, now)
         if peer is None:
             raise Refused("READY from a worker id seen before")
         self.sched.add_worker(wid, wid.hex(), now)
@@ -507,7 +510,7 @@ class SimWorker:
             if self.inorder.gap:
                 flags |= HB_GAP
             self.sim.net_send(self.wid, "hb", "w2b", [Msg(Kind.HEARTBEAT, self.hb_seq, self.chan.upto,
-                                                          aux=flags)])
+                                                          aux=flags, task_id=self.broker_seq)])
         due = self.chan.due(now, RTO, MAX_RTO)
         if due:
             self.sim.net_send(self.wid, "hb", "w2b", list(due))
