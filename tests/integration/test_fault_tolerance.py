@@ -91,8 +91,11 @@ def test_poison_task_fails_alone_while_others_succeed(ex):
     stats = ex.statistics()
     assert stats.failed == 1
     assert stats.done == 100
-    # exactly its three attempts killed a worker: no innocent task was blamed
-    assert stats.workers_lost == 3
+    # its three charged attempts killed a worker each, and no innocent task was blamed. A
+    # loss before the worker acknowledged the task is not charged (the task may never have
+    # reached it) and the task runs alone next: a task that kills its worker at once may
+    # therefore take one worker more than its attempts
+    assert 3 <= stats.workers_lost <= 4
 
 
 def test_killed_worker_tasks_resubmitted_and_replaced(ex):
