@@ -113,7 +113,6 @@ class _SetupCache:
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
         self._entries: OrderedDict[Any, Any] = OrderedDict()
-        self.setups_run = 0
 
     def get(self, ctx_id: Any) -> Any:
         entry = self._entries.get(ctx_id)
@@ -178,7 +177,7 @@ class Worker:
 
     # -- sockets -----------------------------------------------------------------------
     def _socket(self, zctx: zmq.Context[Any], ident: bytes) -> zmq.Socket[Any]:
-        s = zctx.socket(zmq.DEALER)
+        s: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
         s.setsockopt(zmq.ROUTING_ID, ident)
         s.setsockopt(zmq.LINGER, 2000)
         s.setsockopt(zmq.SNDHWM, 0)
@@ -262,7 +261,7 @@ class Worker:
         deadline = time.monotonic() + self.connect_timeout
         again = time.monotonic() + READY_RESEND_S
         while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(min(left, max(0.0, again - time.monotonic())) * 1000):
+            if not sock.poll(int(min(left, max(0.0, again - time.monotonic())) * 1000)):
                 if time.monotonic() >= again:  # lost on a reset link? the broker takes it once
                     _send(sock, ready)
                     again = time.monotonic() + READY_RESEND_S
@@ -446,14 +445,13 @@ class Worker:
         return fn
 
     def _context_value(self, msg: Message, ser: Any) -> tuple[bool, Any] | None:
-        entry = self._setups.get(msg.ctx_id)
+        entry: tuple[bool, Any] | None = self._setups.get(msg.ctx_id)
         if entry is not None:
             return entry
         if not msg.flags & Flag.HAS_SETUP:
             return None
         try:
             setup, args, kwargs = ser.loads([msg.frames[0]])
-            self._setups.setups_run += 1
             entry = (True, setup(*args, **kwargs))
         except BaseException as exc:
             entry = (False, ExceptionWithTraceback(exc, "(in the context's setup)\n"))
@@ -463,7 +461,8 @@ class Worker:
     def _run_task(self, msg: Message) -> list[Any]:
         started = time.perf_counter()
         ser = get_serializer(msg.serializer)
-        ok, value, raised = True, None, 0
+        ok, raised = True, 0
+        value: Any = None  # a result, a chunk's list of them, or the exception to send
         first = 1 if msg.flags & Flag.HAS_SETUP else 0
         if msg.flags & Flag.HAS_BLOBS:
             first = self._take_blobs(msg, first)
@@ -570,7 +569,7 @@ class Worker:
                     wait_ms = 0 if first else min(left, 0.05) * 1000  # 50 ms: prompt exit at shutdown
                     first = False
                     before = time.monotonic()
-                    ready = sock.poll(wait_ms)
+                    ready = sock.poll(int(wait_ms))
                     if time.monotonic() - before > wait_ms / 1000 + 1.0:
                         last_heard = time.monotonic()  # we were stopped, not the broker
                     if not ready:
