@@ -21,7 +21,6 @@ receive, dispatch, housekeeping (liveness), rebalance, stop when idle and asked 
 
 from __future__ import annotations
 
-import json
 import logging
 import select
 import socket
@@ -29,18 +28,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import Future
 from typing import Any
 
 import zmq
 
-from ._errors import BrokenClusterError, ProtocolError, SerializationError, WorkerLostError
+from ._errors import BrokenClusterError, SerializationError
+from ._events import WorkerEvents
 from ._peers import Peer
 from ._protocol import Flag, Kind, Message
 from ._router import HB_SUFFIX, WORKER_ID_SIZE, RouterLink
 from ._scheduler import REBALANCE_INTERVAL_S, Scheduler, Statistics, Task, WorkerRecord
 from ._serialize import get_serializer
-from ._version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +52,16 @@ _POLLIN = int(zmq.POLLIN)
 _BROKEN = "the executor's broker has stopped"
 
 
-class Broker:
+class Broker(WorkerEvents):
     """Runs the scheduler against real sockets on a thread of its own (module docstring).
 
     It holds its thread rather than subclassing ``threading.Thread``: a subclass shares
     the Thread's attribute namespace, and Python 3.13's ``Thread.__init__`` sets
     ``self._handle``, which replaced a method of that name here and broke every message.
+
+    ``_lock`` guards the scheduler, the socket and the peer table. Caller threads take it
+    to dispatch their own tasks (no hop through this thread); this thread holds it except
+    while it sleeps in select(). Futures are resolved outside it.
     """
 
     def __init__(
@@ -84,25 +87,12 @@ class Broker:
         self._session = session
         self._hb_interval = heartbeat_interval
         self._hb_timeout = heartbeat_timeout
-        self._welcome = welcome_extra
-        self._init_frames = initializer_frames
-        self._init_ser = initializer_serializer
-        self._on_joined = on_worker_joined
+        self._init_events(welcome_extra, initializer_frames, initializer_serializer, on_worker_joined)
         self._inbox: deque[Any] = deque()
         self._sleeping = False
         self._stop_when_idle = False
         self.stopped = threading.Event()
         self.crash: BaseException | None = None
-        self._contexts: dict[int, tuple[list[Any], int]] = {}  # ctx_id → (setup frames, ser)
-        self._initializing: set[bytes] = set()  # joined; initializer not yet done
-        self._tags: dict[str, bytes] = {}  # launcher tag → worker id
-        self.connected_tags: set[str] = set()  # read by the launcher thread
-        self.ever_connected_tags: set[str] = set()
-        self._last_stop_seq = 0  # STOP_WORKERS, END_RUN: highest seq accepted (replay guard)
-        self.ended = False  # `impexec end` ended the run (read by the executor's submit)
-        # status clients (impexec status --watch) and when they last asked: told at
-        # teardown that the run ended, so that a watch can say so instead of timing out
-        self._watchers: dict[bytes, float] = {}
         self._zctx = zmq.Context()
         try:
             self._link = RouterLink(
@@ -117,23 +107,11 @@ class Broker:
         self._guard = self._link.guard
         self._drop_log = self._link.drop_log
         self._peers = self._link.peers
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake_r, self._wake_w = _wakeup_pair()
         self._router_fd = self._link.sock.getsockopt(zmq.FD)
-        # Guards the scheduler, the socket and the peer table. Caller threads take it to
-        # dispatch their own tasks (no hop through this thread); this thread holds it
-        # except while it sleeps in select(). Futures are resolved outside it.
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # see the class docstring
         self._later: list[tuple[Any, ...]] = []  # (future, ok, value) or (future, msg)
         self._closed = False
-        self._handlers: dict[Kind, Callable[[Peer, WorkerRecord | None, bool, Message], None]] = {
-            Kind.HEARTBEAT: self._on_heartbeat,
-            Kind.STARTED: self._on_started,
-            Kind.RESULT: self._on_result,
-            Kind.GOODBYE: self._on_goodbye,
-            Kind.START_FAILED: self._on_start_failed,
-        }
         self._next_house = 0.0
         self._next_rebalance = 0.0
 
@@ -373,243 +351,6 @@ class Broker:
         if done is not None:
             self._later.append((done.future, ok, value))
 
-    # -- receiving ---------------------------------------------------------------------
-    def _on_message(self, ident: bytes, peer: Peer | None, is_hb: bool, msg: Message) -> None:
-        """A verified, first-seen message (RouterLink checked numbers and session)."""
-        kind = msg.kind
-        if peer is None:
-            if kind == Kind.READY:
-                self._on_ready(ident, msg)
-            else:
-                self._on_status(ident, msg)
-            return
-        # alive counts from when it last provably heard us (see PeerTable.heard), not from
-        # when it last spoke: a half-open link must not keep a worker that hears nothing.
-        # Its heartbeat echoes our reply to the one before, so allow one interval of lag.
-        now = time.monotonic()
-        w = self.scheduler.seen(peer.wid, min(now, peer.heard_at + self._hb_interval))
-        handler = self._handlers.get(kind)
-        if handler is None:
-            raise ProtocolError(f"unexpected {kind.name} from a worker")
-        handler(peer, w, is_hb, msg)
-
-    def _on_heartbeat(self, peer: Peer, w: WorkerRecord | None, is_hb: bool, msg: Message) -> None:
-        if w is None:
-            self._link.send_hb(peer, Kind.SHUTDOWN)
-            return
-        if not is_hb:
-            raise ProtocolError("HEARTBEAT on a worker's main link")
-        self._link.send_hb(peer, Kind.HEARTBEAT)
-        # idle with messages unacknowledged, or a gap: they were lost, send them again
-        self._link.resend(peer, self._peers.resend_on_report(peer, msg.aux, time.monotonic()))
-
-    def _on_started(self, peer: Peer, w: WorkerRecord | None, is_hb: bool, msg: Message) -> None:
-        """Its initializer ran: only now is it counted as started (a failing initializer
-        would otherwise look like a worker that connected and died, restarted forever)."""
-        if w is not None and peer.wid in self._initializing:
-            self._initializing.discard(peer.wid)
-            self._worker_started(w)
-
-    def _on_goodbye(self, peer: Peer, w: WorkerRecord | None, is_hb: bool, msg: Message) -> None:
-        reason = msg.json().get("reason", "")
-        if w is not None:
-            logger.info("worker %s is leaving (%s)", w.name, reason)
-            self.scheduler.drain_worker(peer.wid)
-            self._release_drained(w)
-
-    def _on_start_failed(self, peer: Peer, w: WorkerRecord | None, is_hb: bool, msg: Message) -> None:
-        text = msg.json().get("error", "")
-        name = w.name if w else peer.wid.hex()
-        logger.error("worker %s could not start: %s", name, text)
-        if w is not None:
-            self._forget(w, lost=False)
-
-    def _on_ready(self, ident: bytes, msg: Message) -> None:
-        info = msg.json()
-        if info.get("worker") != ident.hex():
-            raise ProtocolError("READY whose worker id does not match its socket")
-        peer = self._peers.join(ident, msg.seq, time.monotonic())
-        if peer is None:
-            raise ProtocolError("READY from a worker id seen before (replay)")
-        peer.local = info.get("local") is True  # it dialed our Unix socket (signed: a key holder says so)
-        name = f"{info.get('host', '?')}:{info.get('pid', '?')}"
-        tag = str(info.get("tag") or "")
-        w = self.scheduler.add_worker(ident, name, time.monotonic(), tag=tag, info=info)
-        if tag:
-            self._tags[tag] = ident
-        welcome = {
-            **self._welcome,
-            "worker": ident.hex(),
-            "session": self._session.hex(),
-            "heartbeat_interval": self._hb_interval,
-            "heartbeat_timeout": self._hb_timeout,
-            "max_message_size": self._guard.max_message_size,  # per frame (ZeroMQ MAXMSGSIZE)
-            # heartbeat-link numbers so far: the worker takes only later ones from there
-            "hb_floor": self._link.hb_seq,
-        }
-        frames: list[Any] = [json.dumps(welcome).encode()]
-        flags = 0
-        if self._init_frames is not None:
-            frames += self._init_frames
-            flags = Flag.HAS_SETUP
-        self._link.send_main(peer, Kind.WELCOME, flags=flags, serializer=self._init_ser, frames=frames)
-        logger.info("worker %s joined (tag %s, python %s)", name, tag or "-", info.get("python", "?"))
-        if self._init_frames is None:
-            self._worker_started(w)
-        else:  # started once its initializer ran (it says so with STARTED)
-            self._initializing.add(ident)
-
-    def _worker_started(self, w: WorkerRecord) -> None:
-        """The worker is ready for work: launchers and the executor count it as started."""
-        if w.tag:
-            self.connected_tags.add(w.tag)
-            self.ever_connected_tags.add(w.tag)
-        if self._on_joined is not None:
-            self._on_joined(w)
-
-    def _on_status(self, ident: bytes, msg: Message) -> None:
-        kind = msg.kind
-        if msg.session != self._session and (  # a URL + key client knows no session:
-                msg.session != b"\0" * 8 or abs(msg.seq / 1e6 - time.time()) > 300):
-            raise ProtocolError("status request from another session")  # or a stale one
-        if kind != Kind.STATUS:  # clients number requests by the clock
-            if msg.seq <= self._last_stop_seq:
-                raise ProtocolError(f"replayed {kind.name} (seq {msg.seq})")
-            self._last_stop_seq = msg.seq
-        if kind == Kind.STOP_WORKERS:
-            for w in list(self.scheduler.workers.values()):
-                peer = self._peers.get(w.ident)
-                if peer is not None:
-                    self._link.send_main(peer, Kind.DRAIN)
-                self.scheduler.drain_worker(w.ident)
-                self._release_drained(w)
-        elif kind == Kind.END_RUN:
-            self._end_run()
-        now = time.monotonic()
-        self._watchers[ident] = now
-        if len(self._watchers) > 64:  # bounded: forget those that stopped asking
-            self._watchers = {i: t for i, t in self._watchers.items() if now - t < 60}
-        self._link.send_client(ident, Kind.STATUS_REPLY,
-                               self._status_reply("ending" if self._stop_when_idle else "running"))
-
-    def _status_reply(self, state: str) -> list[Any]:
-        stats: dict[str, Any] = self.scheduler.statistics().as_dict()
-        stats["workers_list"] = [
-            {"name": w.name, "tag": w.tag, "held": len(w.assigned), "completed": w.completed,
-             "draining": w.draining, "held_items": sum(t.items for t in w.assigned.values()),
-             "items_done": w.items_done}
-            for w in list(self.scheduler.workers.values())[:1000]
-        ]
-        stats["address"] = self.address
-        stats["version"] = __version__
-        stats["state"] = state
-        return [json.dumps(stats).encode()]
-
-    def _end_run(self) -> None:
-        """``impexec end``: no future may wait on a run that nobody will serve any more."""
-        self.ended = True
-        self.cancel_pending()
-        ended = CancelledError("the run was ended by `impexec end` while this task was on a worker")
-        for t in self.scheduler.fail_all():  # the held ones: their results are not awaited
-            self._later.append((t.future, False, ended))
-        for w in list(self.scheduler.workers.values()):
-            peer = self._peers.get(w.ident)
-            if peer is not None:
-                self._link.send_unkept(peer, Kind.SHUTDOWN, aux=1)
-            self._forget(w, lost=False)
-        self._stop_when_idle = True
-
-    def _on_result(self, peer: Peer, w: WorkerRecord | None, is_hb: bool, msg: Message) -> None:
-        wid = peer.wid
-        if msg.flags & Flag.NEED_SETUP:
-            self.scheduler.needs_setup(wid, msg.task_id)
-            return
-        if msg.flags & Flag.RELEASED:
-            self.scheduler.release(wid, msg.task_id)
-            return
-        ok = bool(msg.flags & Flag.OK)
-        task = self.scheduler.complete(wid, msg.task_id, ok=ok, run_s=msg.aux / 1e6, raised=msg.ctx_id)
-        if w is None:  # a worker we declared lost: its late result is taken, it goes
-            self._link.send_hb(peer, Kind.SHUTDOWN)
-        elif w.draining:
-            self._release_drained(w)
-        if task is None:
-            logger.debug("dropped a late result for task %d (completed elsewhere)", msg.task_id)
-            return
-        self._later.append((task.future, msg))  # unpickled outside the lock
-
-    # -- worker loss -------------------------------------------------------------------
-    def _release_drained(self, w: WorkerRecord) -> None:
-        if w.draining and not w.assigned:
-            peer = self._peers.get(w.ident)
-            if peer is not None:
-                self._link.send_unkept(peer, Kind.SHUTDOWN)
-            self._forget(w, lost=False)
-
-    def _forget(self, w: WorkerRecord, *, lost: bool) -> None:
-        peer = self._peers.get(w.ident)
-        received = peer.chan.acked if peer is not None else None
-        for lt in self.scheduler.remove_worker(w.ident, lost=lost, received_upto=received):
-            names = ", ".join(lt.task.lost_on)
-            self._later.append((lt.task.future, False, WorkerLostError(
-                f"the task's worker was lost on each of its {lt.attempts} attempts "
-                f"(max_retries={self.scheduler.max_retries}; workers: {names}); the task "
-                "probably kills its worker (crash, os._exit, out of memory)",
-                attempts=lt.attempts, workers=tuple(lt.task.lost_on),
-            )))
-        self._peers.forget(w.ident)
-        self._initializing.discard(w.ident)
-        if w.tag:
-            self.connected_tags.discard(w.tag)
-            self._tags.pop(w.tag, None)
-
-    def worker_lost(self, ident: bytes, why: str) -> None:
-        """Broker thread: declare a worker lost and requeue its work."""
-        w = self.scheduler.workers.get(ident)
-        if w is None:
-            return
-        logger.warning("worker %s lost (%s); %d task(s) go back to the queue", w.name, why, len(w.assigned))
-        peer = self._peers.get(ident)
-        if peer is not None:  # if it is only stopped, it learns on waking that it is not wanted
-            self._link.send_unkept(peer, Kind.SHUTDOWN)
-            self._link.send_hb(peer, Kind.SHUTDOWN)
-        self._forget(w, lost=True)
-
-    def tag_exited(self, tag: str, why: str) -> None:
-        """Broker thread: a launcher saw the process behind *tag* exit."""
-        ident = self._tags.get(tag)
-        if ident is not None:
-            self.worker_lost(ident, why)
-
-    def fail_open_tasks(self, err: BaseException) -> None:
-        """Broker thread: no worker can start: every open future fails with *err*."""
-        for t in self.scheduler.fail_all():
-            self._later.append((t.future, False, err))
-
-    def _rebalance(self, now: float) -> None:
-        # on the heartbeat link: its thread answers while the worker's main thread runs a task
-        for w, n in self.scheduler.rebalance(now):
-            peer = self._peers.get(w.ident)
-            if peer is not None:
-                logger.debug("asking worker %s to give back up to %d queued task(s)", w.name, n)
-                self._link.send_hb(peer, Kind.RECALL, aux=n)
-
-    def _housekeeping(self, now: float) -> None:
-        for w in self.scheduler.expire(now):
-            self.worker_lost(w.ident, f"no heartbeat for {now - w.last_seen:.1f} s")
-
-    # -- context and shutdown commands (broker thread) ---------------------------------
-    def drop_context(self, ctx_id: int) -> None:
-        self._contexts.pop(ctx_id, None)
-        for w in self.scheduler.drop_context(ctx_id):
-            peer = self._peers.get(w.ident)
-            if peer is not None:
-                self._link.send_main(peer, Kind.DROP_CONTEXT, ctx_id=ctx_id)
-
-    def cancel_pending(self) -> None:
-        for t in self.scheduler.cancel_pending():
-            self._later.append((t.future, None, None))
-
     def _teardown(self) -> None:
         with self._lock:
             self._closed = True
@@ -656,6 +397,14 @@ class Broker:
         self._wake_r.close()
         self._wake_w.close()
         self._zctx.term()
+
+
+def _wakeup_pair() -> tuple[socket.socket, socket.socket]:
+    """A socketpair other threads poke (one byte) to wake the broker from select()."""
+    r, w = socket.socketpair()
+    r.setblocking(False)
+    w.setblocking(False)
+    return r, w
 
 
 def _claim(task: Task) -> bool:
