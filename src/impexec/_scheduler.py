@@ -23,12 +23,19 @@ and runs once per heartbeat interval, not per task.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from ._stats import Statistics as Statistics  # its home before; importers keep it
+from ._records import ASSIGNED as ASSIGNED  # the records' home before: importers keep them
+from ._records import DONE as DONE
+from ._records import PENDING as PENDING
+from ._records import Assignment as Assignment
+from ._records import LostTask as LostTask
+from ._records import Task as Task
+from ._records import WorkerRecord as WorkerRecord
+from ._stats import Counters
+from ._stats import Statistics as Statistics
 
 #: How many workers with free slots are examined for one already holding a task's
 #: context before falling back to any free worker (keeps assign O(1)).
@@ -48,78 +55,6 @@ DEFAULT_MAX_CONTEXTS = 8
 #: Large repeated payloads (blobs) a worker keeps, least recently used evicted; the
 #: worker uses the same bound (it must, for the broker's mirror to stay exact).
 MAX_BLOBS = 16
-
-PENDING, ASSIGNED, DONE = "pending", "assigned", "done"
-
-
-@dataclass(eq=False)
-class Task:
-    """A unit of dispatch: one submit, or one chunk of a map."""
-
-    id: int
-    frames: list[Any]  # serialized function, arguments and buffers
-    future: Any = None  # opaque here; the broker resolves it
-    ctx_id: int = 0
-    flags: int = 0
-    ser: int = 1  # wire code of the serializer that made ``frames``
-    items: int = 1  # calls in this task (a map chunk holds several)
-    blobs: tuple[tuple[bytes, Any], ...] = ()  # (digest, data) of large repeated payloads
-    attempts: int = 0  # attempts charged: its worker died while running it
-    suspect: bool = False  # was held by a worker that died: runs isolated (see assign)
-    claimed: bool = False  # the broker set its future running (at its first dispatch)
-    # what its current assignment carried that its worker did not hold: the setup, the
-    # digests of blobs (forgotten again if the worker gives the task back unstarted)
-    sent_setup: bool = False
-    sent_blobs: frozenset[bytes] = frozenset()
-    sent_seq: int = 0  # number of the message that carried its current assignment (0: unknown)
-    state: str = PENDING
-    worker: bytes | None = None
-    lost_on: list[str] = field(default_factory=list)
-
-
-@dataclass(eq=False)
-class WorkerRecord:
-    """What the broker knows of one connected worker."""
-
-    ident: bytes
-    name: str
-    tag: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-    last_seen: float = 0.0
-    joined: float = 0.0
-    assigned: dict[int, Task] = field(default_factory=dict)  # in send order; first runs
-    contexts: OrderedDict[int, None] = field(default_factory=OrderedDict)  # LRU mirror
-    blobs: OrderedDict[bytes, None] = field(default_factory=OrderedDict)  # LRU mirror
-    draining: bool = False
-    isolated: bool = False  # running a suspect task alone: gets nothing else meanwhile
-    recalling: float = 0.0  # when it was asked to give back queued tasks (0: not asked)
-    completed: int = 0
-    items_done: int = 0  # calls of the tasks it completed (a chunk holds many)
-
-
-@dataclass
-class Assignment:
-    worker: WorkerRecord
-    task: Task
-
-    @property
-    def with_setup(self) -> bool:
-        """The worker does not hold the task's context: send the setup along."""
-        return self.task.sent_setup
-
-    @property
-    def missing_blobs(self) -> frozenset[bytes]:
-        """Blobs to send along (the worker lacks them)."""
-        return self.task.sent_blobs
-
-
-@dataclass
-class LostTask:
-    """A task that failed for good because its workers kept vanishing."""
-
-    task: Task
-    attempts: int
-
 
 class Scheduler:
     """The policy: queue, placement, prefetch credits, context locality, retries."""
@@ -151,13 +86,7 @@ class Scheduler:
         # not isolated): the only ones a rise of the adaptive capacity can return to a pool
         self._full: dict[bytes, WorkerRecord] = {}
         self._mean_run_s = 0.0
-        self._stats = dict.fromkeys(
-            ("done", "failed", "resubmitted", "cancelled", "workers_lost", "workers_joined",
-             "rebalanced"), 0
-        )
-        # the same outcomes counted in calls (a chunk holds task.items), and the calls
-        # of open tasks: what statistics() reports to users
-        self._items = dict.fromkeys(("done", "failed", "resubmitted", "cancelled", "open"), 0)
+        self._counts = Counters()
 
     # -- workers -----------------------------------------------------------------------
     def add_worker(self, ident: bytes, name: str, now: float, tag: str = "",
@@ -165,7 +94,7 @@ class Scheduler:
         w = WorkerRecord(ident, name, tag, info or {}, last_seen=now, joined=now)
         self.workers[ident] = w
         self._idle[ident] = w
-        self._stats["workers_joined"] += 1
+        self._counts.tasks["workers_joined"] += 1
         return w
 
     def seen(self, ident: bytes, now: float) -> WorkerRecord | None:
@@ -209,7 +138,7 @@ class Scheduler:
         self._partial.pop(ident, None)
         self._full.pop(ident, None)
         if lost:
-            self._stats["workers_lost"] += 1
+            self._counts.tasks["workers_lost"] += 1
         failed: list[LostTask] = []
         requeue: list[Task] = []
         for i, task in enumerate(w.assigned.values()):
@@ -224,8 +153,7 @@ class Scheduler:
                 if task.attempts > self.max_retries:
                     task.state = DONE
                     self.tasks.pop(task.id, None)
-                    self._stats["failed"] += 1
-                    self._count_items(task, "failed")
+                    self._counts.closed(task, "failed")
                     failed.append(LostTask(task, task.attempts))
                     continue
             requeue.append(task)
@@ -234,8 +162,7 @@ class Scheduler:
             task.state = PENDING
             self._pending.appendleft(task)
             self._n_pending += 1
-            self._stats["resubmitted"] += 1
-            self._items["resubmitted"] += task.items
+            self._counts.resubmitted(task)
         w.assigned.clear()
         return failed
 
@@ -245,16 +172,7 @@ class Scheduler:
         self.tasks[task.id] = task
         self._pending.append(task)
         self._n_pending += 1
-        self._items["open"] += task.items
-
-    def _count_items(self, task: Task, outcome: str, raised: int = 0) -> None:
-        """A task closed: its calls leave the open count for *outcome*."""
-        self._items["open"] -= task.items
-        if raised:  # a return_exceptions chunk: some of its calls raised, the rest did not
-            self._items["failed"] += raised
-            self._items["done"] += task.items - raised
-        else:
-            self._items[outcome] += task.items
+        self._counts.items["open"] += task.items
 
     def _capacity(self) -> int:
         if self.prefetch is not None:
@@ -323,21 +241,9 @@ class Scheduler:
                 continue
             w: WorkerRecord | None
             if task.suspect:
-                # A task that was on a worker when it died runs alone on an idle worker,
-                # so that if it kills this one too, the blame is certain. (With tasks
-                # queued behind or ahead of it, the broker cannot tell which one ran: a
-                # result sent just before the crash may never leave the process.)
                 if not self._idle:
-                    break
-                w = next(iter(self._idle.values()))
-                if task.ctx_id:
-                    for n, cand in enumerate(self._idle.values()):
-                        if task.ctx_id in cand.contexts:
-                            w = cand
-                            break
-                        if n >= LOCALITY_SCAN:
-                            break
-                w.isolated = True
+                    break  # it runs alone: it waits for an idle worker
+                w = self._isolate(task)
             else:
                 w = self._pick(task.ctx_id)
             assert w is not None
@@ -346,28 +252,50 @@ class Scheduler:
             if not claim(task):
                 task.state = DONE
                 self.tasks.pop(task.id, None)
-                self._stats["cancelled"] += 1
-                self._count_items(task, "cancelled")
+                self._counts.closed(task, "cancelled")
                 continue
-            with_setup = False
-            if task.ctx_id:
-                if task.ctx_id in w.contexts:
-                    w.contexts.move_to_end(task.ctx_id)
-                else:
-                    with_setup = True
-                    w.contexts[task.ctx_id] = None
-                    while len(w.contexts) > self.max_contexts:
-                        w.contexts.popitem(last=False)
-            missing: frozenset[bytes] = frozenset()
-            if task.blobs:
-                missing = self._place_blobs(w, task)
-            task.state = ASSIGNED
-            task.worker = w.ident
-            task.sent_setup, task.sent_blobs = with_setup, missing
-            w.assigned[task.id] = task
-            self._refile(w, capacity)
-            out.append(Assignment(w, task))
+            out.append(self._hand(w, task, capacity))
         return out
+
+    def _isolate(self, task: Task) -> WorkerRecord:
+        """The idle worker a suspect task runs on, alone (one holding its context if any).
+
+        A task that was on a worker when it died runs alone on an idle worker, so that if
+        it kills this one too, the blame is certain. (With tasks queued behind or ahead of
+        it, the broker cannot tell which one ran: a result sent just before the crash may
+        never leave the process.)
+        """
+        w = next(iter(self._idle.values()))
+        if task.ctx_id:
+            for n, cand in enumerate(self._idle.values()):
+                if task.ctx_id in cand.contexts:
+                    w = cand
+                    break
+                if n >= LOCALITY_SCAN:
+                    break
+        w.isolated = True
+        return w
+
+    def _hand(self, w: WorkerRecord, task: Task, capacity: int) -> Assignment:
+        """Give *task* to *w*: mirror the context and blobs it will hold, refile *w*."""
+        with_setup = False
+        if task.ctx_id:
+            if task.ctx_id in w.contexts:
+                w.contexts.move_to_end(task.ctx_id)
+            else:
+                with_setup = True
+                w.contexts[task.ctx_id] = None
+                while len(w.contexts) > self.max_contexts:
+                    w.contexts.popitem(last=False)
+        missing: frozenset[bytes] = frozenset()
+        if task.blobs:
+            missing = self._place_blobs(w, task)
+        task.state = ASSIGNED
+        task.worker = w.ident
+        task.sent_setup, task.sent_blobs = with_setup, missing
+        w.assigned[task.id] = task
+        self._refile(w, capacity)
+        return Assignment(w, task)
 
     def _place_blobs(self, w: WorkerRecord, task: Task) -> frozenset[bytes]:
         """Mirror the worker's blob cache for *task*; return the digests it lacks.
@@ -428,8 +356,7 @@ class Scheduler:
         if task.state == PENDING:
             self._n_pending -= 1  # it stays in the deque; assign skips it
         task.state = DONE
-        self._stats["done" if ok else "failed"] += 1
-        self._count_items(task, "done" if ok else "failed", min(raised, task.items))
+        self._counts.closed(task, "done" if ok else "failed", min(raised, task.items))
         return task
 
     def rebalance(self, now: float = 0.0) -> list[tuple[WorkerRecord, int]]:
@@ -476,7 +403,7 @@ class Scheduler:
         task.state, task.worker = PENDING, None
         self._pending.appendleft(task)
         self._n_pending += 1
-        self._stats["rebalanced"] += 1
+        self._counts.tasks["rebalanced"] += 1
         self._refile(w, self._capacity())
         return task
 
@@ -503,8 +430,7 @@ class Scheduler:
         for t in out:
             t.state = DONE
             self.tasks.pop(t.id, None)
-            self._stats["cancelled"] += 1
-            self._count_items(t, "cancelled")
+            self._counts.closed(t, "cancelled")
         return out
 
     def fail_all(self) -> list[Task]:
@@ -512,8 +438,7 @@ class Scheduler:
         out = list(self.tasks.values())
         for t in out:
             t.state = DONE
-            self._stats["failed"] += 1
-            self._count_items(t, "failed")
+            self._counts.closed(t, "failed")
         self.tasks.clear()
         self._pending.clear()
         self._n_pending = 0
@@ -548,16 +473,7 @@ class Scheduler:
         running = sum(t.state == ASSIGNED for w in self.workers.values() for t in w.assigned.values())
         items_running = sum(t.items for w in self.workers.values() for t in w.assigned.values()
                             if t.state == ASSIGNED)
-        st, it = self._stats, self._items
-        return Statistics(
-            workers=len(self.workers), queued=max(0, it["open"] - items_running),
-            running=items_running, done=it["done"], failed=it["failed"],
-            resubmitted=it["resubmitted"], cancelled=it["cancelled"],
-            workers_lost=st["workers_lost"], workers_joined=st["workers_joined"],
-            rebalanced=st["rebalanced"], tasks_queued=self._n_pending, tasks_running=running,
-            tasks_done=st["done"], tasks_failed=st["failed"], tasks_resubmitted=st["resubmitted"],
-            tasks_cancelled=st["cancelled"],
-        )
+        return self._counts.snapshot(len(self.workers), self._n_pending, running, items_running)
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the scheduler's state is inconsistent (for tests).

@@ -1,12 +1,17 @@
-"""Statistics: the snapshot of an executor that ``ClusterExecutor.statistics()`` returns.
+"""Statistics: the snapshot of an executor that ``ClusterExecutor.statistics()`` returns,
+and the Counters the scheduler keeps for it.
 
-The scheduler fills it in (it holds the counts); the command line's status and live view
-read the same fields from the broker's status replies.
+The command line's status and live view read the same fields from the broker's status
+replies.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._records import Task
 
 
 @dataclass(frozen=True)
@@ -53,3 +58,43 @@ class Statistics:
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+class Counters:
+    """What happened so far, counted in tasks and in calls (a map chunk holds many)."""
+
+    def __init__(self) -> None:
+        self.tasks = dict.fromkeys(
+            ("done", "failed", "resubmitted", "cancelled", "workers_lost", "workers_joined",
+             "rebalanced"), 0
+        )
+        # the same outcomes counted in calls (a chunk holds task.items), and the calls
+        # of open tasks: what statistics() reports to users
+        self.items = dict.fromkeys(("done", "failed", "resubmitted", "cancelled", "open"), 0)
+
+    def closed(self, task: Task, outcome: str, raised: int = 0) -> None:
+        """A task closed with *outcome*; its calls leave the open count."""
+        self.tasks[outcome] += 1
+        self.items["open"] -= task.items
+        if raised:  # a return_exceptions chunk: some of its calls raised, the rest did not
+            self.items["failed"] += raised
+            self.items["done"] += task.items - raised
+        else:
+            self.items[outcome] += task.items
+
+    def resubmitted(self, task: Task) -> None:
+        self.tasks["resubmitted"] += 1
+        self.items["resubmitted"] += task.items
+
+    def snapshot(self, workers: int, tasks_queued: int, tasks_running: int,
+                 items_running: int) -> Statistics:
+        st, it = self.tasks, self.items
+        return Statistics(
+            workers=workers, queued=max(0, it["open"] - items_running),
+            running=items_running, done=it["done"], failed=it["failed"],
+            resubmitted=it["resubmitted"], cancelled=it["cancelled"],
+            workers_lost=st["workers_lost"], workers_joined=st["workers_joined"],
+            rebalanced=st["rebalanced"], tasks_queued=tasks_queued, tasks_running=tasks_running,
+            tasks_done=st["done"], tasks_failed=st["failed"], tasks_resubmitted=st["resubmitted"],
+            tasks_cancelled=st["cancelled"],
+        )
