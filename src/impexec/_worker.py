@@ -27,20 +27,20 @@ import sys
 import threading
 import time
 import traceback
-import types
 from collections import OrderedDict, deque
 from typing import Any
 
 import zmq
 
 from ._connection import ConnectionInfo, remove_orphaned_private_dir
-from ._errors import ProtocolError, SerializationError
-from ._mapping import RaisedItem
+from ._errors import ProtocolError
+from ._heartbeat import Heartbeat
 from ._peers import HB_GAP, HB_IDLE, Channel, InOrder, LinkBroken
-from ._protocol import Flag, Kind, Message, decode, encode, join, recv_frames, send_frames, worker_keys
+from ._protocol import Flag, Kind, Message, decode, encode, recv_frames, send_frames, worker_keys
+from ._running import TaskRunner, _SetupCache
 from ._scheduler import MAX_BLOBS
 from ._security import DropLog
-from ._serialize import BlobRef, ExceptionWithTraceback, _resolve, get_serializer
+from ._serialize import get_serializer
 from ._version import __version__
 
 logger = logging.getLogger(__name__)
@@ -53,13 +53,9 @@ EXIT_DISMISSED = 6  # the broker said SHUTDOWN without our asking to leave (e.g.
 #                     declared lost): a launcher replaces such a worker
 #: Seconds a new worker waits for the broker's WELCOME before giving up.
 CONNECT_TIMEOUT = 60.0
-#: Cached unpickled functions (keyed by their pickled bytes; only those sent by reference).
-FUNCTION_CACHE_SIZE = 128
-_NAMED_TYPES = (types.FunctionType, types.BuiltinFunctionType)
 #: Seconds between READY messages while no WELCOME has come (a reset link drops them).
 READY_RESEND_S = 1.0
 
-_HB_SUFFIX = b"h"
 _NOBLOCK = int(zmq.NOBLOCK)
 #: Microseconds a worker whose queue ran dry keeps polling (yielding the CPU between
 #: polls) before it blocks: a task that arrives meanwhile is taken without the wake-up
@@ -107,30 +103,7 @@ def _spin_seconds() -> float:
         return SPIN_US / 1e6
 
 
-class _SetupCache:
-    """Values of context setups on this worker, least recently used evicted."""
-
-    def __init__(self, max_entries: int):
-        self.max_entries = max_entries
-        self._entries: OrderedDict[Any, Any] = OrderedDict()
-
-    def get(self, ctx_id: Any) -> Any:
-        entry = self._entries.get(ctx_id)
-        if entry is not None:
-            self._entries.move_to_end(ctx_id)
-        return entry
-
-    def put(self, ctx_id: Any, entry: Any) -> None:
-        self._entries[ctx_id] = entry
-        self._entries.move_to_end(ctx_id)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def drop(self, ctx_id: int) -> None:
-        self._entries.pop(ctx_id, None)
-
-
-class Worker:
+class Worker(TaskRunner):
     """One worker process's state and loops (see the module docstring)."""
 
     def __init__(self, conn: ConnectionInfo, *, tag: str = "", runtime: float | None = None,
@@ -325,14 +298,9 @@ class Worker:
                         self._file(msg)
                     timeout = 0
                 self._idle = False
-            while control:
-                msg = control.popleft()
-                if msg.kind == Kind.SHUTDOWN:
-                    return EXIT_OK if self._leaving or msg.aux == 1 else EXIT_DISMISSED
-                if msg.kind == Kind.DRAIN:
-                    self._leaving = True
-                elif msg.kind != Kind.HEARTBEAT:
-                    logger.warning("ignored unexpected %s", msg.kind.name)
+            code = self._obey_control()
+            if code is not None:
+                return code
             if self._dismissed:
                 return EXIT_DISMISSED
             with self._lock:  # the heartbeat thread may give queued tasks back
@@ -350,6 +318,19 @@ class Worker:
             self._main_tx = time.monotonic()
             if spin_s:
                 spin_until = time.perf_counter() + spin_s
+
+    def _obey_control(self) -> int | None:
+        """Act on SHUTDOWN and DRAIN; an exit status when it is time to leave."""
+        control = self._control
+        while control:
+            msg = control.popleft()
+            if msg.kind == Kind.SHUTDOWN:
+                return EXIT_OK if self._leaving or msg.aux == 1 else EXIT_DISMISSED
+            if msg.kind == Kind.DRAIN:
+                self._leaving = True
+            elif msg.kind != Kind.HEARTBEAT:
+                logger.warning("ignored unexpected %s", msg.kind.name)
+        return None
 
     def _file(self, msg: Message) -> None:
         """Put a main-link message where the main thread takes it: tasks in the queue (a
@@ -399,130 +380,6 @@ class Worker:
         return [self._encode(Kind.RESULT, task_id=m.task_id, flags=Flag.RELEASED, serializer=m.serializer)
                 for m in taken]
 
-    def _take_blobs(self, msg: Message, first: int) -> int:
-        """Store the blobs that came with *msg*, touch the others in table order.
-
-        Returns the index of the frame after the blobs, or -1 if a blob the table says we
-        hold is missing (the broker's mirror of this cache was wrong).
-        """
-        table = bytes(msg.frames[first])
-        i = first + 1
-        lacking = False
-        for k in range(0, len(table) - 32, 33):
-            digest = table[k : k + 32]
-            if table[k + 32]:
-                frame = msg.frames[i]
-                i += 1
-                # sent again though held (the broker forgot it after a recall): keep the
-                # object we have, so a task sees the same object for the same payload
-                if self._blobs.get(digest) is None:
-                    self._blobs.put(digest, frame.bytes if hasattr(frame, "bytes") else bytes(frame))
-            elif self._blobs.get(digest) is None:
-                lacking = True
-        return -1 if lacking else i
-
-    def _blob(self, digest: bytes) -> Any:
-        entry = self._blobs._entries.get(digest)
-        if entry is None:
-            raise RuntimeError("a payload the broker sent once is no longer cached on this worker")
-        return entry
-
-    def _load_fn(self, ser: Any, frame: Any) -> Any:
-        data = frame.bytes if hasattr(frame, "bytes") else bytes(frame)
-        fn = self._fn_cache.get(data)
-        if fn is not None and _resolve(fn.__module__, fn.__qualname__) is fn:
-            return fn
-        fn = ser.loads([data])
-        # Only a function that loaded as its module's own object is kept: loading the
-        # bytes again would give that object anyway. One sent by value is loaded anew for
-        # every task, as in ProcessPoolExecutor: a task that changes its globals, closure
-        # cells or defaults must not change what the next task computes.
-        if type(fn) in _NAMED_TYPES and _resolve(getattr(fn, "__module__", None) or "",
-                                                 getattr(fn, "__qualname__", "")) is fn:
-            self._fn_cache[data] = fn
-            if len(self._fn_cache) > FUNCTION_CACHE_SIZE:
-                self._fn_cache.popitem(last=False)
-        return fn
-
-    def _context_value(self, msg: Message, ser: Any) -> tuple[bool, Any] | None:
-        entry: tuple[bool, Any] | None = self._setups.get(msg.ctx_id)
-        if entry is not None:
-            return entry
-        if not msg.flags & Flag.HAS_SETUP:
-            return None
-        try:
-            setup, args, kwargs = ser.loads([msg.frames[0]])
-            entry = (True, setup(*args, **kwargs))
-        except BaseException as exc:
-            entry = (False, ExceptionWithTraceback(exc, "(in the context's setup)\n"))
-        self._setups.put(msg.ctx_id, entry)
-        return entry
-
-    def _run_task(self, msg: Message) -> list[Any]:
-        started = time.perf_counter()
-        ser = get_serializer(msg.serializer)
-        ok, raised = True, 0
-        value: Any = None  # a result, a chunk's list of them, or the exception to send
-        first = 1 if msg.flags & Flag.HAS_SETUP else 0
-        if msg.flags & Flag.HAS_BLOBS:
-            first = self._take_blobs(msg, first)
-            if first < 0:  # the broker thought we held a blob we do not: resend all
-                return self._encode(Kind.RESULT, task_id=msg.task_id, flags=Flag.NEED_SETUP,
-                                    serializer=msg.serializer)
-        try:
-            prefix: tuple[Any, ...] = ()
-            if msg.ctx_id:
-                entry = self._context_value(msg, ser)
-                if entry is None:
-                    return self._encode(Kind.RESULT, task_id=msg.task_id, flags=Flag.NEED_SETUP,
-                                        serializer=msg.serializer)
-                if not entry[0]:
-                    raise _SetupFailed(entry[1])
-                prefix = (entry[1],)
-            fn_frame = msg.frames[first]
-            if msg.flags & Flag.FN_BLOB:
-                fn_frame = self._blob(bytes(fn_frame))
-            fn = self._load_fn(ser, fn_frame)
-            call = ser.loads(msg.frames[first + 1:])
-            if msg.flags & Flag.CHUNK:
-                if msg.flags & Flag.ITEM_ERRORS:
-                    value, raised = _each(fn, prefix, call, bool(msg.flags & Flag.BARE), ser)
-                elif not msg.flags & Flag.BARE:
-                    value = [fn(*prefix, *args) for args in call]
-                elif prefix:
-                    value = [fn(prefix[0], arg) for arg in call]
-                else:
-                    value = list(map(fn, call))
-            else:
-                args, kwargs = call
-                if msg.flags & Flag.HAS_BLOBS:
-                    args = tuple(self._blob(a.digest) if type(a) is BlobRef else a for a in args)
-                    kwargs = {k: self._blob(v.digest) if type(v) is BlobRef else v
-                              for k, v in kwargs.items()}
-                value = fn(*prefix, *args, **kwargs)
-        except _SetupFailed as failed:
-            ok, value = False, failed.wrapped
-        except BaseException as exc:
-            ok, value = False, ExceptionWithTraceback(exc)
-        run_us = int((time.perf_counter() - started) * 1e6)
-        try:
-            frames = ser.dumps(value)
-            if self._max_frame and any(memoryview(f).nbytes > self._max_frame for f in frames):
-                # sent anyway, ZeroMQ would cut the connection and the task would never end
-                raise ValueError(f"a frame of it is larger than the broker accepts ({self._max_frame} "
-                                 "bytes; see IMPEXEC_MAX_MESSAGE_SIZE)")
-        except BaseException as exc:  # SystemExit from a __reduce__ too: the worker lives on
-            what = "result" if ok else f"exception {type(getattr(value, 'exc', value)).__name__}"
-            err = SerializationError(f"the task's {what} could not be serialized on the worker: "
-                                     f"{type(exc).__name__}: {exc}")
-            if not ok:
-                err.__cause__ = None
-            ok = False
-            frames = ser.dumps(ExceptionWithTraceback(err))
-        value = None
-        return self._encode(Kind.RESULT, task_id=msg.task_id, flags=Flag.OK if ok else 0,
-                            ctx_id=raised, aux=run_us, serializer=msg.serializer, frames=frames)
-
     # -- heartbeat thread ----------------------------------------------------------------
     def _beat_flags(self) -> int:
         flags = HB_IDLE if self._idle and not self._queue else 0
@@ -531,115 +388,7 @@ class Worker:
         return flags
 
     def _heartbeat(self, zctx: zmq.Context[Any]) -> None:
-        sock = self._socket(zctx, self.wid + _HB_SUFFIX)
-        dropped = DropLog(logger, "a message")  # this thread's own: DropLog is not thread-safe
-        seq = 0
-        broker_seq = self._hb_floor  # the heartbeat link's numbers: strictly increasing
-        rto, max_rto = max(2 * self.hb_interval, 0.2), self.hb_timeout
-        last_heard = time.monotonic()
-        dismissed_at = 0.0
-        last_tick = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                now = time.monotonic()
-                if now - last_tick > 2 * self.hb_interval + 1.0:
-                    # this process was stopped (SIGSTOP, suspended VM): its own stall is no
-                    # evidence against the broker; judge from fresh traffic
-                    last_heard = now
-                last_tick = now
-                interval = self.hb_interval
-                if now - self._main_rx < interval and now - self._main_tx < interval:
-                    # tasks and results are flowing on the main socket: each side already
-                    # knows the other is alive (the broker counts any message as a sign
-                    # of life), so no beat; we still read this socket (a SHUTDOWN)
-                    last_heard = max(last_heard, self._main_rx)
-                else:
-                    seq += 1
-                    # task_id echoes the last heartbeat-link number heard: the broker dates
-                    # from it when we last heard it (a half-open link is noticed both ways)
-                    _send(sock, encode(self._tx_key, Kind.HEARTBEAT, self._session, seq,
-                                       ack=self._chan.upto, aux=self._beat_flags(), task_id=broker_seq))
-                with self._lock:  # what the broker has not acknowledged for a while: again
-                    due = self._chan.due(now, rto, max_rto)
-                if due:
-                    _send(sock, join(due))
-                deadline = time.monotonic() + self.hb_interval
-                first = True  # after a stall (SIGSTOP), read what came before judging silence
-                while first or ((left := deadline - time.monotonic()) > 0 and not self._stop.is_set()):
-                    wait_ms = 0 if first else min(left, 0.05) * 1000  # 50 ms: prompt exit at shutdown
-                    first = False
-                    before = time.monotonic()
-                    ready = sock.poll(int(wait_ms))
-                    if time.monotonic() - before > wait_ms / 1000 + 1.0:
-                        last_heard = time.monotonic()  # we were stopped, not the broker
-                    if not ready:
-                        continue
-                    try:
-                        msgs = list(decode(self._rx_key, sock.recv_multipart(copy=False), self._session))
-                    except ProtocolError as exc:
-                        dropped("the broker's heartbeat socket", str(exc))
-                        continue
-                    for msg in msgs:
-                        if msg.seq <= broker_seq:
-                            dropped("the broker's heartbeat socket", f"replayed message (seq {msg.seq})")
-                            continue
-                        broker_seq = msg.seq
-                        last_heard = time.monotonic()
-                        with self._lock:
-                            self._chan.on_ack(msg.ack)
-                        if msg.kind == Kind.RECALL:
-                            self._read_main_socket()
-                            released = self._release(msg.aux)
-                            if released:
-                                _send(sock, join(released))
-                        elif msg.kind == Kind.SHUTDOWN and not dismissed_at:
-                            # declared lost: the running task may still finish and be
-                            # taken; the main thread leaves after it
-                            logger.info("the broker no longer wants this worker: leaving")
-                            self._dismissed = True
-                            dismissed_at = time.monotonic()
-                now = time.monotonic()
-                last_heard = max(last_heard, self._main_rx)
-                if dismissed_at and now - dismissed_at > self.hb_timeout:
-                    os._exit(EXIT_OK if self._leaving else EXIT_DISMISSED)  # main is stuck
-                if not dismissed_at and now - last_heard > self.hb_timeout:
-                    exit_now(EXIT_BROKER_GONE, f"impexec worker: no heartbeat from the broker for "
-                             f"{self.hb_timeout:g} s: exiting\n", self.connection_file)
-        except BaseException:
-            if not self._stop.is_set():
-                # nothing else would notice the broker's silence: leave rather than
-                # run on unwatched (the launcher replaces a worker that had to go)
-                exit_now(1, "impexec worker: the heartbeat thread failed:\n"
-                         + traceback.format_exc())
-            raise
-        finally:
-            sock.close(linger=0)
-
-
-def _each(fn: Any, prefix: tuple[Any, ...], call: list[Any], bare: bool,
-          ser: Any) -> tuple[list[Any], int]:
-    """Run every call of a chunk; one that raises yields its exception, the rest go on."""
-    out: list[Any] = []
-    raised = 0
-    for args in call:
-        try:
-            out.append(fn(*prefix, args) if bare else fn(*prefix, *args))
-        except BaseException as exc:
-            raised += 1
-            wrapped = ExceptionWithTraceback(exc)
-            try:  # one exception that does not pickle must not cost the chunk's results
-                ser.dumps(wrapped)
-            except Exception as err:
-                wrapped = ExceptionWithTraceback(SerializationError(
-                    f"the call's exception {type(exc).__name__} could not be serialized on the "
-                    f"worker: {type(err).__name__}: {err}"))
-            out.append(RaisedItem(wrapped))
-    return out, raised
-
-
-class _SetupFailed(Exception):
-    def __init__(self, wrapped: Any):
-        self.wrapped = wrapped
+        Heartbeat(self, zctx).run()
 
 
 def main(conn: ConnectionInfo, *, tag: str = "", runtime: float | None = None,
