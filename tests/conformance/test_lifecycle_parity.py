@@ -25,6 +25,7 @@ import pytest
 import conformance_tasks as ct
 import impexec
 from impexec import ClusterExecutor, SerializationError, WorkerLostError
+from waiting import wait_until
 
 TIMEOUT = 60  # seconds for any one wait (the machine is shared)
 SRC = Path(impexec.__file__).resolve().parent.parent
@@ -186,10 +187,8 @@ def test_a_collected_executor_shuts_down(kind: str) -> None:
     _, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)],
                                  timeout=TIMEOUT)
     assert not alive, f"workers still running after the executor was collected: {alive}"
-    deadline = time.monotonic() + TIMEOUT
-    while any(t.name.startswith("impexec") for t in threading.enumerate()):
-        assert time.monotonic() < deadline, [t.name for t in threading.enumerate()]
-        time.sleep(0.05)
+    wait_until(lambda: not any(t.name.startswith("impexec") for t in threading.enumerate()), TIMEOUT,
+               "the executor's threads to end")
 
 
 @pytest.mark.parametrize("ordered", [True, False], ids=["map", "map_unordered"])
@@ -224,10 +223,7 @@ def test_cancel_futures_cancels_only_what_no_worker_took(make_executor: Any) -> 
     # worker takes exactly one, so the count is exact)
     ex = make_executor(2, prefetch=0)
     ex.submit(int).result(TIMEOUT)
-    deadline = time.monotonic() + TIMEOUT
-    while ex.statistics().workers < 2:
-        assert time.monotonic() < deadline, "the workers did not connect"
-        time.sleep(0.02)
+    wait_until(lambda: ex.statistics().workers >= 2, TIMEOUT, "both workers to connect")
     fs = [ex.submit(time.sleep, 0.1) for _ in range(50)]
     ex.shutdown(cancel_futures=True)
     others = [f for f in fs if not f.cancelled()]

@@ -16,6 +16,7 @@ import pytest
 
 import impexec
 import tasks
+from waiting import wait_until
 
 WAIT = 30.0
 
@@ -23,15 +24,6 @@ WAIT = 30.0
 def impexec_cli(*args, timeout=WAIT):
     return subprocess.run([sys.executable, "-m", "impexec", *args], capture_output=True,
                           text=True, timeout=timeout, check=False)
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def first_line_with(proc, text):
@@ -57,7 +49,7 @@ def test_version():
 def test_end_releases_a_run_whose_workers_were_stopped(make_executor):
     """`impexec stop` sent the workers away mid-map; `impexec end` releases the program."""
     ex = make_executor(1)
-    wait_for(lambda: ex.statistics().workers == 1, WAIT, "the worker")
+    wait_until(lambda: ex.statistics().workers == 1, WAIT, "the worker")
     path = ex.connection_file()
     got: list = []
     error: list = []
@@ -71,11 +63,11 @@ def test_end_releases_a_run_whose_workers_were_stopped(make_executor):
 
     t = threading.Thread(target=sweep, name="test-sweep")
     t.start()
-    wait_for(lambda: len(got) >= 2, WAIT, "the first results")
+    wait_until(lambda: len(got) >= 2, WAIT, "the first results")
     stopped = impexec_cli("stop", path)
     assert stopped.returncode == 0, stopped.stderr
     assert "impexec end" in stopped.stdout  # it says how to end what is left waiting
-    wait_for(lambda: ex.statistics().workers == 0, WAIT, "the worker to leave")
+    wait_until(lambda: ex.statistics().workers == 0, WAIT, "the worker to leave")
     assert ex.statistics().queued > 0 and t.is_alive()  # stranded: nobody will serve it
     ended = impexec_cli("end", path)
     assert ended.returncode == 0, ended.stderr
@@ -91,7 +83,7 @@ def test_end_gives_up_the_tasks_on_workers_too(make_executor):
     ex = make_executor(1)
     running = ex.submit(tasks.hang, 60)
     queued = ex.submit(tasks.square, 3)
-    wait_for(lambda: running.running(), WAIT, "the long task to start")
+    wait_until(lambda: running.running(), WAIT, "the long task to start")
     ended = impexec_cli("end", ex.connection_file())
     assert ended.returncode == 0, ended.stderr
     with pytest.raises(CancelledError, match="impexec end"):
@@ -205,7 +197,7 @@ def test_a_replayed_end_is_refused_and_a_stranger_cannot_end_the_run(make_execut
     assert first.poll(WAIT * 1000)  # answered: the guard's high-water mark is now 2e6
     end_replayed = encode(to_broker, Kind.END_RUN, conn.session, 2 * 10**6)
     dealer().send_multipart(end_replayed)
-    wait_for(lambda: "replayed END_RUN" in caplog.text, WAIT, "the replay to be refused")
+    wait_until(lambda: "replayed END_RUN" in caplog.text, WAIT, "the replay to be refused")
     assert "bad signature" in caplog.text
     assert "another session" in caplog.text
     assert not ex._broker.ended

@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import gc
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,24 +19,18 @@ import pytest
 
 import context_tasks as ct
 import impexec
+from waiting import wait_until
 
 #: Seconds any single wait in these tests may take.
 TIMEOUT = 30.0
 
 
 def wait_for_workers(ex: impexec.ClusterExecutor, n: int = 2) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while ex.statistics().workers < n:
-        assert time.monotonic() < deadline, f"fewer than {n} workers connected"
-        time.sleep(0.02)
+    wait_until(lambda: ex.statistics().workers >= n, TIMEOUT, f"{n} workers to connect")
 
 
 def wait_for_files(paths: list[Path]) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not all(p.exists() for p in paths):
-        missing = [p.name for p in paths if not p.exists()]
-        assert time.monotonic() < deadline, f"never appeared: {missing}"
-        time.sleep(0.02)
+    wait_until(lambda: all(p.exists() for p in paths), TIMEOUT, f"{[p.name for p in paths]} to appear")
 
 
 def dropped(log_dir: Path, name: str, pid: int) -> Path:
@@ -100,9 +93,7 @@ def test_locality_does_not_starve_an_idle_worker(ex: impexec.ClusterExecutor, tm
     # a worker that does not hold the context gets work (and sets up) rather than the
     # holder queueing everything; after a burst of tiny tasks (which makes adaptive
     # prefetch deep) the prefetched tasks still spread over both workers
-    deadline = time.monotonic() + TIMEOUT  # both workers connected (no late joiner here)
-    while ex.statistics().workers < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_workers(ex)  # both connected (no late joiner here)
     list(ex.map(abs, range(50)))
     with ex.context(ct.setup, str(tmp_path), "spread") as ctx:
         futs = [ctx.submit(ct.whoami, i, sleep=0.1) for i in range(10)]

@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 import delivery_tasks as dt
 from impexec import ClusterExecutor, SerializationError
-
-
-def _wait_file(path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path.name} never appeared"
-        time.sleep(0.01)
+from waiting import wait_until
 
 
 def test_worker_that_ran_a_resubmitted_task_gets_work_again(tmp_path: Path) -> None:
@@ -30,7 +23,7 @@ def test_worker_that_ran_a_resubmitted_task_gets_work_again(tmp_path: Path) -> N
     flag = tmp_path / "started"
     with ClusterExecutor(1, heartbeat_interval=0.2, heartbeat_timeout=2.0) as ex:
         f = ex.submit(dt.started_then_sleep, str(flag), 1.0)
-        _wait_file(flag, 60)
+        wait_until(flag.exists, 60, f"{flag.name} to appear")
         os.kill(ex.launchers[0].processes()[0].pid, signal.SIGKILL)
         f.result(timeout=60)  # ran again, on the replacement
         assert ex.statistics().resubmitted == 1
@@ -45,7 +38,7 @@ def test_stranded_workers_after_repeated_kills_keep_taking_maps(tmp_path: Path) 
             flag = tmp_path / f"started-{round_}"
             slow = ex.submit(dt.started_then_sleep, str(flag), 0.5)
             it = ex.map(abs, range(-300, 0), timeout=90)
-            _wait_file(flag, 60)
+            wait_until(flag.exists, 60, f"{flag.name} to appear")
             procs = ex.launchers[0].processes()
             os.kill(procs[0].pid, signal.SIGKILL)
             assert list(it) == list(range(300, 0, -1))

@@ -17,6 +17,7 @@ import pytest
 
 import impexec
 from impexec import ClusterExecutor, LocalWorkers, progress
+from waiting import wait_until
 
 FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.5}
 
@@ -81,9 +82,7 @@ def test_the_bar_counts_resubmissions_after_a_worker_is_lost():
     with ClusterExecutor(launcher, prefetch=0, **FAST) as ex:
         assert ex.submit(square, 2).result(timeout=30) == 4
         futures = [ex.submit(nap, i) for i in range(6)]
-        deadline = time.monotonic() + 30
-        while ex.statistics().running < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: ex.statistics().running >= 2, 30, "both workers to run a task")
         launcher.processes()[0].kill()
         out = io.StringIO()
         done = list(progress(futures, executor=ex, file=out))
@@ -176,10 +175,7 @@ def test_a_failure_shows_while_the_run_goes_on(ex):
     bar = progress(iter([failing, slow]), executor=ex, file=out, total=2)
     assert failing.exception(timeout=30) is not None
     assert next(bar) is failing
-    deadline = time.monotonic() + 10
-    while "failed=1" not in out.getvalue() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert "failed=1" in out.getvalue()
+    wait_until(lambda: "failed=1" in out.getvalue(), 10, "the bar to show failed=1")
     assert list(bar) == [slow]
 
 
