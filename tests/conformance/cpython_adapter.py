@@ -26,34 +26,48 @@ from impexec import ClusterExecutor
 
 #: "StdlibClass.test_name" → why it cannot run against ClusterExecutor.
 SKIPS: dict[str, str] = {
-    "ProcessPoolExecutorTest.test_saturation":
-        "counts ProcessPoolExecutor._processes and waits on a multiprocessing semaphore",
-    "ProcessPoolExecutorTest.test_idle_process_reuse_one":
-        "counts ProcessPoolExecutor._processes (on-demand process spawning)",
-    "ProcessPoolExecutorTest.test_idle_process_reuse_multiple":
-        "counts ProcessPoolExecutor._processes (on-demand process spawning)",
-    "ProcessPoolExecutorTest.test_max_tasks_per_child":
-        "max_tasks_per_child and _processes are ProcessPoolExecutor options and internals",
-    "ProcessPoolExecutorTest.test_max_tasks_per_child_defaults_to_spawn_context":
-        "max_tasks_per_child and _mp_context are ProcessPoolExecutor options and internals",
-    "ProcessPoolExecutorTest.test_max_tasks_early_shutdown":
-        "max_tasks_per_child is a ProcessPoolExecutor option",
-    "ProcessPoolExecutorTest.test_ressources_gced_in_workers":
-        "needs a multiprocessing manager shared with the workers",
-    "ProcessPoolExecutorTest.test_python_finalization_error":
-        "patches the thread start of ProcessPoolExecutor's queue feeder (an internal)",
-    "ProcessPoolShutdownTest.test_processes_terminate":
-        "reads ProcessPoolExecutor._processes and waits on a multiprocessing semaphore",
-    "ProcessPoolShutdownTest.test_context_manager_shutdown":
-        "reads ProcessPoolExecutor._processes",
-    "ProcessPoolShutdownTest.test_del_shutdown":
-        "reads ProcessPoolExecutor._processes, _call_queue and _executor_manager_thread",
-    "ProcessPoolShutdownTest.test_shutdown_no_wait":
-        "reads ProcessPoolExecutor._processes, _call_queue and _executor_manager_thread",
-    "ExecutorDeadlockTest.test_shutdown_deadlock_pickle":
-        "reads ProcessPoolExecutor._executor_manager_thread",
-    "ExecutorDeadlockTest.test_gh105829_should_not_deadlock_if_wakeup_pipe_full":
-        "patches ProcessPoolExecutor's manager thread and _ThreadWakeup (internals)",
+    "ProcessPoolExecutorTest.test_saturation": (
+        "counts ProcessPoolExecutor._processes and waits on a multiprocessing semaphore"
+    ),
+    "ProcessPoolExecutorTest.test_idle_process_reuse_one": (
+        "counts ProcessPoolExecutor._processes (on-demand process spawning)"
+    ),
+    "ProcessPoolExecutorTest.test_idle_process_reuse_multiple": (
+        "counts ProcessPoolExecutor._processes (on-demand process spawning)"
+    ),
+    "ProcessPoolExecutorTest.test_max_tasks_per_child": (
+        "max_tasks_per_child and _processes are ProcessPoolExecutor options and internals"
+    ),
+    "ProcessPoolExecutorTest.test_max_tasks_per_child_defaults_to_spawn_context": (
+        "max_tasks_per_child and _mp_context are ProcessPoolExecutor options and internals"
+    ),
+    "ProcessPoolExecutorTest.test_max_tasks_early_shutdown": (
+        "max_tasks_per_child is a ProcessPoolExecutor option"
+    ),
+    "ProcessPoolExecutorTest.test_ressources_gced_in_workers": (
+        "needs a multiprocessing manager shared with the workers"
+    ),
+    "ProcessPoolExecutorTest.test_python_finalization_error": (
+        "patches the thread start of ProcessPoolExecutor's queue feeder (an internal)"
+    ),
+    "ProcessPoolShutdownTest.test_processes_terminate": (
+        "reads ProcessPoolExecutor._processes and waits on a multiprocessing semaphore"
+    ),
+    "ProcessPoolShutdownTest.test_context_manager_shutdown": (
+        "reads ProcessPoolExecutor._processes"
+    ),
+    "ProcessPoolShutdownTest.test_del_shutdown": (
+        "reads ProcessPoolExecutor._processes, _call_queue and _executor_manager_thread"
+    ),
+    "ProcessPoolShutdownTest.test_shutdown_no_wait": (
+        "reads ProcessPoolExecutor._processes, _call_queue and _executor_manager_thread"
+    ),
+    "ExecutorDeadlockTest.test_shutdown_deadlock_pickle": (
+        "reads ProcessPoolExecutor._executor_manager_thread"
+    ),
+    "ExecutorDeadlockTest.test_gh105829_should_not_deadlock_if_wakeup_pipe_full": (
+        "patches ProcessPoolExecutor's manager thread and _ThreadWakeup (internals)"
+    ),
 }
 
 _LOST = ("a task that kills its worker is run again on another worker, up to max_retries "
@@ -70,47 +84,58 @@ DIFFERENCES: dict[str, str] = {
     "ExecutorDeadlockTest.test_crash_during_result_pickle_on_worker": _LOST,
     "ExecutorDeadlockTest.test_crash_big_data": _LOST,
     "ExecutorDeadlockTest.test_shutdown_deadlock": _LOST,
-    "ExecutorDeadlockTest.test_exit_at_task_unpickle":
+    "ExecutorDeadlockTest.test_exit_at_task_unpickle": (
         "SystemExit raised while the worker unpickles a task's arguments is that task's "
         "exception, as SystemExit raised by the task itself is; the worker lives on "
-        "(the stdlib pools break)",
-    "ExecutorDeadlockTest.test_error_at_task_unpickle":
+        "(the stdlib pools break)"
+    ),
+    "ExecutorDeadlockTest.test_error_at_task_unpickle": (
         "an error unpickling a task's arguments on the worker is that task's exception; "
-        "the worker lives on (the stdlib pools break)",
-    "ExecutorDeadlockTest.test_error_at_task_pickle":
+        "the worker lives on (the stdlib pools break)"
+    ),
+    "ExecutorDeadlockTest.test_error_at_task_pickle": (
         "submit() pickles on the caller's thread and raises SerializationError (a "
-        "PicklingError) naming the argument at once, instead of failing the future later",
-    "ExecutorDeadlockTest.test_exit_during_result_pickle_on_worker":
+        "PicklingError) naming the argument at once, instead of failing the future later"
+    ),
+    "ExecutorDeadlockTest.test_exit_during_result_pickle_on_worker": (
         "SystemExit raised while the worker pickles a result gives that task "
-        "SerializationError and the worker lives on (the stdlib pool passes SystemExit on)",
-    "ExecutorDeadlockTest.test_error_during_result_unpickle_in_result_handler":
+        "SerializationError and the worker lives on (the stdlib pool passes SystemExit on)"
+    ),
+    "ExecutorDeadlockTest.test_error_during_result_unpickle_in_result_handler": (
         "a result that cannot be unpickled on the client fails its own future with "
-        "SerializationError; the executor is not broken",
-    "ExecutorDeadlockTest.test_exit_during_result_unpickle_in_result_handler":
+        "SerializationError; the executor is not broken"
+    ),
+    "ExecutorDeadlockTest.test_exit_during_result_unpickle_in_result_handler": (
         "SystemExit raised while the client unpickles a result fails that future with "
-        "SerializationError; the executor is not broken",
-    "ProcessPoolExecutorTest.test_max_workers_negative":
+        "SerializationError; the executor is not broken"
+    ),
+    "ProcessPoolExecutorTest.test_max_workers_negative": (
         "workers=0 is valid: no local workers, they join with impexec-worker or through "
-        "launchers; a negative count is still a ValueError",
-    "ProcessPoolExecutorTest.test_traceback":
+        "launchers; a negative count is still a ValueError"
+    ),
+    "ProcessPoolExecutorTest.test_traceback": (
         "the remote traceback is attached as impexec's RemoteTraceback, not the private "
-        "concurrent.futures.process._RemoteTraceback; same .tb text and printing",
-    "FailingInitializerMixin.test_initializer":
+        "concurrent.futures.process._RemoteTraceback; same .tb text and printing"
+    ),
+    "FailingInitializerMixin.test_initializer": (
         "a worker whose initializer raises fails to start; once every launched worker "
         "failed, futures and submit() get WorkerStartError with the workers' output (not "
-        "BrokenExecutor: a worker that starts later, e.g. on another node, clears it)",
-    "ProcessPoolShutdownTest.test_cancel_futures":
+        "BrokenExecutor: a worker that starts later, e.g. on another node, clears it)"
+    ),
+    "ProcessPoolShutdownTest.test_cancel_futures": (
         "tasks wait in the client's queue until a worker has connected, so right after "
         "construction every one is cancellable; the stdlib pools have already moved a few "
-        "to their workers' queue (the test runs once the workers are connected)",
+        "to their workers' queue (the test runs once the workers are connected)"
+    ),
 }
 
 #: Tests of what a stdlib module tests that is not an executor (see docs/conformance.md).
 NOT_RUN: dict[str, str] = {
     "test_future": "tests the Future class itself; ClusterExecutor returns the stdlib's Future",
     "test_thread_pool": "tests ThreadPoolExecutor (its threads, its default size)",
-    "test_init.FailingInitializerResourcesTest":
-        "checks multiprocessing's resource tracker after a ProcessPoolExecutor test",
+    "test_init.FailingInitializerResourcesTest": (
+        "checks multiprocessing's resource tracker after a ProcessPoolExecutor test"
+    ),
 }
 
 
