@@ -115,6 +115,22 @@ def test_result_of_a_task_ending_during_the_outage_is_not_lost(relayed_cluster, 
     assert (stats.done, stats.workers_lost) == (1, 0), stats
 
 
+def test_task_in_flight_when_a_short_black_hole_resets_is_not_lost(relayed_cluster, logdir):
+    """The broker wrote the task into a link that was already dead (TCP took the bytes), and
+    the link then reset: sent as far as the broker can tell, yet never received."""
+    cluster = relayed_cluster(1)
+    cluster.wait_workers(1)
+    ex = cluster.ex
+    assert ex.submit(nt.square, 2).result(timeout=RESULT_S) == 4
+    cluster.relays[0].blackhole(1.0)  # shorter than the heartbeat timeout; then reset
+    time.sleep(0.2)
+    fut = ex.submit(nt.record, 3, str(logdir))
+    assert fut.result(timeout=RESULT_S)[0] == 9
+    assert_ran_once(logdir, [3])
+    stats = ex.statistics()
+    assert (stats.done, stats.workers_lost) == (2, 0), stats
+
+
 def test_tasks_keep_running_once_through_repeated_resets(relayed_cluster, logdir):
     """Exactly once: no worker is lost, so no task may run twice or be lost."""
     cluster = relayed_cluster(2)
