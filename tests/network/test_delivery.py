@@ -138,6 +138,25 @@ def test_task_in_flight_when_a_short_black_hole_resets_is_not_lost(relayed_clust
     assert (stats.done, stats.workers_lost) == (2, 0), stats
 
 
+def test_worker_whose_welcome_is_lost_still_joins(relayed_cluster):
+    """The link resets while the broker's WELCOME is on its way: the worker asked to join,
+    the broker counts it as joined, and the worker never heard so."""
+    cluster = relayed_cluster(1, start=False)
+    relay = cluster.relays[0]
+    relay.delay(0.5, DOWN)  # what the broker sends takes 0.5 s to arrive
+    cluster.start_worker(0)
+    # beyond the ZeroMQ handshake (a 64-byte greeting and a READY command, ~110 bytes) the
+    # broker sends nothing before the WELCOME: once more came, the WELCOME is in the relay
+    wait_for(lambda: relay.stats().bytes_down > 160, 60.0, "the broker answered the worker")
+    relay.reset(0.1)
+    relay.delay(0.0)
+    sent = time.monotonic()
+    assert cluster.ex.submit(nt.square, 7).result(timeout=RESULT_S) == 49
+    print(f"WELCOME lost: the first task done {time.monotonic() - sent:.2f} s after the reset")
+    stats = cluster.ex.statistics()
+    assert (stats.workers, stats.done) == (1, 1), stats
+
+
 def test_tasks_keep_running_once_through_repeated_resets(relayed_cluster, logdir):
     """Exactly once: no worker is lost, so no task may run twice or be lost."""
     cluster = relayed_cluster(2)
