@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, wait
 from pathlib import Path
 
@@ -20,23 +19,17 @@ import net_tasks as nt
 import pytest
 from relay import DOWN, UP
 
+from waiting import wait_until
+
 HB_INTERVAL, HB_TIMEOUT = 0.2, 2.0
 #: Seconds a future may take after the link came back (a lost message never completes).
 RESULT_S = 15.0
 
 
-def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s", pytrace=False)
-        time.sleep(0.02)
-
-
 def started_pid(logdir: Path, i: int, timeout: float = 30.0) -> int:
     """Wait until task ``i`` of :func:`net_tasks.started_then_sleep` runs; its worker's pid."""
     path = logdir / f"{i}.started"
-    wait_for(lambda: path.exists() and path.read_text().strip(), timeout, f"task {i} started")
+    wait_until(lambda: path.exists() and path.read_text().strip(), timeout, f"task {i} started")
     return int(path.read_text().split()[0])
 
 
@@ -147,7 +140,7 @@ def test_worker_whose_welcome_is_lost_still_joins(relayed_cluster):
     cluster.start_worker(0)
     # beyond the ZeroMQ handshake (a 64-byte greeting and a READY command, ~110 bytes) the
     # broker sends nothing before the WELCOME: once more came, the WELCOME is in the relay
-    wait_for(lambda: relay.stats().bytes_down > 160, 60.0, "the broker answered the worker")
+    wait_until(lambda: relay.stats().bytes_down > 160, 60.0, "the broker answered the worker")
     relay.reset(0.1)
     relay.delay(0.0)
     sent = time.monotonic()
@@ -243,7 +236,7 @@ def test_half_open_link_is_detected_and_recovered(relayed_cluster, logdir, stall
     survivor = cluster.procs[1 - victim]
     cut = time.monotonic()
     cluster.relays[victim].half_open(stalled, math.inf)  # until healed
-    wait_for(lambda: ex.statistics().workers_lost >= 1, HB_TIMEOUT + 8.0, "worker declared lost")
+    wait_until(lambda: ex.statistics().workers_lost >= 1, HB_TIMEOUT + 8.0, "worker declared lost")
     detected = time.monotonic() - cut
     print(f"half-open {stalled}: worker declared lost {detected:.2f} s after the cut")
     assert detected < HB_TIMEOUT + 1.5, f"half-open link noticed after {detected:.1f} s"
