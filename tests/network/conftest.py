@@ -35,11 +35,13 @@ CONNECT_S = 60.0
 #: Seconds a worker gets to exit after the executor shut down before it is killed.
 EXIT_GRACE_S = 10.0
 
+# Last on the path, not first: a module named like one of this directory's (``conftest``)
+# must still resolve where it did for every other test of a full run.
 if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+    sys.path.append(str(HERE))
 if str(HERE) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
+        p for p in (os.environ.get("PYTHONPATH", ""), str(HERE)) if p
     )
 
 from relay import Relay  # noqa: E402 (found through the path set just above)
@@ -87,7 +89,7 @@ class RelayedCluster:
         self.logs: list[Path] = []
         self._lock = threading.Lock()
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (_impexec_root(), str(HERE), os.environ.get("PYTHONPATH", "")) if p)}
+            p for p in (_impexec_root(), os.environ.get("PYTHONPATH", "")) if p)}
         self.ex = ClusterExecutor(None, address="tcp://127.0.0.1:0", **{**HEARTBEAT, **options})
         try:
             info = ConnectionInfo.read(self.ex.connection_file())
