@@ -1,6 +1,7 @@
 """What the scheduler keeps track of: tasks, connected workers, and its decisions.
 
-Plain records, no behaviour: :mod:`._scheduler` changes them, the broker reads them.
+Records: :mod:`._scheduler` changes them, the broker reads them. A WorkerRecord also
+mirrors the worker's caches (contexts set up, blobs held), to know what to send along.
 """
 
 from __future__ import annotations
@@ -55,6 +56,44 @@ class WorkerRecord:
     recalling: float = 0.0  # when it was asked to give back queued tasks (0: not asked)
     completed: int = 0
     items_done: int = 0  # calls of the tasks it completed (a chunk holds many)
+
+    def hold_context(self, ctx_id: int, max_contexts: int) -> bool:
+        """Mirror the worker's context cache for a task of *ctx_id*; True if the worker
+        lacks the context (the setup goes along)."""
+        if ctx_id in self.contexts:
+            self.contexts.move_to_end(ctx_id)
+            return False
+        self.contexts[ctx_id] = None
+        while len(self.contexts) > max_contexts:
+            self.contexts.popitem(last=False)
+        return True
+
+    def hold_blobs(self, task: Task, max_blobs: int) -> frozenset[bytes]:
+        """Mirror the worker's blob cache for *task*; return the digests it lacks.
+
+        The worker touches and inserts the task's blobs in the same order when it runs the
+        task (tasks run in the order sent), and evicts with the same bound, so the mirror
+        stays exact; if it ever is not, the worker answers NEED_SETUP and the task is
+        sent again with everything.
+        """
+        missing = set()
+        for digest, _data in task.blobs:
+            if digest in self.blobs:
+                self.blobs.move_to_end(digest)
+            else:
+                missing.add(digest)
+                self.blobs[digest] = None
+                while len(self.blobs) > max_blobs:
+                    self.blobs.popitem(last=False)
+        return frozenset(missing)
+
+    def forget(self, task: Task, *, sent_only: bool) -> None:
+        """Drop *task*'s context and blobs from the mirror: those its assignment carried
+        (*sent_only*), or all of them (the worker said it lacks one)."""
+        if task.sent_setup or not sent_only:
+            self.contexts.pop(task.ctx_id, None)
+        for digest in task.sent_blobs if sent_only else (d for d, _data in task.blobs):
+            self.blobs.pop(digest, None)
 
 
 @dataclass

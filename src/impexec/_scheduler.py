@@ -278,43 +278,14 @@ class Scheduler:
 
     def _hand(self, w: WorkerRecord, task: Task, capacity: int) -> Assignment:
         """Give *task* to *w*: mirror the context and blobs it will hold, refile *w*."""
-        with_setup = False
-        if task.ctx_id:
-            if task.ctx_id in w.contexts:
-                w.contexts.move_to_end(task.ctx_id)
-            else:
-                with_setup = True
-                w.contexts[task.ctx_id] = None
-                while len(w.contexts) > self.max_contexts:
-                    w.contexts.popitem(last=False)
-        missing: frozenset[bytes] = frozenset()
-        if task.blobs:
-            missing = self._place_blobs(w, task)
+        with_setup = bool(task.ctx_id) and w.hold_context(task.ctx_id, self.max_contexts)
+        missing = w.hold_blobs(task, MAX_BLOBS) if task.blobs else frozenset()
         task.state = ASSIGNED
         task.worker = w.ident
         task.sent_setup, task.sent_blobs = with_setup, missing
         w.assigned[task.id] = task
         self._refile(w, capacity)
         return Assignment(w, task)
-
-    def _place_blobs(self, w: WorkerRecord, task: Task) -> frozenset[bytes]:
-        """Mirror the worker's blob cache for *task*; return the digests it lacks.
-
-        The worker touches and inserts the task's blobs in the same order when it runs the
-        task (tasks run in the order sent), and evicts with the same bound, so the mirror
-        stays exact; if it ever is not, the worker answers NEED_SETUP and the task is
-        sent again with everything.
-        """
-        missing = set()
-        for digest, _data in task.blobs:
-            if digest in w.blobs:
-                w.blobs.move_to_end(digest)
-            else:
-                missing.add(digest)
-                w.blobs[digest] = None
-                while len(w.blobs) > MAX_BLOBS:
-                    w.blobs.popitem(last=False)
-        return frozenset(missing)
 
     def refresh_pools(self) -> None:
         """Return full workers to a pool after the adaptive capacity rose.
@@ -396,10 +367,7 @@ class Scheduler:
         # the worker never read this task: forget the setup and blobs that came with it
         # (not those it held before, which would only travel again and be ignored; if
         # a task queued behind this one relied on them, that worker answers NEED_SETUP)
-        if task.sent_setup:
-            w.contexts.pop(task.ctx_id, None)
-        for digest in task.sent_blobs:
-            w.blobs.pop(digest, None)
+        w.forget(task, sent_only=True)
         task.state, task.worker = PENDING, None
         self._pending.appendleft(task)
         self._n_pending += 1
@@ -414,9 +382,7 @@ class Scheduler:
         if w is None or task is None or task.worker != ident:
             return
         w.assigned.pop(task_id, None)
-        w.contexts.pop(task.ctx_id, None)
-        for digest, _data in task.blobs:
-            w.blobs.pop(digest, None)
+        w.forget(task, sent_only=False)
         task.state, task.worker = PENDING, None
         self._pending.appendleft(task)
         self._n_pending += 1
