@@ -194,7 +194,8 @@ class BlobRef:
 class BlobDigests:
     """SHA-256 digests of large immutable payloads, remembered by identity.
 
-    Hashing a 5 MB pickle costs ~3 ms; the same object submitted again reuses its digest.
+    Hashing a pickle of megabytes takes milliseconds; the same object submitted again
+    reuses its digest.
     Entries hold the object (a recycled id can then never be mistaken for it) and are
     bounded by count and by bytes.
     """

@@ -21,8 +21,8 @@ _HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
 def _tree_digest(buf: memoryview) -> bytes:
     """SHA-256 over the SHA-256 digests of TREE_CHUNK-sized leaves, hashed in parallel.
 
-    One SHA-256 stream runs at ~1.5 GB/s, and a 100 MB array is hashed four times on a
-    round trip (signed and verified each way). hashlib releases the GIL on large
+    One SHA-256 stream is far slower than copying memory, and a large array is hashed
+    four times on a round trip (signed and verified each way). hashlib releases the GIL on large
     inputs, so the leaves are hashed by a few short-lived threads at once. The MAC stays
     HMAC-SHA256 keyed over the header and, for such a frame, its length and this digest:
     forging it needs a SHA-256 collision.
