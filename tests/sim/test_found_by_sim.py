@@ -26,17 +26,9 @@ from impexec._broker import Broker
 from impexec._errors import WorkerLostError
 from impexec._protocol import Kind, Message, decode, encode, worker_keys
 from impexec._scheduler import Scheduler, Task
+from waiting import wait_until
 
 HB_INTERVAL, HB_TIMEOUT = 0.1, 1.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 @pytest.fixture
@@ -121,7 +113,7 @@ def test_a_task_sent_to_a_worker_that_died_before_receiving_it_is_not_charged(
     w = FakeWorker(raw_socket, broker, key)
     w.die()
     fut = submit(broker, 1)
-    assert wait_for(lambda: broker.statistics().workers_lost == 1, 10 * HB_TIMEOUT)
+    wait_until(lambda: broker.statistics().workers_lost == 1, 10 * HB_TIMEOUT, "the worker to be lost")
     time.sleep(0.2)  # futures are resolved just after the loss
     if fut.done():
         exc = fut.exception(timeout=0)
@@ -148,7 +140,7 @@ def test_a_task_whose_result_was_lost_is_not_charged_when_its_worker_dies_on_the
     time.sleep(0.3)
     # T1 runs; its RESULT (main-link number 2) is lost on the way; T2 starts; the process dies
     w.die()
-    assert wait_for(lambda: broker.statistics().workers_lost == 1, 10 * HB_TIMEOUT)
+    wait_until(lambda: broker.statistics().workers_lost == 1, 10 * HB_TIMEOUT, "the worker to be lost")
     time.sleep(0.2)
     assert not (f1.done() and isinstance(f1.exception(timeout=0), WorkerLostError)), \
         "T1 finished on the lost worker, yet it was charged (T2 was running)"
