@@ -23,7 +23,7 @@ and runs once per heartbeat interval, not per task.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -80,7 +80,10 @@ class Scheduler:
         self._pending: deque[Task] = deque()
         self._n_pending = 0
         # workers with free slots; insertion order = who has waited longest
-        self._idle: dict[bytes, WorkerRecord] = {}
+        # workers holding nothing, the most recently idle first: it is still spinning for
+        # work and its caches are warm (sequential round trips then stay on one worker,
+        # as fast as with one worker), and one that died idle drifts to the back
+        self._idle: OrderedDict[bytes, WorkerRecord] = OrderedDict()
         self._partial: dict[bytes, WorkerRecord] = {}
         # workers out of both pools only because they hold `capacity` tasks (not draining,
         # not isolated): the only ones a rise of the adaptive capacity can return to a pool
@@ -213,6 +216,7 @@ class Scheduler:
             self._partial.pop(ident, None)
             if ident not in self._idle:
                 self._idle[ident] = w
+                self._idle.move_to_end(ident, last=False)
         else:
             self._idle.pop(ident, None)
             # to the back: the next task goes to another worker with free slots, so

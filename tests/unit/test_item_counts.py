@@ -29,11 +29,11 @@ def test_items_follow_their_chunks_through_every_outcome() -> None:
     s.complete(b"w0", 1, ok=True)  # 10 calls done
     s.complete(b"w1", 2, ok=True, raised=3)  # return_exceptions: 3 of 20 raised
     assert figures(s) == (120, 0, 27, 3, 0, 0)
-    s.assign(ALWAYS)  # chunks 3 (w0) and 4 (w1)
-    lost = s.remove_worker(b"w0", lost=True)  # max_retries=0: chunk 3 fails for good
+    s.assign(ALWAYS)  # chunks 3 (w1, the most recently idle) and 4 (w0)
+    lost = s.remove_worker(b"w1", lost=True)  # max_retries=0: chunk 3 fails for good
     assert [lt.task.id for lt in lost] == [3]
     assert figures(s) == (50, 40, 27, 33, 0, 0)
-    s.complete(b"w1", 4, ok=False)  # a chunk that raised: none of its 40 calls gives a result
+    s.complete(b"w0", 4, ok=False)  # a chunk that raised: none of its 40 calls gives a result
     assert figures(s) == (50, 0, 27, 73, 0, 0)
     assert [t.id for t in s.cancel_pending()] == [5]
     assert figures(s) == (0, 0, 27, 73, 0, 50)
