@@ -186,6 +186,28 @@ class Worker(TaskRunner):
             self._main_rx = time.monotonic()
         return out
 
+    def _take(self, frames: list[Any]) -> None:
+        """Verify one receive and file its messages, in order, under one lock (the hot
+        path: a task arrives): tasks (and DROP_CONTEXTs) to the queue, the rest to control."""
+        try:
+            msgs = list(decode(self._rx_key, frames, self._session, self._local))
+        except ProtocolError as exc:
+            self._drop_log("the broker's socket", str(exc))  # rate-limited: floods stay cheap
+            return
+        chan, inorder, queue = self._chan, self._inorder, self._queue
+        try:
+            with self._lock:
+                for msg in msgs:
+                    chan.on_ack(msg.ack)
+                    for m in inorder.push(msg.seq, msg):
+                        if m.kind == Kind.TASK or m.kind == Kind.DROP_CONTEXT:
+                            queue.append(m)
+                        else:
+                            self._control.append(m)
+        except LinkBroken as exc:
+            self._drop_log("the broker's socket", str(exc))
+        self._main_rx = time.monotonic()
+
     # -- main ----------------------------------------------------------------------------
     def run(self) -> int:
         zctx = zmq.Context()
@@ -294,8 +316,7 @@ class Worker(TaskRunner):
                 self._idle = not queue and not control
                 while poll(items, timeout):  # zmq_poll: Socket.poll builds a Poller per call
                     self._idle = False
-                    for msg in self._accept(recv_frames(sock)):
-                        self._file(msg)
+                    self._take(recv_frames(sock))
                     timeout = 0
                 self._idle = False
             code = self._obey_control()
@@ -332,15 +353,6 @@ class Worker(TaskRunner):
                 logger.warning("ignored unexpected %s", msg.kind.name)
         return None
 
-    def _file(self, msg: Message) -> None:
-        """Put a main-link message where the main thread takes it: tasks in the queue (a
-        DROP_CONTEXT there too, after every task of its context), the rest in control."""
-        if msg.kind == Kind.TASK or msg.kind == Kind.DROP_CONTEXT:
-            with self._lock:
-                self._queue.append(msg)
-        else:
-            self._control.append(msg)
-
     def _read_main_socket(self) -> None:
         """Heartbeat thread, while the main thread runs a task: file what has arrived on
         the main socket, so that a RECALL can give back tasks the main thread has not read.
@@ -354,8 +366,7 @@ class Worker(TaskRunner):
             return
         try:
             while sock.poll(0):
-                for msg in self._accept(recv_frames(sock)):
-                    self._file(msg)
+                self._take(recv_frames(sock))
         finally:
             self._sock_lock.release()
 
