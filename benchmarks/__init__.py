@@ -11,5 +11,5 @@ ROOT = _Path(__file__).resolve().parent.parent
 # Workers started as fresh interpreters (dask's spawn, impexec's launcher, loky) must be
 # able to import benchmarks.tasks, which the tasks are pickled by reference to.
 _os.environ["PYTHONPATH"] = _os.pathsep.join(
-    [str(ROOT), *(p for p in _os.environ.get("PYTHONPATH", "").split(_os.pathsep)
-                  if p and p != str(ROOT))])
+    [str(ROOT), *(p for p in _os.environ.get("PYTHONPATH", "").split(_os.pathsep) if p and p != str(ROOT))]
+)

@@ -69,8 +69,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 class _Identity:
     """One worker as the broker sees it: a real Worker's state, and two sockets."""
 
-    __slots__ = ("active", "hb", "hb_broker_seq", "hb_seq", "main", "ready", "ready_at",
-                 "welcomed", "worker")
+    __slots__ = ("active", "hb", "hb_broker_seq", "hb_seq", "main", "ready", "ready_at", "welcomed", "worker")
 
     def __init__(self, worker: Worker, main: zmq.Socket[Any]):
         self.worker = worker  # keys, main-link channel, caches and task runner
@@ -199,8 +198,7 @@ class LightWorkerHost:
             if waiting:
                 if now - started > self.connect_timeout:
                     sys.stderr.write(
-                        f"light workers: {waiting} of {self.n} got no WELCOME from "
-                        f"{self.conn.address}\n"
+                        f"light workers: {waiting} of {self.n} got no WELCOME from {self.conn.address}\n"
                     )
                     return EXIT_NO_BROKER
                 for idn in list(self._by_sock.values()):
@@ -216,9 +214,7 @@ class LightWorkerHost:
                 if now - idn.active < self.hb_interval:
                     last_heard = max(last_heard, idn.active)
             if not waiting and now - last_heard > self.hb_timeout:
-                sys.stderr.write(
-                    f"light workers: no word from the broker in {self.hb_timeout:g} s\n"
-                )
+                sys.stderr.write(f"light workers: no word from the broker in {self.hb_timeout:g} s\n")
                 return EXIT_BROKER_GONE
             if os.getppid() != parent:
                 return EXIT_BROKER_GONE  # orphaned: our parent (the benchmark) is gone
@@ -263,8 +259,9 @@ class LightWorkerHost:
                     fn(*args)
                 except BaseException as exc:
                     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                    _send(idn.main, w._encode(Kind.START_FAILED,
-                                              frames=[json.dumps({"error": text}).encode()]))
+                    _send(
+                        idn.main, w._encode(Kind.START_FAILED, frames=[json.dumps({"error": text}).encode()])
+                    )
                     self._close(idn)
                     return True
                 _send(idn.main, w._encode(Kind.STARTED))
@@ -336,8 +333,12 @@ class LightWorkerHost:
         if now - idn.active >= self.hb_interval:
             # like impexec-worker: no beat while tasks and results flow on main
             idn.hb_seq += 1
-            _send(hb, encode(w._tx_key, Kind.HEARTBEAT, w._session, idn.hb_seq,
-                             ack=w._chan.upto, aux=w._beat_flags()))
+            _send(
+                hb,
+                encode(
+                    w._tx_key, Kind.HEARTBEAT, w._session, idn.hb_seq, ack=w._chan.upto, aux=w._beat_flags()
+                ),
+            )
         due = w._chan.due(now, max(2 * self.hb_interval, 0.2), self.hb_timeout)
         if due:
             _send(hb, join(due))
@@ -393,9 +394,7 @@ def spawn(
     ]
 
 
-def reap(
-    procs: list[subprocess.Popen[bytes]], timeout: float = 15.0
-) -> list[int | None]:
+def reap(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> list[int | None]:
     """Wait for the host processes to exit; kill those still running after *timeout*.
 
     Returns each one's exit code (None: it had to be killed).
@@ -413,21 +412,15 @@ def reap(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0] if __doc__ else None
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("connection_file")
-    parser.add_argument(
-        "-n", type=int, default=100, help="worker identities in this process"
-    )
+    parser.add_argument("-n", type=int, default=100, help="worker identities in this process")
     parser.add_argument("--tag", default="")
     parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S)
     args = parser.parse_args(argv)
     raise_fd_limit()
     conn = ConnectionInfo.read(args.connection_file)
-    return LightWorkerHost(
-        conn, args.n, tag=args.tag, connect_timeout=args.connect_timeout
-    ).run()
+    return LightWorkerHost(conn, args.n, tag=args.tag, connect_timeout=args.connect_timeout).run()
 
 
 if __name__ == "__main__":

@@ -91,8 +91,12 @@ def main() -> None:
     rows: list[tuple[str, float, int]] = []
     with ClusterExecutor(workers()) as ex:
         warm_up(ex, opts.workers)
-        rows.append(("setup in every task",
-                     *timed(lambda: list(ex.map(m.setup_then_task, [setup_s] * n, [work_s] * n)))))
+        rows.append(
+            (
+                "setup in every task",
+                *timed(lambda: list(ex.map(m.setup_then_task, [setup_s] * n, [work_s] * n))),
+            )
+        )
 
         def with_context() -> list[tuple[int, float]]:
             with ex.context(m.build, setup_s) as ctx:  # a fresh context: setups counted
@@ -111,8 +115,10 @@ def main() -> None:
 
     base = rows[0][1]
     ideal = setup_s + n * work_s / opts.workers
-    print(f"{n} tasks of {work_s:g} s, setup {setup_s:g} s, {opts.workers} workers "
-          f"(ideal with one setup per worker: {ideal:.2f} s)\n")
+    print(
+        f"{n} tasks of {work_s:g} s, setup {setup_s:g} s, {opts.workers} workers "
+        f"(ideal with one setup per worker: {ideal:.2f} s)\n"
+    )
     print("| variant | time (s) | setups run | speed-up vs setup in every task |")
     print("|---|---:|---:|---:|")
     for name, seconds, setups in rows:

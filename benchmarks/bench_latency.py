@@ -63,8 +63,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--n", type=int, default=1000, help="round trips per round")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--with", dest="extra", action="append", default=[],
-                        choices=["loky"], help="also measure this executor")
+    parser.add_argument(
+        "--with",
+        dest="extra",
+        action="append",
+        default=[],
+        choices=["loky"],
+        help="also measure this executor",
+    )
     args = parser.parse_args()
     makers = _makers(args.extra, args.workers)
     names = list(makers)
@@ -76,25 +82,35 @@ def main() -> None:
             for _ in range(200):
                 ex.submit(noop).result(timeout=60)
         for r in range(args.rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for k in order:
                 a, b = one_round(exs[k], args.n)
                 p50[k].append(a)
                 p99[k].append(b)
-            print(f"round {r + 1:>2}: " + ", ".join(
-                f"{k} {p50[k][-1]:.0f} µs" for k in names), file=sys.stderr, flush=True)
+            print(
+                f"round {r + 1:>2}: " + ", ".join(f"{k} {p50[k][-1]:.0f} µs" for k in names),
+                file=sys.stderr,
+                flush=True,
+            )
     ref = p50[REFERENCE]
-    print(f"\nround-trip latency, {args.workers} workers, {args.rounds} alternating rounds "
-          f"of {args.n:,} sequential submit(noop).result()\n")
-    print("| executor | p50 µs (median of rounds) | p99 µs | p50 / ProcessPool, median of "
-          "rounds | min-max | rounds faster |")
+    print(
+        f"\nround-trip latency, {args.workers} workers, {args.rounds} alternating rounds "
+        f"of {args.n:,} sequential submit(noop).result()\n"
+    )
+    print(
+        "| executor | p50 µs (median of rounds) | p99 µs | p50 / ProcessPool, median of "
+        "rounds | min-max | rounds faster |"
+    )
     print("|:--|--:|--:|--:|--:|--:|")
     for k in names:
         ratios = [a / b for a, b in zip(p50[k], ref, strict=True)]
         faster = sum(x < 1 for x in ratios)
-        print(f"| {k} | {statistics.median(p50[k]):.0f} | {statistics.median(p99[k]):.0f} | "
-              f"{statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f}x | "
-              + ("-" if k == REFERENCE else f"{faster} of {len(ratios)}") + " |")
+        print(
+            f"| {k} | {statistics.median(p50[k]):.0f} | {statistics.median(p99[k]):.0f} | "
+            f"{statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f}x | "
+            + ("-" if k == REFERENCE else f"{faster} of {len(ratios)}")
+            + " |"
+        )
 
 
 if __name__ == "__main__":

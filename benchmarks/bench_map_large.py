@@ -28,8 +28,10 @@ def main() -> None:
     n = args.items
     sizes: list[int | str] = [256, 4096, "static"]
     rows: dict[str, dict[str, float]] = {}
-    for name, make in (("ProcessPool", lambda: ProcessPoolExecutor(2)),
-                       ("impexec", lambda: ClusterExecutor(workers=2))):
+    for name, make in (
+        ("ProcessPool", lambda: ProcessPoolExecutor(2)),
+        ("impexec", lambda: ClusterExecutor(workers=2)),
+    ):
         with make() as ex:
             list(ex.map(echo, range(1000), chunksize=100))  # warm-up
             for cs in sizes:
@@ -45,8 +47,10 @@ def main() -> None:
     print("| chunksize | ProcessPool items/s | impexec items/s | ratio |")
     print("|:--|--:|--:|--:|")
     for cs, r in rows.items():
-        print(f"| {cs} | {r['ProcessPool']:,.0f} | {r['impexec']:,.0f} | "
-              f"{r['impexec'] / r['ProcessPool']:.2f}x |")
+        print(
+            f"| {cs} | {r['ProcessPool']:,.0f} | {r['impexec']:,.0f} | "
+            f"{r['impexec'] / r['ProcessPool']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

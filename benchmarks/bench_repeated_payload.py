@@ -50,7 +50,8 @@ def child(mode: str, mb: float, tasks: int) -> None:
         submit_s = time.perf_counter() - t
         t = time.perf_counter()
         assert list(ex.map(model, range(2 * tasks), chunksize=4, timeout=300)) == [
-            size + i for i in range(2 * tasks)]
+            size + i for i in range(2 * tasks)
+        ]
         map_s = time.perf_counter() - t
     print(f"{submit_s:.3f} {map_s:.3f}")
 
@@ -66,16 +67,24 @@ def main() -> None:
         return
     rows = {}
     for mode in ("off", "on"):
-        out = subprocess.run([sys.executable, __file__, "--child", mode, "--mb", str(args.mb),
-                              "--tasks", str(args.tasks)], capture_output=True, text=True,
-                             timeout=900, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", mode, "--mb", str(args.mb), "--tasks", str(args.tasks)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=True,
+        ).stdout.split()
         rows[mode] = (float(out[0]), float(out[1]))
     n = args.tasks
     print(f"{args.mb:g} MB payload, 2 local workers, {n} submits / map of {2 * n} items in chunks of 4\n")
     print("| pattern | cache off | cache on | speed-up |")
     print("|:--|--:|--:|--:|")
-    for k, label in enumerate((f"{n} submits with the pickled model as argument (pyABC)",
-                               f"map of a closure over {args.mb:g} MB ({n // 2} chunks)")):
+    for k, label in enumerate(
+        (
+            f"{n} submits with the pickled model as argument (pyABC)",
+            f"map of a closure over {args.mb:g} MB ({n // 2} chunks)",
+        )
+    ):
         off, on = rows["off"][k], rows["on"][k]
         print(f"| {label} | {off:.2f} s | {on:.2f} s | {off / on:.0f}x |")
 

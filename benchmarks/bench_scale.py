@@ -243,8 +243,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, load0: str) -> 
     lost = [r for r in rows if r["workers_lost"]]
     if lost:
         lines.append(
-            "WARNING: workers were declared lost with W = "
-            + ", ".join(str(r["workers"]) for r in lost)
+            "WARNING: workers were declared lost with W = " + ", ".join(str(r["workers"]) for r in lost)
         )
     return "\n".join(lines)
 
@@ -268,19 +267,11 @@ def _profiled_loop(path: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--workers", default="2,10,100,1000", help="comma-separated W values"
-    )
-    p.add_argument(
-        "--tasks", type=int, default=10_000, help="no-op submits per repetition"
-    )
-    p.add_argument(
-        "--items", type=int, default=200_000, help="map items per repetition"
-    )
+    p.add_argument("--workers", default="2,10,100,1000", help="comma-separated W values")
+    p.add_argument("--tasks", type=int, default=10_000, help="no-op submits per repetition")
+    p.add_argument("--items", type=int, default=200_000, help="map items per repetition")
     p.add_argument("--chunksize", type=int, default=200, help="map chunk size")
-    p.add_argument(
-        "--procs", type=int, default=2, help="light worker processes (at most)"
-    )
+    p.add_argument("--procs", type=int, default=2, help="light worker processes (at most)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
         "--idle",
@@ -289,9 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds of idle heartbeat traffic to measure per W (0: skip)",
     )
     p.add_argument("--json", help="also write the rows here")
-    p.add_argument(
-        "--profile", help="cProfile the broker thread; stats to PATH.<workers>"
-    )
+    p.add_argument("--profile", help="cProfile the broker thread; stats to PATH.<workers>")
     args = p.parse_args(argv)
     light.raise_fd_limit()
     if args.profile:

@@ -193,9 +193,7 @@ def _ipyparallel(workers: int):
     try:
         rc.wait_for_engines(workers, timeout=60)
         ex = _SubmitMapExecutor(
-            rc.executor()
-            if callable(getattr(rc, "executor", None))
-            else (rc.load_balanced_view().executor)
+            rc.executor() if callable(getattr(rc, "executor", None)) else (rc.load_balanced_view().executor)
         )
 
         def close(ok: bool) -> None:
@@ -402,8 +400,7 @@ EXECUTORS: tuple[ExecutorSpec, ...] = (
         packages=(),
         caps=frozenset({MAP_CHUNKSIZE, CANCEL_FUTURES, LOCAL_PROCESSES}),
         reference=True,
-        description="concurrent.futures.ProcessPoolExecutor(max_workers=N), "
-        "default start method",
+        description="concurrent.futures.ProcessPoolExecutor(max_workers=N), default start method",
     ),
     ExecutorSpec(
         name="loky",

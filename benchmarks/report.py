@@ -94,8 +94,7 @@ def header(meta: dict) -> str:
         f"({m['physical_cores']} physical cores), {m['ram_gib']} GiB RAM; "
         f"{m['platform']}",
         f"- Python: {m['python']} ({m['executable']})",
-        "- Load average at start: "
-        + load_text(meta.get("load_start"), m["logical_cpus"]),
+        "- Load average at start: " + load_text(meta.get("load_start"), m["logical_cpus"]),
         f"- Packages: {vers}" + (f" (not installed: {missing})" if missing else ""),
         f"- Start methods: {meta.get('start_methods', '?')}",
         f"- Settings: {s['workers']} workers per executor, median of {s['repeats']} "
@@ -205,15 +204,9 @@ def _first_sentence(text: str, limit: int = 120) -> str:
     return (first if len(first) <= limit else first[: limit - 3]) + " …"
 
 
-def notes(
-    meta: dict, cells: dict, workloads: list[Workload], columns: list[str]
-) -> str:
+def notes(meta: dict, cells: dict, workloads: list[Workload], columns: list[str]) -> str:
     """Footnotes; the same note on several executors of one workload is one line."""
-    lines = [
-        f"- {text}"
-        for name in columns
-        for text in meta["executors"][name].get("notes", [])
-    ]
+    lines = [f"- {text}" for name in columns for text in meta["executors"][name].get("notes", [])]
     want = meta["settings"]["repeats"]
     for w in workloads:
         grouped: dict[str, list[str]] = {}
@@ -229,10 +222,7 @@ def notes(
             texts += [f"⚠ {_first_sentence(t)}" for t in cell.get("warnings", [])]
             if cell.get("status") in ("error", "timeout") and cell.get("error"):
                 texts.append(f"{cell['status']}: {cell['error']}")
-            texts += [
-                f"⚠ leftover process after shutdown: {p}"
-                for p in cell.get("leftover", [])
-            ]
+            texts += [f"⚠ leftover process after shutdown: {p}" for p in cell.get("leftover", [])]
             for t in texts:
                 grouped.setdefault(" ".join(str(t).split()), []).append(name)
         for text, names in grouped.items():

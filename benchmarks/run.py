@@ -147,9 +147,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
 # --- one cell: one workload on one fresh executor ---
 
 
-def run_cell(
-    exec_name: str, wl_name: str, settings: dict, phase=lambda text: None
-) -> dict:
+def run_cell(exec_name: str, wl_name: str, settings: dict, phase=lambda text: None) -> dict:
     """Warm up, measure ``repeats`` times, shut down, check for leftover processes."""
     spec = executors.BY_NAME[exec_name]
     w = workloads.BY_NAME[wl_name]
@@ -231,10 +229,7 @@ def run_cell(
         res["samples"][key] = vals
         res["values"][key] = med = statistics.median(vals)
         if len(vals) > 1 and med > 0 and (max(vals) > 3 * med or min(vals) < med / 3):
-            ctx.note(
-                f"{key} varies widely between repetitions: "
-                + ", ".join(f"{v:.4g}" for v in vals)
-            )
+            ctx.note(f"{key} varies widely between repetitions: " + ", ".join(f"{v:.4g}" for v in vals))
     res["notes"] = ctx.notes
     phase("checking for leftover processes")
     res["leftover"] = sweep(LEFTOVER_GRACE, exclude=before, helpers=False)
@@ -257,9 +252,7 @@ def cell_main(spec_json: str) -> None:
 
     def phase(text: str) -> None:
         phase.last = text
-        _write_json(
-            out, {"status": "timeout", "error": f"no result: hung while {text}"}
-        )
+        _write_json(out, {"status": "timeout", "error": f"no result: hung while {text}"})
 
     phase("importing")
     try:
@@ -360,9 +353,7 @@ def probe(names: list[str]) -> dict:
         import dask
         import distributed  # noqa: F401  (registers its config)
 
-        sm["dask workers (nanny)"] = dask.config.get(
-            "distributed.worker.multiprocessing-method"
-        )
+        sm["dask workers (nanny)"] = dask.config.get("distributed.worker.multiprocessing-method")
     return info
 
 
@@ -420,8 +411,7 @@ def parse_args(argv=None):
     ap.add_argument(
         "--only",
         metavar="NAME,...",
-        help="executors to run (default: all available): "
-        + ", ".join(executors.BY_NAME),
+        help="executors to run (default: all available): " + ", ".join(executors.BY_NAME),
     )
     ap.add_argument(
         "--workloads",
@@ -444,12 +434,9 @@ def parse_args(argv=None):
     ap.add_argument(
         "--timeout",
         type=float,
-        help="seconds allowed per cell before it "
-        "reads 'timeout' (default 120; 60 with --quick)",
+        help="seconds allowed per cell before it reads 'timeout' (default 120; 60 with --quick)",
     )
-    ap.add_argument(
-        "--json", metavar="FILE", help="write raw results (all samples) here"
-    )
+    ap.add_argument("--json", metavar="FILE", help="write raw results (all samples) here")
     ap.add_argument("--markdown", metavar="FILE", help="also write the report here")
     ap.add_argument(
         "--in-process",
@@ -495,9 +482,7 @@ def main(argv=None) -> int:
     names = _split(args.only) or [s.name for s in executors.EXECUTORS if not s.hidden]
     unknown = [n for n in names if n not in executors.BY_NAME]
     if unknown:
-        ap.error(
-            f"unknown executor(s) {unknown}; choose from {list(executors.BY_NAME)}"
-        )
+        ap.error(f"unknown executor(s) {unknown}; choose from {list(executors.BY_NAME)}")
     wl_names = _split(args.workloads)
     if not wl_names:
         wl_names = [w.name for w in workloads.WORKLOADS if w.default]
@@ -505,9 +490,7 @@ def main(argv=None) -> int:
         wl_names = [w.name for w in workloads.WORKLOADS]
     unknown = [n for n in wl_names if n not in workloads.BY_NAME]
     if unknown:
-        ap.error(
-            f"unknown workload(s) {unknown}; choose from {list(workloads.BY_NAME)}"
-        )
+        ap.error(f"unknown workload(s) {unknown}; choose from {list(workloads.BY_NAME)}")
     wls = [workloads.BY_NAME[n] for n in wl_names]
 
     subreaper = set_child_subreaper()
@@ -532,16 +515,12 @@ def main(argv=None) -> int:
             "machine": report.machine(),
             "load_start": report.load(),
             "versions": report.versions(),
-            "start_methods": ", ".join(
-                f"{k}: {v}" for k, v in info["start_methods"].items()
-            ),
+            "start_methods": ", ".join(f"{k}: {v}" for k, v in info["start_methods"].items()),
             "settings": settings,
             "executors": info["executors"],
             "labels": {n: executors.BY_NAME[n].label for n in names},
             "columns": columns,
-            "workloads": {
-                w.name: {"title": w.title, "params": w.params(args.quick)} for w in wls
-            },
+            "workloads": {w.name: {"title": w.title, "params": w.params(args.quick)} for w in wls},
             "subreaper": subreaper,
         }
         # optional executors that are simply not installed: one line, not a column
@@ -583,8 +562,7 @@ def main(argv=None) -> int:
                     )
                     err = f" {res.get('error')}" if res.get("status") != "ok" else ""
                     print(
-                        f" {res.get('status')} ({res.get('wall_seconds', 0):.1f} s)"
-                        f" {shown}{err}",
+                        f" {res.get('status')} ({res.get('wall_seconds', 0):.1f} s) {shown}{err}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -592,9 +570,7 @@ def main(argv=None) -> int:
             interrupted = True
             print("\ninterrupted: reporting what was measured", file=sys.stderr)
 
-    leftover_end = sweep(
-        LEFTOVER_GRACE if not args.in_process else 1.0, helpers=not args.in_process
-    )
+    leftover_end = sweep(LEFTOVER_GRACE if not args.in_process else 1.0, helpers=not args.in_process)
     body = [
         "",
         "## Results" + (" (interrupted)" if interrupted else ""),
@@ -606,9 +582,7 @@ def main(argv=None) -> int:
     note_text = report.notes(meta, cells, wls, columns)
     if note_text:
         body += ["", "Notes:", "", note_text]
-    n_left = sum(
-        len(c.get("leftover", [])) for col in cells.values() for c in col.values()
-    )
+    n_left = sum(len(c.get("leftover", [])) for col in cells.values() for c in col.values())
     body += [
         "",
         f"Leftover processes: {n_left} after executor shutdowns; "
@@ -618,8 +592,7 @@ def main(argv=None) -> int:
     ]
     meta["load_end"] = report.load()
     body.append(
-        "Load average at the end: "
-        + report.load_text(meta["load_end"], meta["machine"]["logical_cpus"])
+        "Load average at the end: " + report.load_text(meta["load_end"], meta["machine"]["logical_cpus"])
     )
     text = "\n".join(body)
     print(text, flush=True)

@@ -194,10 +194,7 @@ class MapThroughput(Workload):
     name = "map"
     title = 'map(echo, range(N), chunksize=1|16|256|"static")'
     CHUNKS = (1, 16, 256, "static")
-    metrics = tuple(
-        Metric(f"items_per_s_{c}", f"map chunksize={c}", "items/s", HIGHER)
-        for c in CHUNKS
-    )
+    metrics = tuple(Metric(f"items_per_s_{c}", f"map chunksize={c}", "items/s", HIGHER) for c in CHUNKS)
     budget = 40.0
 
     def params(self, quick):
@@ -222,13 +219,9 @@ class MapThroughput(Workload):
             cs = self.chunksize(c, ctx)
 
             def one_map(cs=cs):
-                got = list(
-                    ex.map(tasks.echo, range(n), chunksize=cs, timeout=ctx.remaining())
-                )
+                got = list(ex.map(tasks.echo, range(n), chunksize=cs, timeout=ctx.remaining()))
                 if got != expected:
-                    raise AssertionError(
-                        f"map(chunksize={cs!r}) returned wrong results"
-                    )
+                    raise AssertionError(f"map(chunksize={cs!r}) returned wrong results")
 
             calls, elapsed = ctx.autorange(one_map, ctx.params["min_time"])
             out[f"items_per_s_{c}"] = calls * n / elapsed
@@ -393,9 +386,7 @@ class ContextSetup(Workload):
                 got = ctx.wait_all([cx.submit(tasks.use_setup, i) for i in range(n)])
         else:
             ctx.note("no ex.context(): the setup runs in every task")
-            got = ctx.wait_all(
-                [ex.submit(tasks.setup_in_task, i, s, 1) for i in range(n)]
-            )
+            got = ctx.wait_all([ex.submit(tasks.setup_in_task, i, s, 1) for i in range(n)])
         elapsed = time.perf_counter() - t0
         if got != [1 + i for i in range(n)]:
             raise AssertionError("wrong results")
@@ -456,9 +447,7 @@ class WorkerKill(Workload):
 
         t0 = time.perf_counter()
         futs = [ex.submit(tasks.sleep_then_pid, s) for _ in range(n)]
-        timer = threading.Timer(
-            ctx.params["kill_at"] - (time.perf_counter() - t0), kill
-        )
+        timer = threading.Timer(ctx.params["kill_at"] - (time.perf_counter() - t0), kill)
         timer.start()
         for f in futs:
             f.add_done_callback(on_done)
@@ -491,8 +480,7 @@ class LongAfterMap(Workload):
     name = "long_after_map"
     title = "3,000-item map, then one 1 s sleep per worker; elapsed of the sleeps (ideal 1 s)"
     metrics = (
-        Metric("elapsed_s", "1 s tasks after a large map: elapsed (ideal 1 s)", "s", LOWER,
-               fmt="{:.2f}"),
+        Metric("elapsed_s", "1 s tasks after a large map: elapsed (ideal 1 s)", "s", LOWER, fmt="{:.2f}"),
     )
     budget = 30.0
 

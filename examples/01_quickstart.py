@@ -33,16 +33,8 @@ def main():
 
         # map: results in input order; chunksize batches calls per dispatch
         numbers = range(10**6, 10**6 + 2000)
-        primes = [
-            n
-            for n, p in zip(
-                numbers, ex.map(is_prime, numbers, chunksize="auto"), strict=True
-            )
-            if p
-        ]
-        print(
-            f"{len(primes)} primes in [{numbers[0]}, {numbers[-1]}], first {primes[:3]}"
-        )
+        primes = [n for n, p in zip(numbers, ex.map(is_prime, numbers, chunksize="auto"), strict=True) if p]
+        print(f"{len(primes)} primes in [{numbers[0]}, {numbers[-1]}], first {primes[:3]}")
 
         # as_completed: handle results as they arrive
         futures = {ex.submit(slow_square, x): x for x in range(6)}
@@ -57,8 +49,10 @@ def main():
 
         # statistics() counts calls (the map's 2,000 went in a few chunks: tasks_done)
         st = ex.statistics()
-        print(f"statistics: {st.done} calls done, {st.failed} failed; "
-              f"{st.tasks_done + st.tasks_failed} tasks on {st.workers} workers")
+        print(
+            f"statistics: {st.done} calls done, {st.failed} failed; "
+            f"{st.tasks_done + st.tasks_failed} tasks on {st.workers} workers"
+        )
 
 
 if __name__ == "__main__":

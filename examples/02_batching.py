@@ -56,8 +56,10 @@ def main():
             if out != expected:
                 raise SystemExit(f"wrong results with chunksize={chunksize!r}")
 
-        print(f"{UNEVEN_CALLS} uneven calls ({SLOW_CALLS} x {SLOW_S * 1000:.0f} ms first, "
-              f"then {FAST_S * 1000:.0f} ms):")
+        print(
+            f"{UNEVEN_CALLS} uneven calls ({SLOW_CALLS} x {SLOW_S * 1000:.0f} ms first, "
+            f"then {FAST_S * 1000:.0f} ms):"
+        )
         for chunksize in (1, "auto", "static"):
             timed(
                 f"map chunksize={chunksize!r}",
@@ -77,9 +79,7 @@ def main():
         out = timed("map_unordered chunksize=1", unordered)
         if sorted(out) != sorted(delays):
             raise SystemExit("map_unordered lost or changed results")
-        print(
-            f"  (map_unordered yielded its first result after {first[0] - start:.3f} s)"
-        )
+        print(f"  (map_unordered yielded its first result after {first[0] - start:.3f} s)")
 
 
 if __name__ == "__main__":

@@ -31,9 +31,7 @@ def impexec(*args: str, **kwargs) -> subprocess.Popen:
 with ClusterExecutor(workers=None) as ex:
     futures = [ex.submit(square, x) for x in range(100)]  # queued: no worker yet
     path = ex.connection_file()
-    print(
-        "queued:", ex.statistics().queued, "- join with: impexec-worker --connect", path
-    )
+    print("queued:", ex.statistics().queued, "- join with: impexec-worker --connect", path)
     worker = impexec("worker", "--connect", path, "--processes", "2")
     print("sum of squares:", sum(f.result(timeout=60) for f in futures))
     impexec("status", path).wait(30)

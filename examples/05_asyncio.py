@@ -33,9 +33,7 @@ async def main(ex: ClusterExecutor) -> None:
     beats = asyncio.create_task(heartbeat(stop))
 
     # fan out and gather, in input order
-    values = await asyncio.gather(
-        *(loop.run_in_executor(ex, simulate, s) for s in range(20))
-    )
+    values = await asyncio.gather(*(loop.run_in_executor(ex, simulate, s) for s in range(20)))
     print(f"gathered {len(values)} results, mean {sum(values) / len(values):.3f}")
 
     # a submitted future, awaited

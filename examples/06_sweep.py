@@ -34,8 +34,11 @@ def main():
         with ex.context(load_model, 2.0) as ctx:
             outcomes = ctx.map(fit, PARAMS, chunksize="auto", return_exceptions=True)
             results, failures = {}, {}
-            for theta, out in zip(PARAMS, progress(outcomes, executor=ex, total=len(PARAMS),
-                                                   desc="sweep", disable=None), strict=True):
+            for theta, out in zip(
+                PARAMS,
+                progress(outcomes, executor=ex, total=len(PARAMS), desc="sweep", disable=None),
+                strict=True,
+            ):
                 if isinstance(out, Exception):
                     failures[theta] = out
                 else:
@@ -44,8 +47,7 @@ def main():
     print(f"{len(results)} results, {len(failures)} failures (of {len(PARAMS)} parameters)")
     first = next(iter(failures.items()))
     print(f"first failure: theta={first[0]:.1f}: {first[1]!r}")
-    print(f"statistics: done={stats.done} failed={stats.failed} (calls; "
-          f"{stats.tasks_done} chunks)")
+    print(f"statistics: done={stats.done} failed={stats.failed} (calls; {stats.tasks_done} chunks)")
     if len(results) + len(failures) != len(PARAMS) or stats.failed != len(failures):
         raise SystemExit("the sweep lost items")
 

@@ -29,9 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--partition", default=None)
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the job script and exit"
-    )
+    parser.add_argument("--dry-run", action="store_true", help="print the job script and exit")
     args = parser.parse_args()
     workers = SlurmWorkers(
         args.workers,
@@ -44,9 +42,7 @@ def main() -> None:
     if args.dry_run:
         print(workers.dry_run_script())
         return
-    with ClusterExecutor(
-        workers, address="tcp://0.0.0.0:0", advertise=socket.getfqdn(), encrypt=True
-    ) as ex:
+    with ClusterExecutor(workers, address="tcp://0.0.0.0:0", advertise=socket.getfqdn(), encrypt=True) as ex:
         means = list(ex.map(simulate, range(200), chunksize="auto"))
         print(f"{len(means)} runs, mean of means {sum(means) / len(means):.4f}")
         print(ex.statistics())

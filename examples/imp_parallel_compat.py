@@ -33,9 +33,7 @@ class Task:
 
 def main() -> None:
     with parallel.Manager() as m:
-        m.add_worker(
-            parallel.LocalWorker()
-        )  # IMP's older spelling: LocalSlave / add_slave
+        m.add_worker(parallel.LocalWorker())  # IMP's older spelling: LocalSlave / add_slave
         m.add_worker(parallel.LocalWorker())
         c = m.get_context(setup)
         for dist in range(10):

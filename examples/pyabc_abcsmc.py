@@ -51,9 +51,7 @@ def main() -> None:
     logging.getLogger("ABC").setLevel(logging.WARNING)  # pyABC logs every generation
     with tempfile.TemporaryDirectory() as db_dir, ClusterExecutor(workers=2) as ex:
         samplers = {
-            "ConcurrentFutureSampler": pyabc.sampler.ConcurrentFutureSampler(
-                cfuture_executor=ex
-            ),
+            "ConcurrentFutureSampler": pyabc.sampler.ConcurrentFutureSampler(cfuture_executor=ex),
             "MappingSampler": pyabc.sampler.MappingSampler(map_=ex.map),
         }
         for name, sampler in samplers.items():

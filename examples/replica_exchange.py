@@ -34,8 +34,12 @@ def build_model(limit: float, n: int) -> dict:
     axis = np.linspace(-limit, limit, n)
     x, y = np.meshgrid(axis, axis, indexing="ij")
     table = 4.0 * (x**2 - 1.0) ** 2 + y**2
-    return {"table": table.tolist(), "limit": limit, "scale": (n - 1) / (2 * limit),
-            "setup": (os.getpid(), uuid.uuid4().hex[:6])}
+    return {
+        "table": table.tolist(),
+        "limit": limit,
+        "scale": (n - 1) / (2 * limit),
+        "setup": (os.getpid(), uuid.uuid4().hex[:6]),
+    }
 
 
 def sample(model: dict, state: tuple, temperature: float, steps: int, seed: int) -> tuple:
@@ -81,15 +85,19 @@ def main() -> None:
                     swaps_done[i] += 1
                     states[i], states[i + 1] = states[i + 1], states[i]
             right_well += states[0][0] > 0
-    print(f"{ROUNDS} rounds x {len(TEMPERATURES)} replicas x {STEPS} steps "
-          f"in {time.perf_counter() - start:.1f} s")
+    print(
+        f"{ROUNDS} rounds x {len(TEMPERATURES)} replicas x {STEPS} steps "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
     for t, m in zip(TEMPERATURES, moves, strict=True):
         print(f"  T={t:<4}  move acceptance {m / (ROUNDS * STEPS):6.1%}")
     for i, (tried, done) in enumerate(zip(swaps_tried, swaps_done, strict=True)):
         print(f"  swap T={TEMPERATURES[i]} <-> {TEMPERATURES[i + 1]}: {done}/{tried} accepted")
     print(f"  coldest replica in the right-hand well after {right_well}/{ROUNDS} rounds")
-    print(f"setup ran {len(setups)} times (once per worker: {sorted(setups)}), "
-          f"for {ROUNDS * len(TEMPERATURES)} tasks")
+    print(
+        f"setup ran {len(setups)} times (once per worker: {sorted(setups)}), "
+        f"for {ROUNDS * len(TEMPERATURES)} tasks"
+    )
 
 
 if __name__ == "__main__":

@@ -61,11 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # -- leak checks -----------------------------------------------------------------------
 def _impexec_threads() -> set[threading.Thread]:
-    return {
-        t
-        for t in threading.enumerate()
-        if t.name.startswith("impexec") and t.is_alive()
-    }
+    return {t for t in threading.enumerate() if t.name.startswith("impexec") and t.is_alive()}
 
 
 def _children() -> set[tuple[int, float]]:
@@ -121,19 +117,13 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         time.sleep(0.05)
     problems = []
     if threads:
-        problems.append(
-            "threads still alive: " + ", ".join(sorted(t.name for t in threads))
-        )
+        problems.append("threads still alive: " + ", ".join(sorted(t.name for t in threads)))
     if children:
-        problems.append(
-            "child processes still alive: " + "; ".join(_describe_children(children))
-        )
+        problems.append("child processes still alive: " + "; ".join(_describe_children(children)))
     for pid, _ in children:  # do not let one leak fail every later test too
         with contextlib.suppress(psutil.Error):
             psutil.Process(pid).kill()
-    pytest.fail(
-        f"{request.node.nodeid} leaked " + " and ".join(problems), pytrace=False
-    )
+    pytest.fail(f"{request.node.nodeid} leaked " + " and ".join(problems), pytrace=False)
 
 
 # -- executors -------------------------------------------------------------------------
@@ -236,9 +226,7 @@ def raw_socket(
     """
     made: list[zmq.Socket[Any]] = []
 
-    def make(
-        kind: int, *, identity: bytes | None = None, rcvtimeo_ms: int = 5000
-    ) -> zmq.Socket[Any]:
+    def make(kind: int, *, identity: bytes | None = None, rcvtimeo_ms: int = 5000) -> zmq.Socket[Any]:
         sock = zmq_context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, rcvtimeo_ms)

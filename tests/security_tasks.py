@@ -101,8 +101,7 @@ class FakeWorker:
     holder could send (another session, a number used before).
     """
 
-    def __init__(self, sock: zmq.Socket[Any], key: bytes, wid: bytes,
-                 hb: zmq.Socket[Any] | None = None):
+    def __init__(self, sock: zmq.Socket[Any], key: bytes, wid: bytes, hb: zmq.Socket[Any] | None = None):
         self.sock, self.hb, self.wid = sock, hb, wid
         self.tx, self.rx = worker_keys(key, wid)
         self.session = ZERO_SESSION  # learnt from WELCOME
@@ -111,14 +110,16 @@ class FakeWorker:
         self.upto = 0  # the broker's main-link numbers received without a gap
         self.ready: list[bytes] = []  # the frames of its READY, once sent
 
-    def encode(self, kind: Kind, *, session: bytes | None = None, seq: int | None = None,
-               **fields: Any) -> list[bytes]:
+    def encode(
+        self, kind: Kind, *, session: bytes | None = None, seq: int | None = None, **fields: Any
+    ) -> list[bytes]:
         """A signed main-link message with the next number (or *seq*: then none is used up)."""
         if seq is None:
             self.seq += 1
             seq = self.seq
-        return encode(self.tx, kind, self.session if session is None else session, seq,
-                      ack=self.upto, **fields)
+        return encode(
+            self.tx, kind, self.session if session is None else session, seq, ack=self.upto, **fields
+        )
 
     def send(self, kind: Kind, **fields: Any) -> list[bytes]:
         """Send a main-link message (see :meth:`encode`); returns its frames."""
@@ -126,14 +127,21 @@ class FakeWorker:
         self.sock.send_multipart(frames)
         return frames
 
-    def encode_hb(self, kind: Kind = Kind.HEARTBEAT, *, session: bytes | None = None,
-                  seq: int | None = None, **fields: Any) -> list[bytes]:
+    def encode_hb(
+        self,
+        kind: Kind = Kind.HEARTBEAT,
+        *,
+        session: bytes | None = None,
+        seq: int | None = None,
+        **fields: Any,
+    ) -> list[bytes]:
         """A signed heartbeat-link message with the next heartbeat-link number (or *seq*)."""
         if seq is None:
             self.hb_seq += 1
             seq = self.hb_seq
-        return encode(self.tx, kind, self.session if session is None else session, seq,
-                      ack=self.upto, **fields)
+        return encode(
+            self.tx, kind, self.session if session is None else session, seq, ack=self.upto, **fields
+        )
 
     def recv(self, timeout: float, sock: zmq.Socket[Any] | None = None) -> list[Message]:
         """Verified messages of one receive on the main socket (or *sock*)."""
@@ -156,8 +164,7 @@ class FakeWorker:
     def join(self, timeout: float = 10.0) -> Message:
         """Send READY (main-link number 1; its frames stay in ``ready``) and return the
         WELCOME; learn the session."""
-        info = {"worker": self.wid.hex(), "pid": 0, "host": "fake", "tag": "", "python": "?",
-                "impexec": "?"}
+        info = {"worker": self.wid.hex(), "pid": 0, "host": "fake", "tag": "", "python": "?", "impexec": "?"}
         self.ready = self.send(Kind.READY, session=ZERO_SESSION, frames=[json.dumps(info).encode()])
         welcome = self.expect(Kind.WELCOME, timeout)
         self.session = bytes.fromhex(welcome.json()["session"])

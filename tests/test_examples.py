@@ -46,14 +46,14 @@ def _runs() -> list[tuple[Path, str | None]]:
 
 def _slurm_answers() -> bool:
     try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=15,
-                              check=False).returncode == 0
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=15, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
 
-@pytest.mark.parametrize(("path", "args"), _runs(),
-                         ids=lambda v: v.name if isinstance(v, Path) else (v or ""))
+@pytest.mark.parametrize(
+    ("path", "args"), _runs(), ids=lambda v: v.name if isinstance(v, Path) else (v or "")
+)
 def test_example_runs(path: Path, args: str | None, tmp_path: Path) -> None:
     text = path.read_text()
     mark = SKIP_MARK.search(text)
@@ -66,7 +66,7 @@ def test_example_runs(path: Path, args: str | None, tmp_path: Path) -> None:
     if args and args.startswith("slurm:"):
         if not _slurm_answers():
             pytest.skip("no Slurm answers: start it with `sudo bash ci/cluster-up.sh up slurm`")
-        argv = args[len("slurm:"):].split()
+        argv = args[len("slurm:") :].split()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
     proc = subprocess.run(
         [sys.executable, str(path), *argv],
@@ -90,9 +90,7 @@ def test_examples_have_a_docstring_saying_how_to_run_them() -> None:
     for path in _examples():
         text = path.read_text()
         assert text.startswith('"""'), f"{path.name} has no docstring header"
-        assert "python examples/" in text.split('"""')[1], (
-            f"{path.name} does not say how to run it"
-        )
+        assert "python examples/" in text.split('"""')[1], f"{path.name} does not say how to run it"
 
 
 def _load(name: str):
@@ -129,16 +127,21 @@ def test_the_uneven_batching_workload_is_one_static_cannot_balance() -> None:
     ex = _load("02_batching.py")
     delays = [ex.SLOW_S] * ex.SLOW_CALLS + [ex.FAST_S] * (ex.UNEVEN_CALLS - ex.SLOW_CALLS)
     size = plan_chunksize("static", len(delays), 2)
-    static_span = max(sum(delays[i:i + size]) for i in range(0, len(delays), size))
+    static_span = max(sum(delays[i : i + size]) for i in range(0, len(delays), size))
     dynamic_span = max(sum(delays) / 2, max(delays))  # a free worker takes the next call
     assert static_span > 1.5 * dynamic_span
 
 
 def test_secure_remote_announces_the_refusal_before_its_warning(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "secure_remote.py")], cwd=tmp_path,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=EXAMPLE_TIMEOUT_S,
+        [sys.executable, str(EXAMPLES / "secure_remote.py")],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=EXAMPLE_TIMEOUT_S,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout

@@ -34,13 +34,9 @@ def test_all_is_sorted_and_complete() -> None:
     public = {
         name
         for name, value in vars(impexec).items()
-        if not name.startswith("_")
-        and not isinstance(value, types.ModuleType)
-        and name != "annotations"
+        if not name.startswith("_") and not isinstance(value, types.ModuleType) and name != "annotations"
     }
-    assert public <= set(impexec.__all__), (
-        f"exported but not in __all__: {public - set(impexec.__all__)}"
-    )
+    assert public <= set(impexec.__all__), f"exported but not in __all__: {public - set(impexec.__all__)}"
 
 
 def test_contract_names_exported() -> None:
@@ -62,9 +58,7 @@ def test_executor_is_a_real_executor() -> None:
 
 
 def _params(fn: object) -> list[tuple[str, object, object]]:
-    return [
-        (p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()
-    ]  # type: ignore[arg-type]
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("method", ["submit", "shutdown"])
@@ -142,8 +136,6 @@ def test_launchers_share_the_base() -> None:
 
 
 def test_imp_compat_names() -> None:
-    imp = pytest.importorskip(
-        "impexec.compat.imp", reason="impexec.compat.imp not written yet"
-    )
+    imp = pytest.importorskip("impexec.compat.imp", reason="impexec.compat.imp not written yet")
     for name in ("Manager", "LocalWorker", "SGEQsubWorkerArray"):
         assert hasattr(imp, name), name

@@ -96,10 +96,17 @@ class Broker(WorkerEvents):
         self._zctx = zmq.Context()
         try:
             self._link = RouterLink(
-                self._zctx, key=key, session=session, address=address,
-                rto=max(2 * heartbeat_interval, 0.2), max_rto=heartbeat_timeout,
-                curve_secret=curve_secret, curve_clients=curve_clients,
-                max_message_size=max_message_size, extra_binds=extra_binds)
+                self._zctx,
+                key=key,
+                session=session,
+                address=address,
+                rto=max(2 * heartbeat_interval, 0.2),
+                max_rto=heartbeat_timeout,
+                curve_secret=curve_secret,
+                curve_clients=curve_clients,
+                max_message_size=max_message_size,
+                extra_binds=extra_binds,
+            )
         except BaseException:
             self._zctx.term()
             raise
@@ -193,6 +200,7 @@ class Broker(WorkerEvents):
 
     def stop_when_idle(self) -> None:
         """Finish every open task, then tell workers to leave and end the thread."""
+
         def mark() -> None:
             self._stop_when_idle = True
 
@@ -335,8 +343,17 @@ class Broker(WorkerEvents):
                     continue
                 frames = [*setup[0], *frames]
                 flags |= Flag.HAS_SETUP
-            msg = link.encode_main(peer, Kind.TASK, now, task_id=task.id, ctx_id=task.ctx_id,
-                                   aux=task.attempts, flags=flags, serializer=task.ser, frames=frames)
+            msg = link.encode_main(
+                peer,
+                Kind.TASK,
+                now,
+                task_id=task.id,
+                ctx_id=task.ctx_id,
+                aux=task.attempts,
+                flags=flags,
+                serializer=task.ser,
+                frames=frames,
+            )
             task.sent_seq = peer.chan.sent
             batch = batches.get(peer.wid)
             if batch is None:
@@ -444,4 +461,3 @@ def _resolve(future: Any, ok: bool | None, value: Any) -> None:
             future.set_exception(value)
     except Exception:  # cancelled or already resolved (InvalidStateError): first one wins
         logger.debug("future already resolved", exc_info=True)
-

@@ -27,16 +27,12 @@ def parse_duration(text: str) -> float:
     """``30s``, ``10m``, ``2h``, ``1d`` or plain seconds → seconds."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*", text)
     if not m:
-        raise argparse.ArgumentTypeError(
-            f"not a duration: {text!r} (use 30s, 10m, 2h, 1d)"
-        )
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use 30s, 10m, 2h, 1d)")
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
 def _worker_parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog, description="Join a running impexec executor as a worker."
-    )
+    p = argparse.ArgumentParser(prog=prog, description="Join a running impexec executor as a worker.")
     p.add_argument(
         "--connect",
         required=True,
@@ -191,11 +187,11 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
         options = ["--connect-timeout", str(args.connect_timeout), *["-v"] * args.verbose]
         if deadline is not None:
             options += ["--runtime", f"{max(1.0, deadline - time.monotonic()):.3f}"]
-        argv = worker_argv([sys.executable], "-", f"{tag}-{i}-{generation[i]}",
-                           exit_with_stdin=True, options=options)
+        argv = worker_argv(
+            [sys.executable], "-", f"{tag}-{i}-{generation[i]}", exit_with_stdin=True, options=options
+        )
         # its stderr is ours (not read): the children's messages reach the terminal
-        procs[i] = WorkerProcess(argv, stdin=line, capture_stderr=False,
-                                 name=f"impexec-child-{i}")
+        procs[i] = WorkerProcess(argv, stdin=line, capture_stderr=False, name=f"impexec-child-{i}")
         started[i] = time.monotonic()
 
     stop = False
@@ -260,9 +256,7 @@ def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
     return code
 
 
-def _request(
-    target: str, key: str | None, kind_name: str, timeout: float
-) -> dict[str, Any]:
+def _request(target: str, key: str | None, kind_name: str, timeout: float) -> dict[str, Any]:
     return _ask(resolve(target, key), kind_name, timeout)
 
 
@@ -292,9 +286,7 @@ def _ask(conn: ConnectionInfo, kind_name: str, timeout: float) -> dict[str, Any]
         # names no session: the broker accepts the all-zero one for a fresh request
         session = conn.session or b"\0" * 8
         to_broker, from_broker = client_keys(conn.key)
-        sock.send_multipart(
-            encode(to_broker, Kind[kind_name], session, int(time.time() * 1e6))
-        )
+        sock.send_multipart(encode(to_broker, Kind[kind_name], session, int(time.time() * 1e6)))
         if not sock.poll(int(timeout * 1000)):
             raise TimeoutError(
                 f"no answer from {conn.address} within {timeout:g} s "
@@ -347,8 +339,9 @@ def _watch_cmd(args: argparse.Namespace, interval: float) -> int:
     # ignores SIGINT for background jobs (Python keeps an inherited SIG_IGN)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     conn = resolve(args.target, args.key)
-    return watch(conn, args.target, interval, args.timeout, getattr(args, "json", False),
-                 sys.stdout, sys.stderr)
+    return watch(
+        conn, args.target, interval, args.timeout, getattr(args, "json", False), sys.stdout, sys.stderr
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -360,9 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"impexec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser(
-        "worker", help="run a worker (same as impexec-worker)", add_help=False
-    )
+    sub.add_parser("worker", help="run a worker (same as impexec-worker)", add_help=False)
     for name, text in (
         ("status", "show an executor's figures (--watch: live, until the run ends)"),
         ("top", "a live view of the run (the same as status --watch)"),
@@ -388,8 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             help="seconds to wait for the answer (default 5)",
         )
         if name == "status":
-            p.add_argument("--json", action="store_true",
-                           help="print JSON (with --watch: one object per line)")
+            p.add_argument(
+                "--json", action="store_true", help="print JSON (with --watch: one object per line)"
+            )
             p.add_argument(
                 "--watch",
                 type=float,
@@ -399,8 +391,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 help="refresh every S seconds (default 1) until the run ends or Ctrl-C",
             )
         if name == "top":
-            p.add_argument("--interval", type=float, default=1.0, metavar="S",
-                           help="seconds between refreshes (default 1)")
+            p.add_argument(
+                "--interval",
+                type=float,
+                default=1.0,
+                metavar="S",
+                help="seconds between refreshes (default 1)",
+            )
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
         return worker_main(argv[1:], prog="impexec worker")

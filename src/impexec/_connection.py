@@ -109,8 +109,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def dial_info(bound: str, advertise: str | None, key: bytes, session: bytes,
-              curve: CurveKeys | None) -> ConnectionInfo:
+def dial_info(
+    bound: str, advertise: str | None, key: bytes, session: bytes, curve: CurveKeys | None
+) -> ConnectionInfo:
     """What a worker needs to join a broker bound at *bound* (``tcp://host:port``).
 
     Workers dial *advertise* when given, this host's name when the broker bound a
@@ -129,7 +130,9 @@ def dial_info(bound: str, advertise: str | None, key: bytes, session: bytes,
             bound,
         )
     return ConnectionInfo(
-        address=f"tcp://{advertise or host}:{port}", key=key, session=session,
+        address=f"tcp://{advertise or host}:{port}",
+        key=key,
+        session=session,
         server_key=curve.server_public.decode() if curve else None,
         client_public=curve.client_public.decode() if curve else None,
         client_secret=curve.client_secret.decode() if curve else None,
@@ -165,8 +168,7 @@ def remove_orphaned_private_dir(connection_file: str | os.PathLike[str], settle:
         names = os.listdir(folder)
     except OSError:
         return False
-    if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid()
-            or stat.S_IMODE(st.st_mode) != 0o700):
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) != 0o700:
         return False
     if path.name not in names or not all(_PRIVATE_NAMES.fullmatch(n) for n in names):
         return False
@@ -254,8 +256,10 @@ def parse_key(key: str | bytes) -> bytes:
     else:
         raise TypeError(f"the key must be bytes or hex text, not {type(key).__name__}")
     if len(raw) < MIN_KEY_BYTES:
-        raise ValueError(f"the key must have at least {MIN_KEY_BYTES} bytes "
-                         f"({2 * MIN_KEY_BYTES} hex digits), not {len(raw)}")
+        raise ValueError(
+            f"the key must have at least {MIN_KEY_BYTES} bytes "
+            f"({2 * MIN_KEY_BYTES} hex digits), not {len(raw)}"
+        )
     return raw
 
 

@@ -35,8 +35,9 @@ class ContextHost(Protocol):
     depends on these calls only and on none of the executor's private members.
     """
 
-    def open(self, ctx_id: int, setup: Callable[..., Any], args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> Callable[[], None]:
+    def open(
+        self, ctx_id: int, setup: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Callable[[], None]:
         """Pickle the setup and register it under *ctx_id*; return the call that forgets
         it again (on the broker and on every worker holding its value).
 
@@ -48,19 +49,36 @@ class ContextHost(Protocol):
         """
         ...
 
-    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-               ctx_id: int) -> Future[Any]:
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], ctx_id: int
+    ) -> Future[Any]:
         """Serialize and queue ``fn(setup_value, *args, **kwargs)``, as the executor's submit."""
         ...
 
-    def submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes, chunk: list[Any], ctx_id: int,
-                     bare: bool, item_errors: bool) -> Future[Any]:
+    def submit_chunk(
+        self,
+        fn: Callable[..., Any],
+        fn_frame: bytes,
+        chunk: list[Any],
+        ctx_id: int,
+        bare: bool,
+        item_errors: bool,
+    ) -> Future[Any]:
         """Queue one map chunk (calls of the already pickled *fn_frame*)."""
         ...
 
-    def map(self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], timeout: float | None,
-            chunksize: int | str, buffersize: int | None, submit_chunk: SubmitChunk, *,
-            ordered: bool, return_exceptions: bool) -> Iterator[Any]:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int | str,
+        buffersize: int | None,
+        submit_chunk: SubmitChunk,
+        *,
+        ordered: bool,
+        return_exceptions: bool,
+    ) -> Iterator[Any]:
         """The executor's map, each chunk submitted through *submit_chunk*."""
         ...
 
@@ -81,8 +99,9 @@ class Context(Executor):
     each of its futures refers to it).
     """
 
-    def __init__(self, host: ContextHost, setup: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any]):
+    def __init__(
+        self, host: ContextHost, setup: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ):
         self._host = host
         self.id = next(_ids)
         self._name = getattr(setup, "__qualname__", type(setup).__name__)
@@ -121,14 +140,27 @@ class Context(Executor):
         """
         return self._submitted(lambda: self._host.submit(fn, args, kwargs, self.id))
 
-    def _submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes,
-                      chunk: list[Any], bare: bool = False, item_errors: bool = False) -> Future[Any]:
-        return self._submitted(lambda: self._host.submit_chunk(fn, fn_frame, chunk, self.id,
-                                                               bare, item_errors))
+    def _submit_chunk(
+        self,
+        fn: Callable[..., Any],
+        fn_frame: bytes,
+        chunk: list[Any],
+        bare: bool = False,
+        item_errors: bool = False,
+    ) -> Future[Any]:
+        return self._submitted(
+            lambda: self._host.submit_chunk(fn, fn_frame, chunk, self.id, bare, item_errors)
+        )
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int | str = 1, buffersize: int | None = None,
-            return_exceptions: bool = False) -> Iterator[Any]:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | str = 1,
+        buffersize: int | None = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
         """Like :meth:`ClusterExecutor.map`, each call getting the setup value first.
 
         The inputs are consumed lazily (at most ``buffersize`` chunks ahead), so iterate
@@ -136,16 +168,38 @@ class Context(Executor):
         RuntimeError when the iterator reaches them.
         """
         self._check()
-        return self._host.map(fn, iterables, timeout, chunksize, buffersize, self._submit_chunk,
-                              ordered=True, return_exceptions=return_exceptions)
+        return self._host.map(
+            fn,
+            iterables,
+            timeout,
+            chunksize,
+            buffersize,
+            self._submit_chunk,
+            ordered=True,
+            return_exceptions=return_exceptions,
+        )
 
-    def map_unordered(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int | str = 1,
-                      buffersize: int | None = None, timeout: float | None = None,
-                      return_exceptions: bool = False) -> Iterator[Any]:
+    def map_unordered(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        chunksize: int | str = 1,
+        buffersize: int | None = None,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
         """Like :meth:`ClusterExecutor.map_unordered`, each call getting the setup value first."""
         self._check()
-        return self._host.map(fn, iterables, timeout, chunksize, buffersize, self._submit_chunk,
-                              ordered=False, return_exceptions=return_exceptions)
+        return self._host.map(
+            fn,
+            iterables,
+            timeout,
+            chunksize,
+            buffersize,
+            self._submit_chunk,
+            ordered=False,
+            return_exceptions=return_exceptions,
+        )
 
     def close(self) -> None:
         """Wait for this context's tasks, then drop its cached value on every worker."""
@@ -168,8 +222,9 @@ class Context(Executor):
             _wait_all(pending)
             self._release()
         elif self._release.alive:
-            threading.Thread(target=self._release_when_done, args=(pending,),
-                             name="impexec-context-close", daemon=True).start()
+            threading.Thread(
+                target=self._release_when_done, args=(pending,), name="impexec-context-close", daemon=True
+            ).start()
 
     def _release_when_done(self, pending: list[Future[Any]]) -> None:
         _wait_all(pending)

@@ -55,9 +55,13 @@ class WorkerEvents:
     _later: list[tuple[Any, ...]]
     _handlers: dict[Kind, Callable[[Peer, WorkerRecord | None, bool, Message], None]]
 
-    def _init_events(self, welcome_extra: dict[str, Any], initializer_frames: list[Any] | None,
-                     initializer_serializer: int,
-                     on_worker_joined: Callable[[WorkerRecord], None] | None) -> None:
+    def _init_events(
+        self,
+        welcome_extra: dict[str, Any],
+        initializer_frames: list[Any] | None,
+        initializer_serializer: int,
+        on_worker_joined: Callable[[WorkerRecord], None] | None,
+    ) -> None:
         self._welcome = welcome_extra
         self._init_frames = initializer_frames
         self._init_ser = initializer_serializer
@@ -177,7 +181,8 @@ class WorkerEvents:
     def _on_status(self, ident: bytes, msg: Message) -> None:
         kind = msg.kind
         if msg.session != self._session and (  # a URL + key client knows no session:
-                msg.session != b"\0" * 8 or abs(msg.seq / 1e6 - time.time()) > 300):
+            msg.session != b"\0" * 8 or abs(msg.seq / 1e6 - time.time()) > 300
+        ):
             raise ProtocolError("status request from another session")  # or a stale one
         if kind != Kind.STATUS:  # clients number requests by the clock
             if msg.seq <= self._last_stop_seq:
@@ -196,15 +201,22 @@ class WorkerEvents:
         self._watchers[ident] = now
         if len(self._watchers) > 64:  # bounded: forget those that stopped asking
             self._watchers = {i: t for i, t in self._watchers.items() if now - t < 60}
-        self._link.send_client(ident, Kind.STATUS_REPLY,
-                               self._status_reply("ending" if self._stop_when_idle else "running"))
+        self._link.send_client(
+            ident, Kind.STATUS_REPLY, self._status_reply("ending" if self._stop_when_idle else "running")
+        )
 
     def _status_reply(self, state: str) -> list[Any]:
         stats: dict[str, Any] = self.scheduler.statistics().as_dict()
         stats["workers_list"] = [
-            {"name": w.name, "tag": w.tag, "held": len(w.assigned), "completed": w.completed,
-             "draining": w.draining, "held_items": sum(t.items for t in w.assigned.values()),
-             "items_done": w.items_done}
+            {
+                "name": w.name,
+                "tag": w.tag,
+                "held": len(w.assigned),
+                "completed": w.completed,
+                "draining": w.draining,
+                "held_items": sum(t.items for t in w.assigned.values()),
+                "items_done": w.items_done,
+            }
             for w in list(self.scheduler.workers.values())[:1000]
         ]
         stats["address"] = self.address
@@ -258,12 +270,19 @@ class WorkerEvents:
         received = peer.chan.acked if peer is not None else None
         for lt in self.scheduler.remove_worker(w.ident, lost=lost, received_upto=received):
             names = ", ".join(lt.task.lost_on)
-            self._later.append((lt.task.future, False, WorkerLostError(
-                f"the task's worker was lost on each of its {lt.attempts} attempts "
-                f"(max_retries={self.scheduler.max_retries}; workers: {names}); the task "
-                "probably kills its worker (crash, os._exit, out of memory)",
-                attempts=lt.attempts, workers=tuple(lt.task.lost_on),
-            )))
+            self._later.append(
+                (
+                    lt.task.future,
+                    False,
+                    WorkerLostError(
+                        f"the task's worker was lost on each of its {lt.attempts} attempts "
+                        f"(max_retries={self.scheduler.max_retries}; workers: {names}); the task "
+                        "probably kills its worker (crash, os._exit, out of memory)",
+                        attempts=lt.attempts,
+                        workers=tuple(lt.task.lost_on),
+                    ),
+                )
+            )
         self._peers.forget(w.ident)
         self._initializing.discard(w.ident)
         if w.tag:

@@ -92,16 +92,21 @@ class ClusterExecutor(Executor):
         init_frames = self._initializer_frames(initializer, initargs)
         self._key = parse_key(key) if key is not None else os.urandom(32)
         curve = CurveKeys.make() if encrypt else None
-        self._scheduler = Scheduler(max_retries=max_retries, heartbeat_timeout=heartbeat_timeout,
-                                    prefetch=prefetch, max_contexts=max_contexts)
+        self._scheduler = Scheduler(
+            max_retries=max_retries,
+            heartbeat_timeout=heartbeat_timeout,
+            prefetch=prefetch,
+            max_contexts=max_contexts,
+        )
         self._shutdown_lock = threading.Lock()
         self._core = Core(self._scheduler, self._launchers)
         # a forked child shares this process's sockets but not its threads: it must not
         # use the executor (it would wait for ever on a broker that is not its own)
         self._pid = os.getpid()
         try:
-            self._open(address, advertise, curve, init_frames, heartbeat_interval, heartbeat_timeout,
-                       max_contexts)
+            self._open(
+                address, advertise, curve, init_frames, heartbeat_interval, heartbeat_timeout, max_contexts
+            )
         except BaseException:
             self._core.undo_start()
             raise
@@ -109,24 +114,36 @@ class ClusterExecutor(Executor):
         finalizer = weakref.finalize(self, Core.collected, self._core)
         finalizer.atexit = False  # at exit, _lifecycle's exit hook shuts everything down
 
-    def _initializer_frames(self, initializer: Callable[..., Any] | None,
-                            initargs: tuple[Any, ...]) -> list[bytes] | None:
+    def _initializer_frames(
+        self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
+    ) -> list[bytes] | None:
         if initializer is None:
             return None
         return [self._tasks.dumps_once(initializer, (initializer, tuple(initargs)), "the initializer")]
 
-    def _open(self, address: str | None, advertise: str | None, curve: CurveKeys | None,
-              init_frames: list[bytes] | None, heartbeat_interval: float, heartbeat_timeout: float,
-              max_contexts: int) -> None:
+    def _open(
+        self,
+        address: str | None,
+        advertise: str | None,
+        curve: CurveKeys | None,
+        init_frames: list[bytes] | None,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        max_contexts: int,
+    ) -> None:
         """The second half of ``__init__``: the broker bound at *address* (and, for workers
         on this machine, at a Unix socket), the workers' connection, the threads."""
         session = os.urandom(8)
         self._broker = Broker(
-            scheduler=self._scheduler, key=self._key, session=session,
+            scheduler=self._scheduler,
+            key=self._key,
+            session=session,
             address=address or "tcp://127.0.0.1:0",
-            heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
             welcome_extra={"max_contexts": max_contexts},
-            initializer_frames=init_frames, initializer_serializer=self._tasks.ser.code,
+            initializer_frames=init_frames,
+            initializer_serializer=self._tasks.ser.code,
             curve_secret=curve.server_secret if curve else None,
             on_worker_joined=self._core.worker_joined,
             curve_clients=(curve.client_public,) if curve else (),
@@ -171,7 +188,8 @@ class ClusterExecutor(Executor):
             raise RuntimeError(
                 f"this ClusterExecutor belongs to process {self._pid}, not to this forked "
                 "child: its broker runs in the parent. Create executors after forking, or "
-                "a new one in the child")
+                "a new one in the child"
+            )
 
     def _check_open(self) -> None:
         self._check_process()
@@ -193,13 +211,21 @@ class ClusterExecutor(Executor):
         future: Future[Any] = task.future  # the scheduler keeps it opaque (Any)
         return future
 
-    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                ctx_id: int = 0) -> Future[Any]:
+    def _submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], ctx_id: int = 0
+    ) -> Future[Any]:
         self._check_open()
         return self._enqueue(self._tasks.call(fn, args, kwargs, ctx_id))
 
-    def _submit_chunk(self, fn: Callable[..., Any], fn_frame: bytes, chunk: list[Any],
-                      ctx_id: int = 0, bare: bool = False, item_errors: bool = False) -> Future[Any]:
+    def _submit_chunk(
+        self,
+        fn: Callable[..., Any],
+        fn_frame: bytes,
+        chunk: list[Any],
+        ctx_id: int = 0,
+        bare: bool = False,
+        item_errors: bool = False,
+    ) -> Future[Any]:
         """One map chunk: a list of argument tuples, or with *bare* of single arguments."""
         self._check_open()
         return self._enqueue(self._tasks.chunk(fn_frame, chunk, ctx_id, bare, item_errors))
@@ -215,9 +241,15 @@ class ClusterExecutor(Executor):
         """
         return self._submit(fn, args, kwargs)
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int | str = 1, buffersize: int | None = None,
-            return_exceptions: bool = False) -> Iterator[Any]:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | str = 1,
+        buffersize: int | None = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
         """Return an iterator of ``fn`` over the inputs, in input order.
 
         Args:
@@ -235,19 +267,50 @@ class ClusterExecutor(Executor):
                 context's setup raised, cancelled) yields its exception for each item.
                 ``timeout`` still raises TimeoutError from ``next()``.
         """
-        return self._map(fn, iterables, timeout, chunksize, buffersize, None, ordered=True,
-                         return_exceptions=return_exceptions)
+        return self._map(
+            fn,
+            iterables,
+            timeout,
+            chunksize,
+            buffersize,
+            None,
+            ordered=True,
+            return_exceptions=return_exceptions,
+        )
 
-    def map_unordered(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int | str = 1,
-                      buffersize: int | None = None, timeout: float | None = None,
-                      return_exceptions: bool = False) -> Iterator[Any]:
+    def map_unordered(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        chunksize: int | str = 1,
+        buffersize: int | None = None,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
         """Like :meth:`map`, but yield results in the order they complete."""
-        return self._map(fn, iterables, timeout, chunksize, buffersize, None, ordered=False,
-                         return_exceptions=return_exceptions)
+        return self._map(
+            fn,
+            iterables,
+            timeout,
+            chunksize,
+            buffersize,
+            None,
+            ordered=False,
+            return_exceptions=return_exceptions,
+        )
 
-    def _map(self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], timeout: float | None,
-             chunksize: int | str, buffersize: int | None, submit_chunk: SubmitChunk | None, *,
-             ordered: bool, return_exceptions: bool = False) -> Iterator[Any]:
+    def _map(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int | str,
+        buffersize: int | None,
+        submit_chunk: SubmitChunk | None,
+        *,
+        ordered: bool,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
         check_buffersize(buffersize)
         self._check_open()
         if not iterables:
@@ -261,8 +324,13 @@ class ClusterExecutor(Executor):
         source = bare_chunks(iterables[0], size) if bare else chunks(iterables, size)
         run = _ordered_iter if ordered else _unordered_iter
         item_errors = bool(return_exceptions)
-        return run(lambda chunk: submit_chunk(fn, fn_frame, chunk, bare=bare, item_errors=item_errors),
-                   source, bufsize, timeout, item_errors)
+        return run(
+            lambda chunk: submit_chunk(fn, fn_frame, chunk, bare=bare, item_errors=item_errors),
+            source,
+            bufsize,
+            timeout,
+            item_errors,
+        )
 
     def context(self, setup: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Context:
         """Return a :class:`Context`: an Executor whose tasks get ``setup(*args, **kwargs)``.
@@ -371,8 +439,9 @@ class _ContextHost:
         self.submit_chunk = ex._submit_chunk
         self.map = ex._map
 
-    def open(self, ctx_id: int, setup: Callable[..., Any], args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> Callable[[], None]:
+    def open(
+        self, ctx_id: int, setup: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Callable[[], None]:
         tasks, broker = self._ex._tasks, self._ex._broker
         frame = tasks.dumps_once(setup, (setup, args, kwargs), "the context's setup")
         broker.register_context(ctx_id, [frame], tasks.ser.code)

@@ -62,8 +62,11 @@ class Heartbeat:
                 if self.dismissed_at and now - self.dismissed_at > w.hb_timeout:
                     os._exit(EXIT_OK if w._leaving else EXIT_DISMISSED)  # main is stuck
                 if not self.dismissed_at and now - self.last_heard > w.hb_timeout:
-                    exit_now(EXIT_BROKER_GONE, f"impexec worker: no heartbeat from the broker for "
-                             f"{w.hb_timeout:g} s: exiting\n", w.connection_file)
+                    exit_now(
+                        EXIT_BROKER_GONE,
+                        f"impexec worker: no heartbeat from the broker for {w.hb_timeout:g} s: exiting\n",
+                        w.connection_file,
+                    )
         except BaseException:
             if not w._stop.is_set():
                 # nothing else would notice the broker's silence: leave rather than
@@ -90,8 +93,18 @@ class Heartbeat:
             self.seq += 1
             # task_id echoes the last heartbeat-link number heard: the broker dates from it
             # when we last heard it (a half-open link is noticed both ways)
-            self.send(self.sock, encode(w._tx_key, Kind.HEARTBEAT, w._session, self.seq,
-                                        ack=w._chan.upto, aux=w._beat_flags(), task_id=self.broker_seq))
+            self.send(
+                self.sock,
+                encode(
+                    w._tx_key,
+                    Kind.HEARTBEAT,
+                    w._session,
+                    self.seq,
+                    ack=w._chan.upto,
+                    aux=w._beat_flags(),
+                    task_id=self.broker_seq,
+                ),
+            )
         with w._lock:  # what the broker has not acknowledged for a while: again
             due = w._chan.due(now, self.rto, self.max_rto)
         if due:

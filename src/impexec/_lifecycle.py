@@ -131,7 +131,8 @@ class Core:
         self.conn = conn
         if self.ipc is not None:
             self.local_connection_file = dataclasses.replace(conn, address=self.ipc).write(
-                self.private_dir() / "connection-local.json")
+                self.private_dir() / "connection-local.json"
+            )
         broker.start()
         # the thread's target is this core, never the executor
         thread = threading.Thread(target=self.watch_launchers, name="impexec-launchers", daemon=True)

@@ -101,8 +101,9 @@ class RaisedItem:
         return RaisedItem, (self.exc,)
 
 
-def _chunk_outcome(f: Future[list[Any]], n: int, return_exceptions: bool,
-                   timeout: float | None = None) -> list[Any]:
+def _chunk_outcome(
+    f: Future[list[Any]], n: int, return_exceptions: bool, timeout: float | None = None
+) -> list[Any]:
     """The results of one finished chunk; with *return_exceptions*, exceptions in place.
 
     A chunk that failed as a whole (its context's setup raised, its worker was lost
@@ -159,8 +160,13 @@ def _handing_out(results: list[Any]) -> Iterator[Any]:
         yield results.pop()
 
 
-def ordered(submit: SubmitChunk, source: Iterator[list[tuple[Any, ...]]], buffersize: int,
-            timeout: float | None, return_exceptions: bool = False) -> Iterator[Any]:
+def ordered(
+    submit: SubmitChunk,
+    source: Iterator[list[tuple[Any, ...]]],
+    buffersize: int,
+    timeout: float | None,
+    return_exceptions: bool = False,
+) -> Iterator[Any]:
     """Yield results in input order; at most *buffersize* chunks outstanding."""
     end_time = None if timeout is None else time.monotonic() + timeout
     feed = _Feed(submit, source)
@@ -182,8 +188,13 @@ def ordered(submit: SubmitChunk, source: Iterator[list[tuple[Any, ...]]], buffer
     return gen()
 
 
-def unordered(submit: SubmitChunk, source: Iterator[list[tuple[Any, ...]]], buffersize: int,
-              timeout: float | None, return_exceptions: bool = False) -> Iterator[Any]:
+def unordered(
+    submit: SubmitChunk,
+    source: Iterator[list[tuple[Any, ...]]],
+    buffersize: int,
+    timeout: float | None,
+    return_exceptions: bool = False,
+) -> Iterator[Any]:
     """Yield results as chunks complete; at most *buffersize* chunks outstanding."""
     end_time = None if timeout is None else time.monotonic() + timeout
     done: queue.SimpleQueue[Future[list[Any]]] = queue.SimpleQueue()

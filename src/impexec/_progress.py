@@ -160,8 +160,7 @@ def _completed(futures: Iterable[Future[Any]]) -> Iterator[Future[Any]]:
         yield from done
 
 
-def _refresh(bar: Any, executor: ClusterExecutor, stop: threading.Event,
-             poke: threading.Event) -> None:
+def _refresh(bar: Any, executor: ClusterExecutor, stop: threading.Event, poke: threading.Event) -> None:
     while True:
         poke.wait(REFRESH_S)
         poke.clear()
@@ -173,9 +172,7 @@ def _refresh(bar: Any, executor: ClusterExecutor, stop: threading.Event,
 def _show_statistics(bar: Any, executor: ClusterExecutor) -> None:
     try:
         stats = executor.statistics()
-    except (
-        Exception
-    ):  # the executor went away under us: the bar goes on without figures
+    except Exception:  # the executor went away under us: the bar goes on without figures
         logger.debug("no statistics for the progress bar", exc_info=True)
         return
     bar.set_postfix(

@@ -184,12 +184,21 @@ class Message:
     ZeroMQ frames themselves for out-of-band ones.
     """
 
-    __slots__ = ("ack", "aux", "ctx_id", "flags", "frames", "kind", "seq", "serializer", "session",
-                 "task_id")
+    __slots__ = ("ack", "aux", "ctx_id", "flags", "frames", "kind", "seq", "serializer", "session", "task_id")
 
-    def __init__(self, kind: Kind, session: bytes = b"\0" * 8, seq: int = 0, task_id: int = 0,
-                 ctx_id: int = 0, aux: int = 0, flags: int = 0, serializer: int = 0,
-                 frames: list[Any] | None = None, ack: int = 0):
+    def __init__(
+        self,
+        kind: Kind,
+        session: bytes = b"\0" * 8,
+        seq: int = 0,
+        task_id: int = 0,
+        ctx_id: int = 0,
+        aux: int = 0,
+        flags: int = 0,
+        serializer: int = 0,
+        frames: list[Any] | None = None,
+        ack: int = 0,
+    ):
         self.kind = kind
         self.session = session
         self.seq = seq
@@ -202,9 +211,11 @@ class Message:
         self.frames = [] if frames is None else frames
 
     def __repr__(self) -> str:
-        return (f"Message({self.kind.name}, seq={self.seq}, ack={self.ack}, task_id={self.task_id}, "
-                f"ctx_id={self.ctx_id}, aux={self.aux}, flags={self.flags}, "
-                f"frames={len(self.frames)})")
+        return (
+            f"Message({self.kind.name}, seq={self.seq}, ack={self.ack}, task_id={self.task_id}, "
+            f"ctx_id={self.ctx_id}, aux={self.aux}, flags={self.flags}, "
+            f"frames={len(self.frames)})"
+        )
 
     def json(self) -> dict[str, Any]:
         """Decode a JSON control payload (first frame): always an object ({} if absent)."""
@@ -247,8 +258,9 @@ def encode(
     """
     n = len(frames)
     if not n:
-        header = _pack_header(PROTOCOL_VERSION, kind, serializer, flags, 0, session, seq, ack,
-                              task_id, ctx_id, aux)
+        header = _pack_header(
+            PROTOCOL_VERSION, kind, serializer, flags, 0, session, seq, ack, task_id, ctx_id, aux
+        )
         return [_mac(key, header, ()) + header]
     lengths: list[int] = []
     inline: list[Any] = []
@@ -264,8 +276,9 @@ def encode(
     local = local and bool(oob)
     if local:
         flags |= _LOCAL
-    header = _pack_header(PROTOCOL_VERSION, kind, serializer, flags, n, session, seq, ack, task_id,
-                          ctx_id, aux)
+    header = _pack_header(
+        PROTOCOL_VERSION, kind, serializer, flags, n, session, seq, ack, task_id, ctx_id, aux
+    )
     body = b"".join([header, _table(n).pack(*lengths), *inline])
     return [_mac(key, body, oob, not local) + body, *oob]
 
@@ -288,8 +301,9 @@ def join(messages: Sequence[list[Any]]) -> list[Any]:
     return out
 
 
-def decode(key: bytes, frames: Sequence[Any], session: bytes | None,
-           local: bool = False) -> Iterator[Message]:
+def decode(
+    key: bytes, frames: Sequence[Any], session: bytes | None, local: bool = False
+) -> Iterator[Message]:
     """Verify and split the records of one multipart message.
 
     Raises ProtocolError at the first record that is malformed, unauthenticated, of
@@ -312,7 +326,8 @@ def decode(key: bytes, frames: Sequence[Any], session: bytes | None,
                 raise ProtocolError(f"truncated record: {size - pos} B left, need {RECORD_FIXED}")
             body_at = pos + SIG_SIZE
             version, kind, ser, flags, nframes, sess, seq, ack, task_id, ctx_id, aux = _unpack_header(
-                view, body_at)
+                view, body_at
+            )
             at = body_at + HEADER.size
             if nframes > MAX_FRAMES or at + 4 * nframes > size:
                 raise ProtocolError(f"header announces {nframes} payloads, too many for the block")
@@ -338,8 +353,9 @@ def decode(key: bytes, frames: Sequence[Any], session: bytes | None,
             if not _compare(_mac(key, view[body_at:at], oob, not unhashed), view[pos:body_at]):
                 raise ProtocolError("bad signature (wrong key, or the message was altered)")
             if unhashed and not local:
-                raise ProtocolError("a record whose large payloads are not in its MAC, from a peer "
-                                    "not on a Unix socket")
+                raise ProtocolError(
+                    "a record whose large payloads are not in its MAC, from a peer not on a Unix socket"
+                )
             # only now, with the signature checked, do the header's claims count
             if version != PROTOCOL_VERSION:
                 raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
@@ -360,8 +376,7 @@ def send_frames(sock: Any, frames: Sequence[Any], flags: int = 0) -> None:
         _send(sock, f, flags, _nbytes(f) < ZERO_COPY_THRESHOLD)
         return
     for i, frame in enumerate(frames):
-        _send(sock, frame, flags | (_SNDMORE if i < last else 0),
-              _nbytes(frame) < ZERO_COPY_THRESHOLD)
+        _send(sock, frame, flags | (_SNDMORE if i < last else 0), _nbytes(frame) < ZERO_COPY_THRESHOLD)
 
 
 def recv_frames(sock: Any, flags: int = 0) -> list[Any]:

@@ -39,10 +39,20 @@ Handler = Callable[[bytes, "Peer | None", bool, Message], None]
 class RouterLink:
     """The ROUTER socket with the peer table; see the module docstring."""
 
-    def __init__(self, zctx: zmq.Context[Any], *, key: bytes, session: bytes, address: str,
-                 rto: float, max_rto: float, curve_secret: bytes | None,
-                 curve_clients: tuple[bytes, ...], max_message_size: int | None,
-                 extra_binds: Sequence[str]):
+    def __init__(
+        self,
+        zctx: zmq.Context[Any],
+        *,
+        key: bytes,
+        session: bytes,
+        address: str,
+        rto: float,
+        max_rto: float,
+        curve_secret: bytes | None,
+        curve_clients: tuple[bytes, ...],
+        max_message_size: int | None,
+        extra_binds: Sequence[str],
+    ):
         self.session = session
         self.peers = PeerTable(key, rto=rto, max_rto=max_rto)
         self.client_rx, self.client_tx = client_keys(key)
@@ -57,8 +67,9 @@ class RouterLink:
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.SNDHWM, 0)
         # limits (MAXMSGSIZE, RCVHWM per peer), CURVE server + ZAP client check: _security
-        self.guard = RouterGuard(sock, curve_secret=curve_secret, curve_clients=curve_clients,
-                                 max_message_size=max_message_size)
+        self.guard = RouterGuard(
+            sock, curve_secret=curve_secret, curve_clients=curve_clients, max_message_size=max_message_size
+        )
         try:
             if address.endswith((":0", ":*")):
                 base = address.rsplit(":", 1)[0]
@@ -105,14 +116,18 @@ class RouterLink:
         """A message on *peer*'s heartbeat link (not kept: the next one replaces it)."""
         self._hb_seq += 1
         peer.hb_sent.append((self._hb_seq, time.monotonic()))
-        self.send(peer.wid + HB_SUFFIX, encode(peer.tx_key, kind, self.session, self._hb_seq,
-                                               ack=peer.chan.upto, **fields))
+        self.send(
+            peer.wid + HB_SUFFIX,
+            encode(peer.tx_key, kind, self.session, self._hb_seq, ack=peer.chan.upto, **fields),
+        )
 
     def send_unkept(self, peer: Peer, kind: int, **fields: Any) -> None:
         """A last main-link message (SHUTDOWN): numbered, not kept (the peer is leaving)."""
         chan = peer.chan
-        self.send(peer.wid, encode(peer.tx_key, kind, self.session, chan.stamp(), ack=chan.upto,
-                                   local=peer.local, **fields))
+        self.send(
+            peer.wid,
+            encode(peer.tx_key, kind, self.session, chan.stamp(), ack=chan.upto, local=peer.local, **fields),
+        )
 
     def resend(self, peer: Peer, messages: list[list[Any]]) -> None:
         if messages:

@@ -93,8 +93,10 @@ class TaskRunner:
         # bytes again would give that object anyway. One sent by value is loaded anew for
         # every task, as in ProcessPoolExecutor: a task that changes its globals, closure
         # cells or defaults must not change what the next task computes.
-        if type(fn) in _NAMED_TYPES and _resolve(getattr(fn, "__module__", None) or "",
-                                                 getattr(fn, "__qualname__", "")) is fn:
+        if (
+            type(fn) in _NAMED_TYPES
+            and _resolve(getattr(fn, "__module__", None) or "", getattr(fn, "__qualname__", "")) is fn
+        ):
             self._fn_cache[data] = fn
             if len(self._fn_cache) > FUNCTION_CACHE_SIZE:
                 self._fn_cache.popitem(last=False)
@@ -123,13 +125,21 @@ class TaskRunner:
             first = self._take_blobs(msg, first)
         outcome = self._call(msg, ser, first) if first >= 0 else None
         if outcome is None:  # lacks the context, or a blob the broker thought we held
-            return self._encode(Kind.RESULT, task_id=msg.task_id, flags=Flag.NEED_SETUP,
-                                serializer=msg.serializer)
+            return self._encode(
+                Kind.RESULT, task_id=msg.task_id, flags=Flag.NEED_SETUP, serializer=msg.serializer
+            )
         ok, value, raised = outcome
         run_us = int((time.perf_counter() - started) * 1e6)
         ok, frames = self._result_frames(ser, ok, value)
-        return self._encode(Kind.RESULT, task_id=msg.task_id, flags=Flag.OK if ok else 0,
-                            ctx_id=raised, aux=run_us, serializer=msg.serializer, frames=frames)
+        return self._encode(
+            Kind.RESULT,
+            task_id=msg.task_id,
+            flags=Flag.OK if ok else 0,
+            ctx_id=raised,
+            aux=run_us,
+            serializer=msg.serializer,
+            frames=frames,
+        )
 
     def _call(self, msg: Message, ser: Any, first: int) -> tuple[bool, Any, int] | None:
         """(ok, value, calls that raised) of the task; None if its context is not here.
@@ -149,7 +159,7 @@ class TaskRunner:
             if msg.flags & Flag.FN_BLOB:
                 fn_frame = self._blob(bytes(fn_frame))
             fn = self._load_fn(ser, fn_frame)
-            call = ser.loads(msg.frames[first + 1:])
+            call = ser.loads(msg.frames[first + 1 :])
             if msg.flags & Flag.CHUNK:
                 if msg.flags & Flag.ITEM_ERRORS:
                     value, raised = _each(fn, prefix, call, bool(msg.flags & Flag.BARE), ser)
@@ -174,20 +184,22 @@ class TaskRunner:
             frames: list[Any] = ser.dumps(value)
             if self._max_frame and any(memoryview(f).nbytes > self._max_frame for f in frames):
                 # sent anyway, ZeroMQ would cut the connection and the task would never end
-                raise ValueError(f"a frame of it is larger than the broker accepts ({self._max_frame} "
-                                 "bytes; see IMPEXEC_MAX_MESSAGE_SIZE)")
+                raise ValueError(
+                    f"a frame of it is larger than the broker accepts ({self._max_frame} "
+                    "bytes; see IMPEXEC_MAX_MESSAGE_SIZE)"
+                )
             return ok, frames
         except BaseException as exc:  # SystemExit from a __reduce__ too: the worker lives on
             what = "result" if ok else f"exception {type(getattr(value, 'exc', value)).__name__}"
-            err = SerializationError(f"the task's {what} could not be serialized on the worker: "
-                                     f"{type(exc).__name__}: {exc}")
+            err = SerializationError(
+                f"the task's {what} could not be serialized on the worker: {type(exc).__name__}: {exc}"
+            )
             if not ok:
                 err.__cause__ = None
             return False, ser.dumps(ExceptionWithTraceback(err))
 
 
-def _each(fn: Any, prefix: tuple[Any, ...], call: list[Any], bare: bool,
-          ser: Any) -> tuple[list[Any], int]:
+def _each(fn: Any, prefix: tuple[Any, ...], call: list[Any], bare: bool, ser: Any) -> tuple[list[Any], int]:
     """Run every call of a chunk; one that raises yields its exception, the rest go on."""
     out: list[Any] = []
     raised = 0
@@ -200,8 +212,11 @@ def _each(fn: Any, prefix: tuple[Any, ...], call: list[Any], bare: bool,
             try:  # one exception that does not pickle must not cost the chunk's results
                 ser.dumps(wrapped)
             except Exception as err:
-                wrapped = ExceptionWithTraceback(SerializationError(
-                    f"the call's exception {type(exc).__name__} could not be serialized on the "
-                    f"worker: {type(err).__name__}: {err}"))
+                wrapped = ExceptionWithTraceback(
+                    SerializationError(
+                        f"the call's exception {type(exc).__name__} could not be serialized on the "
+                        f"worker: {type(err).__name__}: {err}"
+                    )
+                )
             out.append(RaisedItem(wrapped))
     return out, raised

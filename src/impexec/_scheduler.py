@@ -56,6 +56,7 @@ DEFAULT_MAX_CONTEXTS = 8
 #: worker uses the same bound (it must, for the broker's mirror to stay exact).
 MAX_BLOBS = 16
 
+
 class Scheduler:
     """The policy: queue, placement, prefetch credits, context locality, retries."""
 
@@ -92,8 +93,9 @@ class Scheduler:
         self._counts = Counters()
 
     # -- workers -----------------------------------------------------------------------
-    def add_worker(self, ident: bytes, name: str, now: float, tag: str = "",
-                   info: dict[str, Any] | None = None) -> WorkerRecord:
+    def add_worker(
+        self, ident: bytes, name: str, now: float, tag: str = "", info: dict[str, Any] | None = None
+    ) -> WorkerRecord:
         w = WorkerRecord(ident, name, tag, info or {}, last_seen=now, joined=now)
         self.workers[ident] = w
         self._idle[ident] = w
@@ -121,8 +123,7 @@ class Scheduler:
             self._partial.pop(ident, None)
             self._full.pop(ident, None)
 
-    def remove_worker(self, ident: bytes, *, lost: bool,
-                      received_upto: int | None = None) -> list[LostTask]:
+    def remove_worker(self, ident: bytes, *, lost: bool, received_upto: int | None = None) -> list[LostTask]:
         """Forget a worker; requeue its tasks. Returns the tasks that ran out of attempts.
 
         With ``lost`` (it died, or went silent) the task it was running is charged one
@@ -148,8 +149,7 @@ class Scheduler:
             if task.state != ASSIGNED or task.worker != ident:
                 continue  # already completed by a late result
             task.worker = None
-            unseen = (received_upto is not None and not w.isolated
-                      and task.sent_seq > received_upto)
+            unseen = received_upto is not None and not w.isolated and task.sent_seq > received_upto
             if i == 0 and lost and not unseen:
                 task.attempts += 1
                 task.lost_on.append(w.name)
@@ -304,8 +304,9 @@ class Scheduler:
         for w in list(self._full.values()):
             self._refile(w, capacity)
 
-    def complete(self, ident: bytes, task_id: int, *, ok: bool, run_s: float = 0.0,
-                 raised: int = 0) -> Task | None:
+    def complete(
+        self, ident: bytes, task_id: int, *, ok: bool, run_s: float = 0.0, raised: int = 0
+    ) -> Task | None:
         """A result arrived. Returns the task if it was still open (first result wins).
 
         *raised*: calls of a ``return_exceptions`` chunk that raised (its result is ok)."""
@@ -346,10 +347,15 @@ class Scheduler:
             return []
         idle = len(self._idle)
         retry = now - RECALL_RETRY_S
-        donors = sorted((w for w in self.workers.values()
-                         if len(w.assigned) >= 2 and not w.draining
-                         and (not w.recalling or w.recalling < retry)),
-                        key=lambda w: len(w.assigned), reverse=True)
+        donors = sorted(
+            (
+                w
+                for w in self.workers.values()
+                if len(w.assigned) >= 2 and not w.draining and (not w.recalling or w.recalling < retry)
+            ),
+            key=lambda w: len(w.assigned),
+            reverse=True,
+        )
         # one donor per idle worker, busiest first; each gives back half of what it holds
         # (never the running task), so queues even out within a round or two
         out = []
@@ -441,8 +447,9 @@ class Scheduler:
         # a task a lost worker's late result completed stays held by the worker that reruns
         # it (it gets nothing else meanwhile) but no longer runs for the user
         running = sum(t.state == ASSIGNED for w in self.workers.values() for t in w.assigned.values())
-        items_running = sum(t.items for w in self.workers.values() for t in w.assigned.values()
-                            if t.state == ASSIGNED)
+        items_running = sum(
+            t.items for w in self.workers.values() for t in w.assigned.values() if t.state == ASSIGNED
+        )
         return self._counts.snapshot(len(self.workers), self._n_pending, running, items_running)
 
     def check_invariants(self) -> None:

@@ -94,8 +94,9 @@ class DropLog:
     reported with the next warning.
     """
 
-    def __init__(self, log: logging.Logger, what: str, *, interval: float = DROP_LOG_INTERVAL,
-                 max_sources: int = 1024):
+    def __init__(
+        self, log: logging.Logger, what: str, *, interval: float = DROP_LOG_INTERVAL, max_sources: int = 1024
+    ):
         self.log = log
         self.what = what
         self.interval = interval
@@ -140,8 +141,10 @@ class _ClientKeys:
     def callback(self, domain: str, client_key: bytes) -> bool:
         if client_key in self.keys:
             return True
-        self.refused(self.address, "its CURVE client key is not this executor's "
-                                   "(a connection file from another executor?)")
+        self.refused(
+            self.address,
+            "its CURVE client key is not this executor's (a connection file from another executor?)",
+        )
         return False
 
 
@@ -167,8 +170,14 @@ class RouterGuard:
     the socket before closing it.
     """
 
-    def __init__(self, router: zmq.Socket[Any], *, curve_secret: bytes | None = None,
-                 curve_clients: Iterable[bytes | str] = (), max_message_size: int | None = None):
+    def __init__(
+        self,
+        router: zmq.Socket[Any],
+        *,
+        curve_secret: bytes | None = None,
+        curve_clients: Iterable[bytes | str] = (),
+        max_message_size: int | None = None,
+    ):
         self.router = router
         self.max_message_size = message_size_limit(max_message_size)
         self.encrypt = curve_secret is not None
@@ -201,11 +210,13 @@ class RouterGuard:
             auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=auth.provider)
             self._auth = auth
         # (refused client keys are logged by the ZAP handler, which knows the address)
-        events = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | \
-            zmq.EVENT_MONITOR_STOPPED
+        events = (
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_MONITOR_STOPPED
+        )
         self._monitor = self.router.get_monitor_socket(events)
-        self._monitor_thread = threading.Thread(target=self._watch, name="impexec-monitor",
-                                                daemon=True)
+        self._monitor_thread = threading.Thread(target=self._watch, name="impexec-monitor", daemon=True)
         self._monitor_thread.start()
 
     def close(self) -> None:
@@ -234,8 +245,7 @@ class RouterGuard:
                 kind = event["event"]
                 if kind == zmq.EVENT_MONITOR_STOPPED:
                     return
-                self.refused("a client", _describe_handshake_failure(kind, event["value"],
-                                                                     self.encrypt))
+                self.refused("a client", _describe_handshake_failure(kind, event["value"], self.encrypt))
         except zmq.ZMQError:  # the context is going away
             logger.debug("handshake monitor stopped", exc_info=True)
         finally:
@@ -255,13 +265,19 @@ def _describe_handshake_failure(kind: int, value: int, encrypt: bool) -> str:
         if value in (errno.ECONNRESET, errno.EPIPE):
             # the connection went away before the handshake ended: on a real network a
             # reset (a restarted tunnel, a NAT timeout) is far likelier than a bad peer
-            return (f"handshake failed ({detail}): the connection was reset or closed before "
-                    "the handshake ended (a network reset, or a peer that went away)")
+            return (
+                f"handshake failed ({detail}): the connection was reset or closed before "
+                "the handshake ended (a network reset, or a peer that went away)"
+            )
     if encrypt:
-        return (f"handshake failed ({detail}); this executor has encrypt=True: a client "
-                "without CurveZMQ, with the wrong server key, or not a ZeroMQ peer")
-    return (f"handshake failed ({detail}); this executor has encrypt=False: a client using "
-            "CurveZMQ, or not a ZeroMQ peer")
+        return (
+            f"handshake failed ({detail}); this executor has encrypt=True: a client "
+            "without CurveZMQ, with the wrong server key, or not a ZeroMQ peer"
+        )
+    return (
+        f"handshake failed ({detail}); this executor has encrypt=False: a client using "
+        "CurveZMQ, or not a ZeroMQ peer"
+    )
 
 
 def _zap_logger() -> logging.Logger:

@@ -88,8 +88,7 @@ def _dill_serializer() -> Serializer:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ValueError("serializer='dill' needs the dill package: pip install 'impexec[dill]'") from exc
     # loads runs only on frames whose HMAC was verified (see _protocol.decode)
-    return Serializer("dill", 3, dill.Pickler,
-                      lambda data, buffers: dill.loads(data, buffers=buffers))  # noqa: S301
+    return Serializer("dill", 3, dill.Pickler, lambda data, buffers: dill.loads(data, buffers=buffers))  # noqa: S301
 
 
 _FACTORIES: dict[str, Callable[[], Serializer]] = {
@@ -133,8 +132,9 @@ def _describe(obj: Any) -> str:
     return f"{text} of type {type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def _find_culprit(ser: Serializer, obj: Any, path: str,
-                  depth: int = 0) -> tuple[str, Any, BaseException] | None:
+def _find_culprit(
+    ser: Serializer, obj: Any, path: str, depth: int = 0
+) -> tuple[str, Any, BaseException] | None:
     """Depth-first search for the innermost part of *obj* that fails to pickle."""
     try:
         ser.dumps(obj)
@@ -156,8 +156,9 @@ def _find_culprit(ser: Serializer, obj: Any, path: str,
     return path, obj, err
 
 
-def serialization_error(ser: Serializer, named: Sequence[tuple[str, Any]],
-                        exc: BaseException) -> SerializationError:
+def serialization_error(
+    ser: Serializer, named: Sequence[tuple[str, Any]], exc: BaseException
+) -> SerializationError:
     """Build a SerializationError naming the first of *named* that does not pickle."""
     for label, obj in named:
         found = _find_culprit(ser, obj, label)
@@ -168,7 +169,8 @@ def serialization_error(ser: Serializer, named: Sequence[tuple[str, Any]],
                 f"({type(err).__name__}: {err}) [serializer={ser.name}]"
             )
     return SerializationError(
-        f"cannot serialize the task ({type(exc).__name__}: {exc}) [serializer={ser.name}]")
+        f"cannot serialize the task ({type(exc).__name__}: {exc}) [serializer={ser.name}]"
+    )
 
 
 #: Payloads at least this large that repeat from task to task (a big function pickle, a
@@ -216,8 +218,9 @@ class BlobDigests:
                 return hit[1]
         d = hashlib.sha256(data).digest()
         with self._lock:
-            while self._by_id and (len(self._by_id) >= self.MAX_ENTRIES
-                                   or self._bytes + len(data) > self.MAX_BYTES):
+            while self._by_id and (
+                len(self._by_id) >= self.MAX_ENTRIES or self._bytes + len(data) > self.MAX_BYTES
+            ):
                 old = self._by_id.pop(next(iter(self._by_id)))
                 self._bytes -= len(old[0])
             if len(data) <= self.MAX_BYTES:
@@ -282,8 +285,13 @@ class FunctionCache:
         if hit is not None:
             ref, data, module, qualname = hit
             same = ref() is fn  # apart: inside the condition, `is` narrowed fn to Optional
-            if (same and fn.__module__ == module and fn.__qualname__ == qualname
-                    and not _by_value_modules() and _resolve(module, qualname) is fn):
+            if (
+                same
+                and fn.__module__ == module
+                and fn.__qualname__ == qualname
+                and not _by_value_modules()
+                and _resolve(module, qualname) is fn
+            ):
                 return data
             del self._cache[key]
         named = _named(fn)
@@ -335,7 +343,7 @@ class ExceptionWithTraceback:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         head = f'\n"""\n{where}' if where else '\n"""\n'
         self.exc = exc
-        self.tb = f"{head}{tb}\"\"\""
+        self.tb = f'{head}{tb}"""'
         # the traceback's frames hold locals we must not try to pickle
         exc.__traceback__ = None
 

@@ -56,8 +56,10 @@ try:  # OpenSSL's HMAC object: its copy() is C; hmac.HMAC.copy is Python
     def _new_hmac(key: bytes) -> Any:
         return _openssl_hmac_new(key, b"", "sha256")
 except ImportError:  # pragma: no cover - CPython without OpenSSL, or another runtime
+
     def _new_hmac(key: bytes) -> Any:
         return hmac.new(key, digestmod=hashlib.sha256)
+
 
 _KEYED: dict[bytes, Any] = {}
 _KEYED_MAX = 8192

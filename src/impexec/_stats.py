@@ -65,8 +65,7 @@ class Counters:
 
     def __init__(self) -> None:
         self.tasks = dict.fromkeys(
-            ("done", "failed", "resubmitted", "cancelled", "workers_lost", "workers_joined",
-             "rebalanced"), 0
+            ("done", "failed", "resubmitted", "cancelled", "workers_lost", "workers_joined", "rebalanced"), 0
         )
         # the same outcomes counted in calls (a chunk holds task.items), and the calls
         # of open tasks: what statistics() reports to users
@@ -86,15 +85,23 @@ class Counters:
         self.tasks["resubmitted"] += 1
         self.items["resubmitted"] += task.items
 
-    def snapshot(self, workers: int, tasks_queued: int, tasks_running: int,
-                 items_running: int) -> Statistics:
+    def snapshot(self, workers: int, tasks_queued: int, tasks_running: int, items_running: int) -> Statistics:
         st, it = self.tasks, self.items
         return Statistics(
-            workers=workers, queued=max(0, it["open"] - items_running),
-            running=items_running, done=it["done"], failed=it["failed"],
-            resubmitted=it["resubmitted"], cancelled=it["cancelled"],
-            workers_lost=st["workers_lost"], workers_joined=st["workers_joined"],
-            rebalanced=st["rebalanced"], tasks_queued=tasks_queued, tasks_running=tasks_running,
-            tasks_done=st["done"], tasks_failed=st["failed"], tasks_resubmitted=st["resubmitted"],
+            workers=workers,
+            queued=max(0, it["open"] - items_running),
+            running=items_running,
+            done=it["done"],
+            failed=it["failed"],
+            resubmitted=it["resubmitted"],
+            cancelled=it["cancelled"],
+            workers_lost=st["workers_lost"],
+            workers_joined=st["workers_joined"],
+            rebalanced=st["rebalanced"],
+            tasks_queued=tasks_queued,
+            tasks_running=tasks_running,
+            tasks_done=st["done"],
+            tasks_failed=st["failed"],
+            tasks_resubmitted=st["resubmitted"],
             tasks_cancelled=st["cancelled"],
         )

@@ -41,8 +41,9 @@ class TaskMaker:
             self.ser._pickler(out, protocol=5).dump(obj)
             return out.getvalue()
         except Exception as exc:
-            raise serialization_error(self.ser, [(label, fn), (f"the arguments of {label}", obj)],
-                                      exc) from exc
+            raise serialization_error(
+                self.ser, [(label, fn), (f"the arguments of {label}", obj)], exc
+            ) from exc
 
     def dumps_fn(self, fn: Callable[..., Any]) -> bytes:
         """The pickle of a map's callable, made once for all its chunks."""
@@ -51,28 +52,44 @@ class TaskMaker:
         except Exception as exc:
             raise serialization_error(self.ser, [("the callable", fn)], exc) from exc
 
-    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-             ctx_id: int = 0) -> Task:
+    def call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], ctx_id: int = 0
+    ) -> Task:
         """The task of one ``fn(*args, **kwargs)``."""
         ser = self.ser
         try:
             fn_frame = self._fncache.dumps(fn)
             blobs: dict[bytes, bytes] = {}
-            if any(type(a) is bytes and BLOB_MIN <= len(a) <= BLOB_MAX
-                   for a in (*args, *kwargs.values())):
+            if any(type(a) is bytes and BLOB_MIN <= len(a) <= BLOB_MAX for a in (*args, *kwargs.values())):
                 args = tuple(self._blob_ref(a, blobs) for a in args)
                 kwargs = {k: self._blob_ref(v, blobs) for k, v in kwargs.items()}
             frames = ser.dumps((args, kwargs))
         except Exception as exc:
-            named = [("the callable", fn), *((f"argument {i}", a) for i, a in enumerate(args)),
-                     *((f"keyword argument {k!r}", v) for k, v in kwargs.items())]
+            named = [
+                ("the callable", fn),
+                *((f"argument {i}", a) for i, a in enumerate(args)),
+                *((f"keyword argument {k!r}", v) for k, v in kwargs.items()),
+            ]
             raise serialization_error(ser, named, exc) from exc
         fn_part, flags = self._fn_part(fn_frame, blobs)
-        return Task(next(self._ids), [fn_part, *frames], Future(), ctx_id,
-                    flags=flags, ser=ser.code, blobs=tuple(blobs.items()))
+        return Task(
+            next(self._ids),
+            [fn_part, *frames],
+            Future(),
+            ctx_id,
+            flags=flags,
+            ser=ser.code,
+            blobs=tuple(blobs.items()),
+        )
 
-    def chunk(self, fn_frame: bytes, chunk: list[Any], ctx_id: int = 0, bare: bool = False,
-              item_errors: bool = False) -> Task:
+    def chunk(
+        self,
+        fn_frame: bytes,
+        chunk: list[Any],
+        ctx_id: int = 0,
+        bare: bool = False,
+        item_errors: bool = False,
+    ) -> Task:
         """One map chunk: a list of argument tuples, or with *bare* of single arguments."""
         ser = self.ser
         try:
@@ -87,9 +104,16 @@ class TaskMaker:
             flags |= Flag.BARE
         if item_errors:
             flags |= Flag.ITEM_ERRORS
-        return Task(next(self._ids), [fn_part, *frames], Future(), ctx_id,
-                    flags=Flag.CHUNK | flags, ser=ser.code, items=len(chunk),
-                    blobs=tuple(blobs.items()))
+        return Task(
+            next(self._ids),
+            [fn_part, *frames],
+            Future(),
+            ctx_id,
+            flags=Flag.CHUNK | flags,
+            ser=ser.code,
+            items=len(chunk),
+            blobs=tuple(blobs.items()),
+        )
 
     def _blob_ref(self, value: Any, blobs: dict[bytes, bytes]) -> Any:
         """A large ``bytes`` argument travels once per worker: send a reference instead."""

@@ -71,8 +71,11 @@ class StatusClient:
         while self._sock.poll(wait_ms):
             wait_ms = 0
             try:
-                msgs = list(decode(client_keys(self.conn.key)[1], self._sock.recv_multipart(),
-                                   self.conn.session or None))
+                msgs = list(
+                    decode(
+                        client_keys(self.conn.key)[1], self._sock.recv_multipart(), self.conn.session or None
+                    )
+                )
             except ProtocolError:
                 continue  # not for us, or not from our executor: ignore it
             out += [m.json() for m in msgs if m.kind == Kind.STATUS_REPLY]
@@ -82,8 +85,10 @@ class StatusClient:
         self.send(kind_name)
         replies = self.receive(timeout)
         if not replies:
-            raise NoAnswer(f"no answer from {self.conn.address} within {timeout:g} s "
-                           "(not running, wrong address, or wrong key)")
+            raise NoAnswer(
+                f"no answer from {self.conn.address} within {timeout:g} s "
+                "(not running, wrong address, or wrong key)"
+            )
         return _latest(replies)
 
 
@@ -111,14 +116,17 @@ def status_lines(data: dict[str, Any]) -> list[str]:
         f"impexec {data.get('version', '?')} at {data.get('address', '?')} ({state})  "
         f"workers={data.get('workers', 0)}",
         "calls  " + "  ".join(f"{k}={data.get(k, 0)}" for k in _COUNTS),
-        "tasks  " + "  ".join(f"{k}={data.get('tasks_' + k, 0)}" for k in _COUNTS)
+        "tasks  "
+        + "  ".join(f"{k}={data.get('tasks_' + k, 0)}" for k in _COUNTS)
         + "  (a task is one submit or one map chunk)",
     ]
     for w in data.get("workers_list", []):
         draining = " draining" if w.get("draining") else ""
-        lines.append(f"  {w['name']:<28} tag={w.get('tag') or '-':<20} "
-                     f"held={w.get('held_items', w['held'])} done={w.get('items_done', w['completed'])}"
-                     f"{draining}")
+        lines.append(
+            f"  {w['name']:<28} tag={w.get('tag') or '-':<20} "
+            f"held={w.get('held_items', w['held'])} done={w.get('items_done', w['completed'])}"
+            f"{draining}"
+        )
     return lines
 
 
@@ -138,8 +146,9 @@ class Rate:
         return max(0, finished - n0) / (now - t0)
 
 
-def live_lines(data: dict[str, Any], rate: float | None, width: int, height: int,
-               target: str, utf8: bool) -> list[str]:
+def live_lines(
+    data: dict[str, Any], rate: float | None, width: int, height: int, target: str, utf8: bool
+) -> list[str]:
     """The screen of the live view (``status --watch`` on a terminal, ``impexec top``)."""
     state = data.get("state", "running")
     done, failed = int(data.get("done", 0)), int(data.get("failed", 0))
@@ -180,8 +189,10 @@ def live_lines(data: dict[str, Any], rate: float | None, width: int, height: int
     for w in workers[:room]:
         held = int(w.get("held_items", w.get("held", 0)))
         st = "draining" if w.get("draining") else ("busy" if held else "idle")
-        lines.append(f"{w['name'][:28]:<28} {(w.get('tag') or '-')[:22]:<22} {st:<9} "
-                     f"{_n(held):>7} {_n(w.get('items_done', w.get('completed', 0))):>9}")
+        lines.append(
+            f"{w['name'][:28]:<28} {(w.get('tag') or '-')[:22]:<22} {st:<9} "
+            f"{_n(held):>7} {_n(w.get('items_done', w.get('completed', 0))):>9}"
+        )
     if len(workers) > room:
         lines.append(f"... and {len(workers) - room} more workers")
     if state != "ended":
@@ -204,8 +215,16 @@ def show_status(conn: ConnectionInfo, timeout: float, as_json: bool, out: IO[str
     return 0
 
 
-def watch(conn: ConnectionInfo, target: str, interval: float, timeout: float, as_json: bool,
-          out: IO[str], err: IO[str], live: bool | None = None) -> int:
+def watch(
+    conn: ConnectionInfo,
+    target: str,
+    interval: float,
+    timeout: float,
+    as_json: bool,
+    out: IO[str],
+    err: IO[str],
+    live: bool | None = None,
+) -> int:
     """Refresh until Ctrl-C (exit 130) or the run ends (exit 0); 1 if the executor is lost."""
     if live is None:
         live = out.isatty() and not as_json and os.environ.get("TERM", "dumb") != "dumb"
@@ -229,8 +248,7 @@ def watch(conn: ConnectionInfo, target: str, interval: float, timeout: float, as
                 out.write(json.dumps(data) + "\n")
             elif live:
                 size = shutil.get_terminal_size()
-                last_rate = rate.add(time.monotonic(),
-                                     int(data.get("done", 0)) + int(data.get("failed", 0)))
+                last_rate = rate.add(time.monotonic(), int(data.get("done", 0)) + int(data.get("failed", 0)))
                 lines = live_lines(data, last_rate, size.columns, size.lines - 1, target, utf8)
                 out.write(_HOME + "".join(f"{line}{_CLEAR_EOL}\n" for line in lines) + _CLEAR_EOS)
             else:
@@ -263,21 +281,26 @@ def watch(conn: ConnectionInfo, target: str, interval: float, timeout: float, as
 def _say_ended(data: dict[str, Any], live: bool, out: IO[str]) -> None:
     if live:
         out.write(_CLEAR_EOL)
-    out.write(f"the run ended: {data.get('done', 0)} calls done, {data.get('failed', 0)} failed, "
-              f"{data.get('cancelled', 0)} cancelled\n")
+    out.write(
+        f"the run ended: {data.get('done', 0)} calls done, {data.get('failed', 0)} failed, "
+        f"{data.get('cancelled', 0)} cancelled\n"
+    )
     out.flush()
 
 
-def _lost(conn: ConnectionInfo, target: str, timeout: float, seen: bool, live: bool,
-          out: IO[str], err: IO[str]) -> int:
+def _lost(
+    conn: ConnectionInfo, target: str, timeout: float, seen: bool, live: bool, out: IO[str], err: IO[str]
+) -> int:
     if seen and os.path.exists(target) is False and not target.startswith(("tcp://", "ipc://")):
         # the executor removes the connection file it made itself when it ends
         out.write(f"{_CLEAR_EOL if live else ''}the run ended (its connection file is gone)\n")
         out.flush()
         return 0
-    what = ("stopped answering: the program that owns the executor exited or was killed, or "
-            "the network is down" if seen else
-            "did not answer (not running, wrong address, or wrong key)")
+    what = (
+        "stopped answering: the program that owns the executor exited or was killed, or the network is down"
+        if seen
+        else "did not answer (not running, wrong address, or wrong key)"
+    )
     err.write(f"impexec status: {conn.address} {what} (waited {timeout:g} s)\n")
     return 1
 

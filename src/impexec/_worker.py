@@ -106,8 +106,15 @@ def _spin_seconds() -> float:
 class Worker(TaskRunner):
     """One worker process's state and loops (see the module docstring)."""
 
-    def __init__(self, conn: ConnectionInfo, *, tag: str = "", runtime: float | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT, connection_file: str | None = None):
+    def __init__(
+        self,
+        conn: ConnectionInfo,
+        *,
+        tag: str = "",
+        runtime: float | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        connection_file: str | None = None,
+    ):
         self.conn = conn
         # the file the connection came from: when the broker vanishes, the executor on
         # this machine was killed and this worker removes its private directory
@@ -223,18 +230,25 @@ class Worker(TaskRunner):
 
     def _run(self, zctx: zmq.Context[Any], sock: zmq.Socket[Any]) -> int:
         info = {
-            "worker": self.wid.hex(), "pid": os.getpid(), "host": socket.gethostname(),
-            "tag": self.tag, "python": sys.version.split()[0], "impexec": __version__,
+            "worker": self.wid.hex(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "tag": self.tag,
+            "python": sys.version.split()[0],
+            "impexec": __version__,
             "local": self._local,
         }
         ready = self._encode(Kind.READY, frames=[json.dumps(info).encode()])
         welcome = self._wait_welcome(sock, ready)
         if welcome is None:
-            say(f"impexec worker: no answer from the broker at {self.conn.address} "
-                f"within {self.connect_timeout:g} s (wrong address or key?)\n")
+            say(
+                f"impexec worker: no answer from the broker at {self.conn.address} "
+                f"within {self.connect_timeout:g} s (wrong address or key?)\n"
+            )
             return EXIT_NO_BROKER
-        self._hb_thread = threading.Thread(target=self._heartbeat, args=(zctx,),
-                                           name="impexec-heartbeat", daemon=True)
+        self._hb_thread = threading.Thread(
+            target=self._heartbeat, args=(zctx,), name="impexec-heartbeat", daemon=True
+        )
         self._hb_thread.start()
         if welcome.flags & Flag.HAS_SETUP:
             try:
@@ -388,8 +402,10 @@ class Worker(TaskRunner):
                 else:
                     keep.append(msg)  # a DROP_CONTEXT stays in its place
             queue.extend(reversed(keep))
-        return [self._encode(Kind.RESULT, task_id=m.task_id, flags=Flag.RELEASED, serializer=m.serializer)
-                for m in taken]
+        return [
+            self._encode(Kind.RESULT, task_id=m.task_id, flags=Flag.RELEASED, serializer=m.serializer)
+            for m in taken
+        ]
 
     # -- heartbeat thread ----------------------------------------------------------------
     def _beat_flags(self) -> int:
@@ -402,7 +418,8 @@ class Worker(TaskRunner):
         Heartbeat(self, zctx).run()
 
 
-def main(conn: ConnectionInfo, *, tag: str = "", runtime: float | None = None,
-         connection_file: str | None = None) -> int:
+def main(
+    conn: ConnectionInfo, *, tag: str = "", runtime: float | None = None, connection_file: str | None = None
+) -> int:
     """Run one worker until it is told to leave; returns the process exit code."""
     return Worker(conn, tag=tag, runtime=runtime, connection_file=connection_file).run()

@@ -20,9 +20,7 @@ SCHEDULER_WAIT = 60.0
 
 def where_am_i(x: int) -> tuple[int, str]:
     time.sleep(0.05)
-    return x * x, os.environ.get("SLURM_ARRAY_TASK_ID") or os.environ.get(
-        "SGE_TASK_ID"
-    ) or ""
+    return x * x, os.environ.get("SLURM_ARRAY_TASK_ID") or os.environ.get("SGE_TASK_ID") or ""
 
 
 def slow_square(x: int) -> int:
@@ -39,14 +37,10 @@ def array_runs_map(make_executor: Any, launcher: impexec.Launcher, n: int) -> An
     return ex
 
 
-def cancelled_task_is_replaced(
-    make_executor: Any, launcher: Any, cancel: list[str]
-) -> Any:
+def cancelled_task_is_replaced(make_executor: Any, launcher: Any, cancel: list[str]) -> Any:
     ex = make_executor(launcher, **HEARTBEAT)
     futures = [ex.submit(slow_square, x) for x in range(24)]
-    wait_until(
-        lambda: ex.statistics().workers == 2, SCHEDULER_WAIT, "2 workers to connect"
-    )
+    wait_until(lambda: ex.statistics().workers == 2, SCHEDULER_WAIT, "2 workers to connect")
     wait_until(lambda: ex.statistics().done >= 2, SCHEDULER_WAIT, "the first results")
     first_job = launcher.jobs[0]
     subprocess.run(
@@ -55,9 +49,7 @@ def cancelled_task_is_replaced(
         timeout=30,
         capture_output=True,
     )
-    assert [f.result(timeout=SCHEDULER_WAIT) for f in futures] == [
-        x * x for x in range(24)
-    ]
+    assert [f.result(timeout=SCHEDULER_WAIT) for f in futures] == [x * x for x in range(24)]
     stats = ex.statistics()
     assert stats.resubmitted >= 1  # the cancelled worker's running task ran again
     wait_until(lambda: len(launcher.jobs) >= 2, SCHEDULER_WAIT, "a replacement job")

@@ -235,18 +235,14 @@ def _unavailable(service: str, what: str, reason: str) -> None:
     pytest.skip(msg)
 
 
-def squeue_jobs(
-    name_prefix: str = "", timeout: float = QUERY_TIMEOUT
-) -> list[SchedulerJob]:
+def squeue_jobs(name_prefix: str = "", timeout: float = QUERY_TIMEOUT) -> list[SchedulerJob]:
     """Live Slurm jobs of any user whose name starts with ``name_prefix``.
 
     Live: what ``squeue`` lists without ``-t`` (pending, running, completing,
     suspended, ...), array tasks one per entry.  Raises ``RuntimeError`` when squeue
     fails, so that "no job left" is never concluded from a failed query.
     """
-    out = _query(
-        ["squeue", "--noheader", "--all", "--array", "--format=%i\t%T\t%j"], timeout
-    )
+    out = _query(["squeue", "--noheader", "--all", "--array", "--format=%i\t%T\t%j"], timeout)
     jobs = []
     for line in out.splitlines():
         parts = line.split("\t", 2)
@@ -255,9 +251,7 @@ def squeue_jobs(
     return jobs
 
 
-def qstat_jobs(
-    name_prefix: str = "", timeout: float = QUERY_TIMEOUT
-) -> list[SchedulerJob]:
+def qstat_jobs(name_prefix: str = "", timeout: float = QUERY_TIMEOUT) -> list[SchedulerJob]:
     """Live Grid Engine jobs of any user whose name starts with ``name_prefix``.
 
     Live: pending, running, or being deleted; array tasks one per entry.  Uses

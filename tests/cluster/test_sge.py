@@ -46,9 +46,7 @@ def test_qdel_of_a_running_task_resubmits_its_work(
 def test_a_worker_that_cannot_start_is_a_worker_start_error(
     sge_cluster, make_executor, shutdown_with_deadline, job_name_prefix, tmp_path
 ):
-    launcher = SGEWorkers(
-        2, python="/nonexistent/python", job_name=job_name_prefix, output_dir=tmp_path
-    )
+    launcher = SGEWorkers(2, python="/nonexistent/python", job_name=job_name_prefix, output_dir=tmp_path)
     ex = bad_python_is_a_start_error(make_executor, launcher)
     shutdown_with_deadline(ex)
     assert wait_no_jobs(qstat_jobs, job_name_prefix, timeout=30) == []

@@ -36,18 +36,12 @@ def remote_workers(launcher):
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(p.info["cmdline"] or ())
-        if (
-            "impexec worker" in cmdline
-            and launcher._prefix in cmdline
-            and "ssh " not in cmdline
-        ):
+        if "impexec worker" in cmdline and launcher._prefix in cmdline and "ssh " not in cmdline:
             found.append(p)
     return found
 
 
-def test_map_over_ssh_and_no_remote_worker_survives_shutdown(
-    ssh_host, make_executor, shutdown_with_deadline
-):
+def test_map_over_ssh_and_no_remote_worker_survives_shutdown(ssh_host, make_executor, shutdown_with_deadline):
     launcher = ssh_workers(ssh_host, processes=2)
     ex = make_executor(launcher, **HEARTBEAT)
     results = list(ex.map(where_am_i, range(40), timeout=SCHEDULER_WAIT))
@@ -60,9 +54,7 @@ def test_map_over_ssh_and_no_remote_worker_survives_shutdown(
     wait_until(lambda: not remote_workers(launcher), 15, "the remote workers to exit")
 
 
-def test_closing_the_ssh_session_ends_the_remote_worker(
-    ssh_host, make_executor, shutdown_with_deadline
-):
+def test_closing_the_ssh_session_ends_the_remote_worker(ssh_host, make_executor, shutdown_with_deadline):
     launcher = ssh_workers(ssh_host)
     ex = make_executor(launcher, **HEARTBEAT)
     assert ex.submit(pow, 2, 5).result(timeout=SCHEDULER_WAIT) == 32
@@ -90,9 +82,7 @@ def test_a_worker_that_cannot_start_over_ssh_is_a_worker_start_error(
     shutdown_with_deadline(ex)
 
 
-def test_the_key_is_not_on_any_command_line(
-    ssh_host, make_executor, shutdown_with_deadline
-):
+def test_the_key_is_not_on_any_command_line(ssh_host, make_executor, shutdown_with_deadline):
     launcher = ssh_workers(ssh_host)
     ex = make_executor(launcher, **HEARTBEAT)
     assert ex.submit(pow, 3, 2).result(timeout=SCHEDULER_WAIT) == 9

@@ -20,9 +20,7 @@ def markers(tmp_path, monkeypatch):
     """Workers import imp_tasks from tests/ and drop a marker file per setup or task."""
     directory = tmp_path / "markers"
     directory.mkdir()
-    path = os.pathsep.join(
-        p for p in (TESTS_DIR, os.environ.get("PYTHONPATH", "")) if p
-    )
+    path = os.pathsep.join(p for p in (TESTS_DIR, os.environ.get("PYTHONPATH", "")) if p)
     monkeypatch.setenv("PYTHONPATH", path)
     monkeypatch.setenv("IMP_TASKS_MARKERS", str(directory))
     return directory

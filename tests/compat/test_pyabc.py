@@ -25,9 +25,7 @@ from concurrent.futures import wait
 import numpy as np
 import pytest
 
-pyabc = pytest.importorskip(
-    "pyabc", reason="needs pyabc (pip install -e '.[integrations]')"
-)
+pyabc = pytest.importorskip("pyabc", reason="needs pyabc (pip install -e '.[integrations]')")
 
 from impexec import ClusterExecutor  # noqa: E402
 
@@ -76,9 +74,7 @@ def ex():
 
 def run_abc(sampler, tmp_path, model=None, generations=GENERATIONS):
     prior = pyabc.Distribution(mu=pyabc.RV("norm", 0, PRIOR_SD))
-    abc = pyabc.ABCSMC(
-        model or GaussianMean(), prior, distance, population_size=100, sampler=sampler
-    )
+    abc = pyabc.ABCSMC(model or GaussianMean(), prior, distance, population_size=100, sampler=sampler)
     abc.new("sqlite:///" + str(tmp_path / "abc.db"), {"y": OBSERVED})
     return abc.run(max_nr_populations=generations)
 
@@ -174,9 +170,7 @@ def test_a_mass_cancel_leaves_nothing_behind(ex, tmp_path, record_property):
     # cancel the rest without waiting, submit the next generation's work at once.
     runs = tmp_path / "runs"
     runs.mkdir()
-    ex.submit(noop).result(
-        timeout=60
-    )  # the workers are up (and have imported this module)
+    ex.submit(noop).result(timeout=60)  # the workers are up (and have imported this module)
     before = round_trips(ex)
     futures = [ex.submit(sleepy, i, str(runs)) for i in range(200)]
     futures[1].result(timeout=30)

@@ -50,14 +50,30 @@ def _upstream_file(name: str) -> Path:
     sdist = downloads / f"pyabc-{version}.tar.gz"
     if not sdist.exists():
         res = subprocess.run(
-            [sys.executable, "-m", "pip", "download", f"pyabc=={version}", "--no-binary", ":all:",
-             "--no-deps", "-q", "-d", str(downloads)],
-            capture_output=True, text=True, timeout=FETCH_TIMEOUT_S, check=False,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                f"pyabc=={version}",
+                "--no-binary",
+                ":all:",
+                "--no-deps",
+                "-q",
+                "-d",
+                str(downloads),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=FETCH_TIMEOUT_S,
+            check=False,
         )
         if res.returncode != 0 or not sdist.exists():
-            pytest.skip(f"pyABC's source distribution (pyabc=={version}, which carries its tests) "
-                        f"could not be fetched with pip: {res.stderr.strip()[-300:]}",
-                        allow_module_level=True)
+            pytest.skip(
+                f"pyABC's source distribution (pyabc=={version}, which carries its tests) "
+                f"could not be fetched with pip: {res.stderr.strip()[-300:]}",
+                allow_module_level=True,
+            )
     with tarfile.open(sdist) as tar:
         member = tar.getmember(f"pyabc-{version}/test/base/{name}")
         data = tar.extractfile(member)
@@ -97,8 +113,10 @@ def _mapping_sampler(ex: ClusterExecutor):  # type: ignore[no-untyped-def]
     return pyabc.sampler.MappingSampler(map_=ex.map)
 
 
-@pytest.fixture(params=[_future_sampler, _future_sampler_batches, _mapping_sampler],
-                ids=["ConcurrentFutureSampler", "ConcurrentFutureSampler-batch15", "MappingSampler"])
+@pytest.fixture(
+    params=[_future_sampler, _future_sampler_batches, _mapping_sampler],
+    ids=["ConcurrentFutureSampler", "ConcurrentFutureSampler-batch15", "MappingSampler"],
+)
 def sampler(request: pytest.FixtureRequest, make_executor):  # type: ignore[no-untyped-def]
     """Replaces pyABC's ``sampler`` fixture: its samplers on a ClusterExecutor."""
     ex = make_executor(2, **HEARTBEATS)

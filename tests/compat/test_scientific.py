@@ -14,9 +14,7 @@ import pytest
 
 from impexec import ClusterExecutor
 
-optimize = pytest.importorskip(
-    "scipy.optimize", reason="needs scipy (impexec[integrations])"
-)
+optimize = pytest.importorskip("scipy.optimize", reason="needs scipy (impexec[integrations])")
 emcee = pytest.importorskip("emcee", reason="needs emcee (impexec[integrations])")
 
 HEARTBEATS = {"heartbeat_interval": 0.2, "heartbeat_timeout": 10.0}
@@ -42,9 +40,7 @@ def test_differential_evolution_with_workers_map(ex):
         "tol": 1e-8,
         "updating": "deferred",
     }
-    parallel = optimize.differential_evolution(
-        rosenbrock, bounds, workers=ex.map, **options
-    )
+    parallel = optimize.differential_evolution(rosenbrock, bounds, workers=ex.map, **options)
     serial = optimize.differential_evolution(rosenbrock, bounds, workers=1, **options)
     np.testing.assert_allclose(parallel.x, [1.0, 1.0], atol=1e-3)
     assert parallel.fun < 1e-6
@@ -67,9 +63,7 @@ def test_differential_evolution_chunked_map(ex):
         "polish": False,
         "updating": "deferred",
     }
-    parallel = optimize.differential_evolution(
-        rosenbrock, bounds, workers=chunked_map, **options
-    )
+    parallel = optimize.differential_evolution(rosenbrock, bounds, workers=chunked_map, **options)
     serial = optimize.differential_evolution(rosenbrock, bounds, **options)
     np.testing.assert_array_equal(parallel.x, serial.x)
 
@@ -82,9 +76,7 @@ def log_prob_gaussian(theta, mean, inv_cov):
 def run_emcee(pool, steps=150, walkers=12):
     mean = np.array([1.0, -2.0])
     cov = np.array([[1.0, 0.5], [0.5, 2.0]])
-    sampler = emcee.EnsembleSampler(
-        walkers, 2, log_prob_gaussian, args=(mean, np.linalg.inv(cov)), pool=pool
-    )
+    sampler = emcee.EnsembleSampler(walkers, 2, log_prob_gaussian, args=(mean, np.linalg.inv(cov)), pool=pool)
     start = np.random.default_rng(11).normal(size=(walkers, 2))
     sampler.random_state = np.random.RandomState(17).get_state()
     sampler.run_mcmc(start, steps, progress=False)

@@ -53,9 +53,7 @@ SKIPS: dict[str, str] = {
     "ProcessPoolShutdownTest.test_processes_terminate": (
         "reads ProcessPoolExecutor._processes and waits on a multiprocessing semaphore"
     ),
-    "ProcessPoolShutdownTest.test_context_manager_shutdown": (
-        "reads ProcessPoolExecutor._processes"
-    ),
+    "ProcessPoolShutdownTest.test_context_manager_shutdown": ("reads ProcessPoolExecutor._processes"),
     "ProcessPoolShutdownTest.test_del_shutdown": (
         "reads ProcessPoolExecutor._processes, _call_queue and _executor_manager_thread"
     ),
@@ -70,9 +68,11 @@ SKIPS: dict[str, str] = {
     ),
 }
 
-_LOST = ("a task that kills its worker is run again on another worker, up to max_retries "
-         "times, then fails with WorkerLostError; the executor is not broken (on a cluster, "
-         "losing a node must not end a run)")
+_LOST = (
+    "a task that kills its worker is run again on another worker, up to max_retries "
+    "times, then fails with WorkerLostError; the executor is not broken (on a cluster, "
+    "losing a node must not end a run)"
+)
 
 #: "StdlibClass.test_name" → what ClusterExecutor does instead, and why. Each such test
 #: runs with the stdlib's own assertions, its expected error mapped to ours (or, where
@@ -147,8 +147,7 @@ class ClusterPoolExecutor(ClusterExecutor):
     fresh interpreters, as with the "spawn" start method. Everything else is passed on.
     """
 
-    def __init__(self, max_workers: int | None = None, mp_context: Any = None,
-                 **kwargs: Any):
+    def __init__(self, max_workers: int | None = None, mp_context: Any = None, **kwargs: Any):
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         super().__init__(max_workers, **kwargs)

@@ -121,11 +121,14 @@ Test = Callable[[Any], None]
 
 def _mapped(module: Any, **names: Any) -> Callable[[Test], Test]:
     """Run the stdlib test as written, with *names* of its *module* bound to ours."""
+
     def replace(original: Test) -> Test:
         def test(self: Any) -> None:
             with unittest.mock.patch.multiple(module, **names):
                 original(self)
+
         return test
+
     return replace
 
 
@@ -140,6 +143,7 @@ def _killed_child(original: Test) -> Test:
         self.assertIsNone(fut.result(TIMEOUT))
         self.assertGreaterEqual(self.executor.statistics().resubmitted, 1)
         self.assertEqual(self.executor.submit(pow, 2, 8).result(TIMEOUT), 256)
+
     return test
 
 
@@ -150,13 +154,14 @@ def _error_at_task_pickle(original: Test) -> Test:
             with self.assertRaises(PicklingError):
                 executor.submit(id, test_deadlock.ErrorAtPickle())
             self.assertEqual(executor.submit(pow, 2, 8).result(TIMEOUT), 256)
+
     return test
 
 
 def _exit_during_result_pickle(original: Test) -> Test:
     def test(self: Any) -> None:
-        self._check_crash(SerializationError, test_deadlock._return_instance,
-                          test_deadlock.ExitAtPickle)
+        self._check_crash(SerializationError, test_deadlock._return_instance, test_deadlock.ExitAtPickle)
+
     return test
 
 
@@ -173,6 +178,7 @@ def _max_workers_zero(original: Test) -> Test:
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
         self.assertTrue(fut.cancelled())
+
     return test
 
 
@@ -184,14 +190,15 @@ def _failing_initializer(original: Test) -> Test:
         self.assertIn("ValueError: error in initializer", str(cm.exception))
         with self.assertRaises(WorkerStartError):
             self.executor.submit(test_init.get_init_status)
+
     return test
 
 
 def _after_workers_connected(original: Test) -> Test:
     def test(self: Any) -> None:
-        _until(lambda: self.executor.statistics().workers == self.worker_count,
-               "the workers did not connect")
+        _until(lambda: self.executor.statistics().workers == self.worker_count, "the workers did not connect")
         original(self)
+
     return test
 
 
@@ -212,19 +219,20 @@ REPLACEMENTS: dict[str, Callable[[Test], Test]] = {
     "ExecutorDeadlockTest.test_crash_during_result_pickle_on_worker": _lost,
     "ExecutorDeadlockTest.test_crash_big_data": _lost,
     "ExecutorDeadlockTest.test_shutdown_deadlock": _lost,
-    "ExecutorDeadlockTest.test_exit_at_task_unpickle":
-        _mapped(test_deadlock, BrokenProcessPool=SystemExit),
-    "ExecutorDeadlockTest.test_error_at_task_unpickle":
-        _mapped(test_deadlock, BrokenProcessPool=UnpicklingError),
+    "ExecutorDeadlockTest.test_exit_at_task_unpickle": _mapped(test_deadlock, BrokenProcessPool=SystemExit),
+    "ExecutorDeadlockTest.test_error_at_task_unpickle": _mapped(
+        test_deadlock, BrokenProcessPool=UnpicklingError
+    ),
     "ExecutorDeadlockTest.test_error_at_task_pickle": _error_at_task_pickle,
     "ExecutorDeadlockTest.test_exit_during_result_pickle_on_worker": _exit_during_result_pickle,
-    "ExecutorDeadlockTest.test_error_during_result_unpickle_in_result_handler":
-        _mapped(test_deadlock, BrokenProcessPool=SerializationError),
-    "ExecutorDeadlockTest.test_exit_during_result_unpickle_in_result_handler":
-        _mapped(test_deadlock, BrokenProcessPool=SerializationError),
+    "ExecutorDeadlockTest.test_error_during_result_unpickle_in_result_handler": _mapped(
+        test_deadlock, BrokenProcessPool=SerializationError
+    ),
+    "ExecutorDeadlockTest.test_exit_during_result_unpickle_in_result_handler": _mapped(
+        test_deadlock, BrokenProcessPool=SerializationError
+    ),
     "ProcessPoolExecutorTest.test_max_workers_negative": _max_workers_zero,
-    "ProcessPoolExecutorTest.test_traceback":
-        _mapped(futures_process, _RemoteTraceback=RemoteTraceback),
+    "ProcessPoolExecutorTest.test_traceback": _mapped(futures_process, _RemoteTraceback=RemoteTraceback),
     "ProcessPoolShutdownTest.test_cancel_futures": _after_workers_connected,
     "FailingInitializerMixin.test_initializer": _failing_initializer,
 }

@@ -43,11 +43,15 @@ def run_script(body: str, kind: str, timeout: float = TIMEOUT) -> subprocess.Com
     workers too) has let go of it, so a timeout here is a worker outliving its client.
     """
     script = EXECUTORS[kind] + "\n" + textwrap.dedent(body)
-    env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join(p for p in (str(SRC), str(TESTS),
-                                                     os.environ.get("PYTHONPATH", "")) if p)}
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=timeout, env=env, check=False)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(SRC), str(TESTS), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
 
 
 PRELUDE = """
@@ -63,11 +67,15 @@ def sleep_and_print(t, msg):
 @pytest.mark.parametrize("kind", list(EXECUTORS))
 def test_interpreter_exit_runs_a_pending_future(kind: str) -> None:
     # no shutdown(): the exit hook must let the work finish, not cancel it
-    res = run_script(PRELUDE + """
+    res = run_script(
+        PRELUDE
+        + """
 if __name__ == "__main__":
     ex = Executor(2)
     ex.submit(sleep_and_print, 1.0, "apple")
-""", kind)
+""",
+        kind,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "apple", res.stderr
 
@@ -77,12 +85,17 @@ def test_shutdown_without_wait_then_exit_runs_the_task_and_lets_go(kind: str) ->
     if kind == "ProcessPoolExecutor":
         pytest.skip("ProcessPoolExecutor hangs here (CPython issue 83386; its own test skips)")
     t0 = time.monotonic()
-    res = run_script(PRELUDE + """
+    res = run_script(
+        PRELUDE
+        + """
 if __name__ == "__main__":
     ex = Executor(2)
     ex.submit(sleep_and_print, 1.0, "apple")
     ex.shutdown(wait=False)
-""", kind, timeout=30)
+""",
+        kind,
+        timeout=30,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "apple", res.stderr
     # measured, printed (-s): the workers let go of stdout when the client exits
@@ -91,7 +104,8 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("kind", list(EXECUTORS))
 def test_submit_in_a_later_exit_hook_is_refused(kind: str) -> None:
-    res = run_script("""
+    res = run_script(
+        """
 import atexit
 
 @atexit.register
@@ -104,7 +118,9 @@ def run_last():
 if __name__ == "__main__":
     ex = Executor(2)
     ex.submit(id, 42).result(60)
-""", kind)
+""",
+        kind,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("runtime-error cannot schedule new futures"), res.stdout
 
@@ -184,17 +200,18 @@ def test_a_collected_executor_shuts_down(kind: str) -> None:
     assert ref() is None, "the executor is kept alive: " + repr(gc.get_referrers(ref()))
     # the work submitted before still completes, then the workers go
     assert list(results) == [abs(v) for v in range(-5, 5)]
-    _, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)],
-                                 timeout=TIMEOUT)
+    _, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=TIMEOUT)
     assert not alive, f"workers still running after the executor was collected: {alive}"
-    wait_until(lambda: not any(t.name.startswith("impexec") for t in threading.enumerate()), TIMEOUT,
-               "the executor's threads to end")
+    wait_until(
+        lambda: not any(t.name.startswith("impexec") for t in threading.enumerate()),
+        TIMEOUT,
+        "the executor's threads to end",
+    )
 
 
 @pytest.mark.parametrize("ordered", [True, False], ids=["map", "map_unordered"])
 @pytest.mark.parametrize("chunksize", [1, 4])
-def test_map_iterator_drops_what_it_yielded(make_executor: Any, ordered: bool,
-                                            chunksize: int) -> None:
+def test_map_iterator_drops_what_it_yielded(make_executor: Any, ordered: bool, chunksize: int) -> None:
     ex = make_executor(2)
     it = (ex.map if ordered else ex.map_unordered)(ct.make_payload, range(10), chunksize=chunksize)
     seen = []

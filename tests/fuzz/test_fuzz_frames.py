@@ -89,20 +89,44 @@ class Forge:
         r = self.rng
         return [self.sentinel if r.random() < 0.6 else self.junk_frame() for _ in range(r.randint(0, 3))]
 
-    def signed(self, key: bytes, kind: int, session: bytes, seq: int, frames: list[bytes] | None = None,
-               flags: int | None = None) -> list[bytes]:
+    def signed(
+        self,
+        key: bytes,
+        kind: int,
+        session: bytes,
+        seq: int,
+        frames: list[bytes] | None = None,
+        flags: int | None = None,
+    ) -> list[bytes]:
         r = self.rng
-        return encode(key, kind, session, seq, task_id=r.getrandbits(32), ctx_id=r.choice((0, 1, 2)),
-                      aux=r.getrandbits(16), flags=r.randint(0, 15) if flags is None else flags,
-                      serializer=r.randint(0, 3), frames=self.payload() if frames is None else frames)
+        return encode(
+            key,
+            kind,
+            session,
+            seq,
+            task_id=r.getrandbits(32),
+            ctx_id=r.choice((0, 1, 2)),
+            aux=r.getrandbits(16),
+            flags=r.randint(0, 15) if flags is None else flags,
+            serializer=r.randint(0, 3),
+            frames=self.payload() if frames is None else frames,
+        )
 
     def header(self) -> bytes:
         r = self.rng
-        return HEADER.pack(r.choice((PROTOCOL_VERSION, PROTOCOL_VERSION, r.randint(0, 255))),
-                           r.choice([*KINDS, 0, 99, 255]), r.randint(0, 255), r.randint(0, 255),
-                           r.choice((0, 1, 2, 3, MAX_FRAMES, MAX_FRAMES + 1, 2**32 - 1)),
-                           r.randbytes(8), r.getrandbits(64), r.getrandbits(64), r.getrandbits(64),
-                           r.getrandbits(64), r.getrandbits(64))
+        return HEADER.pack(
+            r.choice((PROTOCOL_VERSION, PROTOCOL_VERSION, r.randint(0, 255))),
+            r.choice([*KINDS, 0, 99, 255]),
+            r.randint(0, 255),
+            r.randint(0, 255),
+            r.choice((0, 1, 2, 3, MAX_FRAMES, MAX_FRAMES + 1, 2**32 - 1)),
+            r.randbytes(8),
+            r.getrandbits(64),
+            r.getrandbits(64),
+            r.getrandbits(64),
+            r.getrandbits(64),
+            r.getrandbits(64),
+        )
 
     # -- messages ----------------------------------------------------------------------
     def junk(self) -> list[bytes]:
@@ -175,8 +199,7 @@ class Forge:
         return out
 
 
-def throw(alive: Any, send: Any, forge_for: Any, counts: dict[str, int], examples: int,
-          frames: int) -> None:
+def throw(alive: Any, send: Any, forge_for: Any, counts: dict[str, int], examples: int, frames: int) -> None:
     """Send at least *frames* frames in *examples* Hypothesis examples of equal size.
 
     ``send(forge, msg)`` sends each message as soon as it is forged: to ``forge.target``
@@ -201,8 +224,13 @@ def throw(alive: Any, send: Any, forge_for: Any, counts: dict[str, int], example
             counts["frames"] += len(msg)
             n += len(msg)
 
-    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(seed=st.integers(0, 2**64 - 1), raw=st.lists(st.binary(max_size=64), min_size=1, max_size=6))
     def example(seed: int, raw: list[bytes]) -> None:
         send_batch(forge_for(random.Random(seed)), [raw])
@@ -216,8 +244,9 @@ def throw(alive: Any, send: Any, forge_for: Any, counts: dict[str, int], example
 
 
 # -- the broker ----------------------------------------------------------------------------
-def test_fuzz_broker(make_executor: Any, raw_socket: Any, tmp_path: Path,
-                     caplog: pytest.LogCaptureFixture) -> None:
+def test_fuzz_broker(
+    make_executor: Any, raw_socket: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="impexec")
     ex = make_executor(1)
     conn = ConnectionInfo.read(ex.connection_file())
@@ -251,16 +280,23 @@ def test_fuzz_broker(make_executor: Any, raw_socket: Any, tmp_path: Path,
             kind = r.choice([k for k in KINDS if k not in answered])
             return f.signed(key, kind, conn.session, r.getrandbits(64))
         info = {"worker": r.randbytes(16).hex(), "pid": 1, "host": "fuzz", "tag": ""}
-        return f.signed(key, Kind.READY, b"\0" * 8, r.getrandbits(64),
-                        frames=[json.dumps(info).encode()], flags=0)
+        return f.signed(
+            key, Kind.READY, b"\0" * 8, r.getrandbits(64), frames=[json.dumps(info).encode()], flags=0
+        )
 
     def send(f: Forge, msg: list[bytes]) -> None:
         socks[f.rng.randrange(len(socks)) if f.target is None else f.target].send_multipart(msg)
 
     counts = {"messages": 0, "frames": 0}
     before = drop_count(ex)
-    throw(lambda: ex._broker.is_alive(), send,
-          lambda rng: Forge(rng, conn.key, sentinel, refusable), counts, EXAMPLES, FRAMES_PER_TARGET)
+    throw(
+        lambda: ex._broker.is_alive(),
+        send,
+        lambda rng: Forge(rng, conn.key, sentinel, refusable),
+        counts,
+        EXAMPLES,
+        FRAMES_PER_TARGET,
+    )
     # barrier: a STATUS on the client's socket is answered only after everything sent
     # before it there; the worker sockets are not status clients, so for them: the drop
     # count reaches one per message sent (with a deadline), or a message was taken
@@ -301,8 +337,11 @@ def test_fuzz_worker(zmq_context: Any, tmp_path: Path) -> None:
     path = ConnectionInfo(address=f"tcp://127.0.0.1:{port}", key=key).write(tmp_path / "conn.json")
     errors = tmp_path / "worker.stderr"
     with open(errors, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "impexec", "worker", "--connect", str(path),
-                                 "--connect-timeout", "120"], stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "impexec", "worker", "--connect", str(path), "--connect-timeout", "120"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         _fuzz_worker(router, proc, key, session, sentinel)
         rc = proc.wait(60)
@@ -331,8 +370,9 @@ def _recv(router: zmq.Socket[Any], key: bytes, timeout: float, want: Kind) -> tu
     raise TimeoutError(f"no {want.name} from the worker")
 
 
-def _fuzz_worker(router: zmq.Socket[Any], proc: subprocess.Popen[bytes], key: bytes,
-                 session: bytes, sentinel: bytes) -> None:
+def _fuzz_worker(
+    router: zmq.Socket[Any], proc: subprocess.Popen[bytes], key: bytes, session: bytes, sentinel: bytes
+) -> None:
     wid, ready = _recv(router, key, 60, Kind.READY)
     assert ready.json()["worker"] == wid.hex()
     tx = keys_for(key, wid)[1]  # the broker's key for this worker: what it verifies
@@ -350,10 +390,21 @@ def _fuzz_worker(router: zmq.Socket[Any], proc: subprocess.Popen[bytes], key: by
         if not welcomed:  # still connecting: only a WELCOME for this worker counts
             f.target = 0
             if r.random() < 0.5:
-                info = {"worker": r.randbytes(16).hex(), "session": session.hex(),
-                        "heartbeat_interval": 0.5, "heartbeat_timeout": 600, "hb_floor": floor}
-                return f.signed(tx, Kind.WELCOME, session, r.getrandbits(64),
-                                frames=[json.dumps(info).encode(), sentinel], flags=Flag.HAS_SETUP)
+                info = {
+                    "worker": r.randbytes(16).hex(),
+                    "session": session.hex(),
+                    "heartbeat_interval": 0.5,
+                    "heartbeat_timeout": 600,
+                    "hb_floor": floor,
+                }
+                return f.signed(
+                    tx,
+                    Kind.WELCOME,
+                    session,
+                    r.getrandbits(64),
+                    frames=[json.dumps(info).encode(), sentinel],
+                    flags=Flag.HAS_SETUP,
+                )
             kind = r.choice([k for k in KINDS if k != Kind.WELCOME])
             return f.signed(tx, kind, r.choice((session, other_session)), r.getrandbits(64))
         f.target = r.randrange(len(targets))
@@ -379,10 +430,15 @@ def _fuzz_worker(router: zmq.Socket[Any], proc: subprocess.Popen[bytes], key: by
     counts = {"messages": 0, "frames": 0}
     half = FRAMES_PER_TARGET // 2
     throw(alive, send, forge_for, counts, EXAMPLES // 2, half)  # before the WELCOME
-    welcome = {"worker": wid.hex(), "session": session.hex(), "heartbeat_interval": 0.5,
-               "heartbeat_timeout": 600, "max_contexts": 8, "hb_floor": floor}
-    router.send_multipart([wid, *encode(tx, Kind.WELCOME, session, 1,
-                                        frames=[json.dumps(welcome).encode()])])
+    welcome = {
+        "worker": wid.hex(),
+        "session": session.hex(),
+        "heartbeat_interval": 0.5,
+        "heartbeat_timeout": 600,
+        "max_contexts": 8,
+        "hb_floor": floor,
+    }
+    router.send_multipart([wid, *encode(tx, Kind.WELCOME, session, 1, frames=[json.dumps(welcome).encode()])])
     welcomed = True
     hb_ident, _ = _recv(router, key, 60, Kind.HEARTBEAT)
     assert hb_ident == wid + HB_SUFFIX  # heartbeats travel on the heartbeat link only
@@ -393,8 +449,9 @@ def _fuzz_worker(router: zmq.Socket[Any], proc: subprocess.Popen[bytes], key: by
     # everything before it has been read
     ser = get_serializer("cloudpickle")
     frames = [*ser.dumps(pow), *ser.dumps(((3, 4), {}))]
-    router.send_multipart([wid, *encode(tx, Kind.TASK, session, 2, task_id=7,
-                                        serializer=ser.code, frames=frames)])
+    router.send_multipart(
+        [wid, *encode(tx, Kind.TASK, session, 2, task_id=7, serializer=ser.code, frames=frames)]
+    )
     deadline = time.monotonic() + 120
     while True:
         _, result = _recv(router, key, max(1.0, deadline - time.monotonic()), Kind.RESULT)

@@ -42,9 +42,7 @@ def ex():
 def test_run_in_executor_gathers_results(ex):
     async def main():
         loop = asyncio.get_running_loop()
-        return await asyncio.gather(
-            *(loop.run_in_executor(ex, square, i) for i in range(50))
-        )
+        return await asyncio.gather(*(loop.run_in_executor(ex, square, i) for i in range(50)))
 
     assert asyncio.run(main()) == [i * i for i in range(50)]
 
@@ -58,9 +56,7 @@ def test_wrap_future_and_exceptions(ex):
 
     ok, err = asyncio.run(main())
     assert ok == 49
-    assert "remote boom" in str(
-        err.__cause__
-    )  # the remote traceback, as in ProcessPool
+    assert "remote boom" in str(err.__cause__)  # the remote traceback, as in ProcessPool
 
 
 def test_as_completed_interleaves_with_other_coroutines(ex):

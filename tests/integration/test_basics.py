@@ -30,10 +30,13 @@ TIMEOUT = 60
 
 # -- statistics and connection files ---------------------------------------------------
 def test_statistics_counts(executor: ClusterExecutor) -> None:
-    assert [
-        f.result(timeout=TIMEOUT)
-        for f in [executor.submit(tasks.square, i) for i in range(5)]
-    ] == [0, 1, 4, 9, 16]
+    assert [f.result(timeout=TIMEOUT) for f in [executor.submit(tasks.square, i) for i in range(5)]] == [
+        0,
+        1,
+        4,
+        9,
+        16,
+    ]
     with pytest.raises(ValueError):
         executor.submit(tasks.raise_value_error).result(timeout=TIMEOUT)
     wait_until(lambda: executor.statistics().workers == 2, TIMEOUT, "2 workers")
@@ -99,8 +102,7 @@ def test_max_workers_counts_workers_that_joined_by_themselves(make_executor: Any
     ex = make_executor(None)
     assert ex.max_workers == 1  # nothing yet: still a pool that can take a task
     proc = subprocess.Popen(
-        [sys.executable, "-m", "impexec", "worker", "--connect", ex.connection_file(),
-         "--processes", "2"],
+        [sys.executable, "-m", "impexec", "worker", "--connect", ex.connection_file(), "--processes", "2"],
         stdin=subprocess.DEVNULL,
     )
     try:
@@ -156,18 +158,14 @@ def test_unknown_serializer_rejected() -> None:
         tasks.return_error_at_unpickle,
     ],
 )
-def test_result_that_cannot_travel_fails_only_its_future(
-    make_executor: Any, task: Any
-) -> None:
+def test_result_that_cannot_travel_fails_only_its_future(make_executor: Any, task: Any) -> None:
     ex = make_executor(1)
     before = ex.submit(tasks.pid).result(timeout=TIMEOUT)
     fut = ex.submit(task)
     with pytest.raises(Exception) as info:
         fut.result(timeout=TIMEOUT)
     assert not isinstance(info.value, impexec.WorkerLostError)
-    if (
-        task is not tasks.return_error_at_unpickle
-    ):  # that one pickles; the client fails to load it
+    if task is not tasks.return_error_at_unpickle:  # that one pickles; the client fails to load it
         assert isinstance(info.value, SerializationError)
     # the same worker lives on and takes more work
     assert ex.submit(tasks.pid).result(timeout=TIMEOUT) == before
@@ -203,8 +201,9 @@ def test_map_over_one_input_passes_each_item_whole(executor: ClusterExecutor, ch
     still one argument, and None, lists and nested tuples arrive as they were."""
     items = [(1, 2), None, [3, 4], ((5,),), (), "s", 6]
     assert list(executor.map(tasks.identity, items, chunksize=chunksize, timeout=60)) == items
-    assert list(executor.map_unordered(len, [(1, 2), (3,), ()], chunksize=chunksize,
-                                       timeout=60)) in _permutations([2, 1, 0])
+    assert list(
+        executor.map_unordered(len, [(1, 2), (3,), ()], chunksize=chunksize, timeout=60)
+    ) in _permutations([2, 1, 0])
     # two inputs are still zipped into argument pairs
     assert list(executor.map(tasks.add, [1, 2], [10, 20], chunksize=chunksize, timeout=60)) == [11, 22]
 
@@ -230,25 +229,19 @@ def test_argument_failing_to_unpickle_on_the_worker_fails_its_future(
 def test_large_numpy_array_round_trip(make_executor: Any, serializer: str) -> None:
     np = pytest.importorskip("numpy")
     ex = make_executor(1, serializer=serializer)
-    array = np.random.default_rng(0).random(
-        4 * 1024 * 1024 // 8 * 8
-    )  # 32 MB of float64
+    array = np.random.default_rng(0).random(4 * 1024 * 1024 // 8 * 8)  # 32 MB of float64
     back = ex.submit(tasks.identity, array).result(timeout=TIMEOUT)
     assert back.dtype == array.dtype
     assert np.array_equal(back, array)
     assert ex.submit(tasks.nbytes, array).result(timeout=TIMEOUT) == array.nbytes
-    views = ex.submit(tasks.identity, [array[:10], array[10:20]]).result(
-        timeout=TIMEOUT
-    )
+    views = ex.submit(tasks.identity, [array[:10], array[10:20]]).result(timeout=TIMEOUT)
     assert np.array_equal(views[1], array[10:20])
 
 
 def test_bytes_payloads(executor: ClusterExecutor) -> None:
     blob = os.urandom(3 * 1024 * 1024)
     assert executor.submit(tasks.identity, blob).result(timeout=TIMEOUT) == blob
-    assert executor.submit(tasks.identity, bytearray(blob)).result(
-        timeout=TIMEOUT
-    ) == bytearray(blob)
+    assert executor.submit(tasks.identity, bytearray(blob)).result(timeout=TIMEOUT) == bytearray(blob)
 
 
 # -- cancel ----------------------------------------------------------------------------
@@ -271,9 +264,7 @@ def test_cancelled_tasks_never_run(make_executor: Any, tmp_path: Path) -> None:
     assert ex.statistics().cancelled == 3
 
 
-def test_abandoned_map_does_not_block_shutdown(
-    make_executor: Any, tmp_path: Path
-) -> None:
+def test_abandoned_map_does_not_block_shutdown(make_executor: Any, tmp_path: Path) -> None:
     ex = make_executor(2)
     it = ex.map(tasks.sleep_then, [0.05] * 1000, range(1000), buffersize=4)
     assert next(it) == 0
@@ -283,8 +274,6 @@ def test_abandoned_map_does_not_block_shutdown(
 
 
 def test_initializer_runs_in_every_worker(make_executor: Any, tmp_path: Path) -> None:
-    ex = make_executor(
-        2, initializer=tasks.write_marker, initargs=(str(tmp_path / "init"),)
-    )
+    ex = make_executor(2, initializer=tasks.write_marker, initargs=(str(tmp_path / "init"),))
     assert ex.submit(tasks.square, 2).result(timeout=TIMEOUT) == 4
     assert (tmp_path / "init").read_text() == "ran"

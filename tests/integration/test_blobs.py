@@ -15,8 +15,10 @@ FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.5}
 def test_repeated_bytes_argument_is_sent_once_per_worker():
     payload = os.urandom(2 * BLOB_MIN)
     with ClusterExecutor(workers=2, **FAST) as ex:
-        results = [f.result(timeout=60) for f in
-                   [ex.submit(bt.same_object_as_last_call, payload, i) for i in range(100)]]
+        results = [
+            f.result(timeout=60)
+            for f in [ex.submit(bt.same_object_as_last_call, payload, i) for i in range(100)]
+        ]
     assert [r[2] for r in results] == [len(payload) + i for i in range(100)]
     firsts = {}
     for pid, same, _ in results:
@@ -29,11 +31,12 @@ def test_repeated_bytes_argument_is_sent_once_per_worker():
 def test_many_distinct_blobs_rotate_through_the_bounded_cache():
     blobs = [os.urandom(BLOB_MIN + k) for k in range(MAX_BLOBS + 5)]
     with ClusterExecutor(workers=2, **FAST) as ex:
-        futs = [ex.submit(bt.length_plus, blobs[i % len(blobs)], i, extra=blobs[(i * 7) % len(blobs)])
-                for i in range(3 * len(blobs))]
+        futs = [
+            ex.submit(bt.length_plus, blobs[i % len(blobs)], i, extra=blobs[(i * 7) % len(blobs)])
+            for i in range(3 * len(blobs))
+        ]
         got = [f.result(timeout=60) for f in futs]
-    want = [len(blobs[i % len(blobs)]) + len(blobs[(i * 7) % len(blobs)]) + i
-            for i in range(3 * len(blobs))]
+    want = [len(blobs[i % len(blobs)]) + len(blobs[(i * 7) % len(blobs)]) + i for i in range(3 * len(blobs))]
     assert got == want
 
 
@@ -45,6 +48,8 @@ def test_large_closure_function_in_map_and_submit():
 
     with ClusterExecutor(workers=2, **FAST) as ex:
         assert list(ex.map(model, range(50), chunksize=3, timeout=60)) == [
-            len(data) * 2 + i for i in range(50)]
+            len(data) * 2 + i for i in range(50)
+        ]
         assert [ex.submit(model, i).result(timeout=60) for i in range(10)] == [
-            len(data) * 2 + i for i in range(10)]
+            len(data) * 2 + i for i in range(10)
+        ]

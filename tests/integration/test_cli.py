@@ -75,9 +75,7 @@ def exit_code(proc):
     return proc.returncode, proc.stderr.read()
 
 
-def test_a_worker_started_by_hand_gets_the_queued_work_and_stop_makes_it_leave(
-    make_executor, workers
-):
+def test_a_worker_started_by_hand_gets_the_queued_work_and_stop_makes_it_leave(make_executor, workers):
     ex = make_executor(None)
     futures = [ex.submit(slow_square, x) for x in range(10)]  # queued: no worker yet
     assert ex.statistics().queued == 10
@@ -96,9 +94,7 @@ def test_processes_runs_n_workers_and_status_json_counts_them(make_executor, wor
     path = ex.connection_file()
     proc = workers("--connect", path, "--processes", "2")
     wait_until(lambda: ex.statistics().workers == 2, WAIT, "2 workers")
-    assert list(ex.map(slow_square, range(8), timeout=WAIT)) == [
-        x * x for x in range(8)
-    ]
+    assert list(ex.map(slow_square, range(8), timeout=WAIT)) == [x * x for x in range(8)]
     status = impexec("status", path, "--json")
     assert status.returncode == 0, status.stderr
     data = json.loads(status.stdout)
@@ -110,9 +106,7 @@ def test_processes_runs_n_workers_and_status_json_counts_them(make_executor, wor
     text = impexec("status", path)
     assert "workers=2" in text.stdout and "done=8" in text.stdout
     assert impexec("stop", path).returncode == 0
-    assert (
-        exit_code(proc)[0] == 0
-    )  # both children drained and left, so did the supervisor
+    assert exit_code(proc)[0] == 0  # both children drained and left, so did the supervisor
 
 
 def test_runtime_finishes_the_held_work_then_leaves(make_executor, workers):
@@ -150,9 +144,7 @@ def test_connection_on_stdin_keeps_the_key_off_the_command_line(make_executor, w
     assert "standard input closed" in err
 
 
-def test_the_supervisor_does_not_outlive_its_executor(
-    make_executor, shutdown_with_deadline, workers
-):
+def test_the_supervisor_does_not_outlive_its_executor(make_executor, shutdown_with_deadline, workers):
     ex = make_executor(None)
     proc = workers("--connect", ex.connection_file(), "--processes", "2")
     wait_until(lambda: ex.statistics().workers == 2, WAIT, "2 workers")
@@ -168,9 +160,7 @@ def test_wrong_arguments_are_reported(make_executor):
     assert nokey.returncode == 2 and "--key" in nokey.stderr
     missing = impexec("status", "/nonexistent/connection.json")
     assert missing.returncode == 1 and "No such file" in missing.stderr
-    silent = impexec(
-        "status", "tcp://127.0.0.1:1", "--key", "ab" * 16, "--timeout", "0.3"
-    )
+    silent = impexec("status", "tcp://127.0.0.1:1", "--key", "ab" * 16, "--timeout", "0.3")
     assert silent.returncode == 1 and "no answer" in silent.stderr
 
 
@@ -178,14 +168,8 @@ def test_impexec_worker_script_is_installed():
     script = shutil.which("impexec-worker")
     if script is None:
         pytest.skip("impexec-worker is not on PATH (impexec is not installed here)")
-    out = subprocess.run(
-        [script, "--help"], capture_output=True, text=True, timeout=WAIT, check=False
-    )
-    assert (
-        out.returncode == 0
-        and "--processes" in out.stdout
-        and "--runtime" in out.stdout
-    )
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=WAIT, check=False)
+    assert out.returncode == 0 and "--processes" in out.stdout and "--runtime" in out.stdout
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,9 @@ WAIT = 30.0
 
 
 def impexec_cli(*args, timeout=WAIT):
-    return subprocess.run([sys.executable, "-m", "impexec", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "impexec", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def first_line_with(proc, text):
@@ -95,8 +96,12 @@ def test_watch_says_the_run_ended_and_exits_0(make_executor):
     ex = make_executor(2)
     path = ex.connection_file()
     assert list(ex.map(tasks.square, range(30), chunksize=4)) == [x * x for x in range(30)]
-    proc = subprocess.Popen([sys.executable, "-m", "impexec", "status", path, "--watch", "0.2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "impexec", "status", path, "--watch", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = first_line_with(proc, "done=30")  # it watches: the broker knows it
         ex.shutdown(wait=True)
@@ -116,8 +121,12 @@ def test_watch_json_gives_one_object_per_line_and_the_final_state(make_executor)
     ex = make_executor(1)
     path = ex.connection_file()
     assert ex.submit(tasks.square, 4).result(timeout=WAIT) == 16
-    proc = subprocess.Popen([sys.executable, "-m", "impexec", "status", path, "--watch", "0.2",
-                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "impexec", "status", path, "--watch", "0.2", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = first_line_with(proc, '"state": "running"')
         first += first_line_with(proc, '"state": "running"')  # and once more
@@ -150,9 +159,12 @@ def test_watch_of_an_executor_that_vanished_says_it_stopped_answering(tmp_path):
     client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert client.stdout.readline().strip() == "ready"
-        watch = subprocess.Popen([sys.executable, "-m", "impexec", "status", str(conn), "--watch",
-                                  "0.2", "--timeout", "2"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "impexec", "status", str(conn), "--watch", "0.2", "--timeout", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         first_line_with(watch, "workers=0")  # it had an answer before the client died
         client.kill()
         _out, err = watch.communicate(timeout=WAIT)
@@ -166,8 +178,7 @@ def test_watch_of_an_executor_that_vanished_says_it_stopped_answering(tmp_path):
     assert os.path.exists(conn)
 
 
-def test_a_replayed_end_is_refused_and_a_stranger_cannot_end_the_run(make_executor, raw_socket,
-                                                                      caplog):
+def test_a_replayed_end_is_refused_and_a_stranger_cannot_end_the_run(make_executor, raw_socket, caplog):
     """END_RUN has STOP_WORKERS's guards: the key, this session or a fresh clock number,
     and no replay; a message that fails them ends nothing."""
     import logging

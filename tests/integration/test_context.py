@@ -197,7 +197,8 @@ def test_close_waits_and_drops_the_cache_on_every_worker(ex: impexec.ClusterExec
 
 
 def test_close_is_idempotent_and_shutdown_without_wait_drops_later(
-        ex: impexec.ClusterExecutor, tmp_path: Path) -> None:
+    ex: impexec.ClusterExecutor, tmp_path: Path
+) -> None:
     ctx = ex.context(ct.setup, str(tmp_path), "later")
     fut = ctx.submit(ct.whoami, sleep=0.3)
     ctx.shutdown(wait=False)
@@ -230,7 +231,8 @@ def total_via_executor(executor: cf.Executor, xs: list[int]) -> tuple[list[Any],
 
 
 def test_context_is_an_executor_for_code_that_knows_only_executors(
-        ex: impexec.ClusterExecutor, tmp_path: Path) -> None:
+    ex: impexec.ClusterExecutor, tmp_path: Path
+) -> None:
     xs = list(range(12))
     with ex.context(ct.setup, str(tmp_path), "iface") as ctx:
         assert isinstance(ctx, cf.Executor)
@@ -283,10 +285,10 @@ def test_initializer_runs_once_per_worker_process(make_executor: Callable[..., A
 
 
 def test_failing_initializer_surfaces_as_worker_start_error(
-        make_executor: Callable[..., Any], tmp_path: Path) -> None:
+    make_executor: Callable[..., Any], tmp_path: Path
+) -> None:
     # the fixture, not "from conftest import": a full run has several conftest modules
-    ex = make_executor(impexec.LocalWorkers(2, echo_stderr=False),
-                       initializer=ct.failing_initializer)
+    ex = make_executor(impexec.LocalWorkers(2, echo_stderr=False), initializer=ct.failing_initializer)
     fut = ex.submit(ct.plain_pid)
     exc = fut.exception(timeout=60)
     assert isinstance(exc, impexec.WorkerStartError)
@@ -298,7 +300,8 @@ def test_failing_initializer_surfaces_as_worker_start_error(
 
 
 def test_setup_that_kills_its_worker_fails_with_worker_lost(
-        make_executor: Callable[..., Any], tmp_path: Path) -> None:
+    make_executor: Callable[..., Any], tmp_path: Path
+) -> None:
     ex = make_executor(2, max_retries=1)
     wait_for_workers(ex)
     crashing = ex.context(ct.crashing_setup)
@@ -313,7 +316,8 @@ def test_setup_that_kills_its_worker_fails_with_worker_lost(
 
 # -- protocol: a worker that lacks a context asks for the setup --------------------------------
 def test_worker_without_the_context_gets_the_task_again_with_setup(
-        make_executor: Callable[..., Any], raw_socket: Callable[..., Any]) -> None:
+    make_executor: Callable[..., Any], raw_socket: Callable[..., Any]
+) -> None:
     """A hand-driven worker (real sockets, real broker) answers NEED_SETUP once."""
     import os
 
@@ -338,8 +342,7 @@ def test_worker_without_the_context_gets_the_task_again_with_setup(
 
     def answer(task: Any, value: Any = None, flags: int = Flag.OK) -> None:
         frames = ser.dumps(value) if flags & Flag.OK else []
-        hand.send(Kind.RESULT, task_id=task.task_id, flags=flags, serializer=task.serializer,
-                  frames=frames)
+        hand.send(Kind.RESULT, task_id=task.task_id, flags=flags, serializer=task.serializer, frames=frames)
 
     ctx = ex.context(ct.setup, "/nonexistent", "hand")
     first = ctx.submit(ct.whoami, 1)

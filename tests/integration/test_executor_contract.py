@@ -124,9 +124,7 @@ def test_exception_in_one_task_leaves_others_alone(ex: cf.Executor) -> None:
 def test_map_keeps_input_order(ex: cf.Executor) -> None:
     # uneven run times: completion order differs from input order
     delays = [0.03 * (i % 3) for i in range(12)]
-    assert list(ex.map(tasks.sleep_then, delays, range(12), timeout=TIMEOUT)) == list(
-        range(12)
-    )
+    assert list(ex.map(tasks.sleep_then, delays, range(12), timeout=TIMEOUT)) == list(range(12))
 
 
 def test_map_several_iterables_stops_at_shortest(ex: cf.Executor) -> None:
@@ -145,12 +143,8 @@ def test_map_chunksize(ex: cf.Executor, chunksize: int) -> None:
 
 
 @pytest.mark.parametrize("chunksize", ["static", "auto", 1, 3, 1000])
-def test_map_chunksize_impexec(
-    cluster: impexec.ClusterExecutor, chunksize: Any
-) -> None:
-    out = list(
-        cluster.map(tasks.square, range(101), chunksize=chunksize, timeout=TIMEOUT)
-    )
+def test_map_chunksize_impexec(cluster: impexec.ClusterExecutor, chunksize: Any) -> None:
+    out = list(cluster.map(tasks.square, range(101), chunksize=chunksize, timeout=TIMEOUT))
     assert out == [i * i for i in range(101)]
 
 
@@ -158,9 +152,7 @@ def test_map_exception_raised_at_its_position(ex: cf.Executor) -> None:
     it = ex.map(tasks.identity, [1, 2, cf.CancelledError], timeout=TIMEOUT)
     assert next(it) == 1
     assert next(it) == 2
-    assert (
-        next(it) is cf.CancelledError
-    )  # a value that happens to be a class, not raised
+    assert next(it) is cf.CancelledError  # a value that happens to be a class, not raised
     it2 = ex.map(tasks.raise_value_error, ["first"], timeout=TIMEOUT)
     with pytest.raises(ValueError, match="first"):
         next(it2)
@@ -228,9 +220,7 @@ def test_map_buffersize_with_chunks_impexec(cluster: impexec.ClusterExecutor) ->
 
 
 def test_map_unordered_yields_every_result(cluster: impexec.ClusterExecutor) -> None:
-    out = list(
-        cluster.map_unordered(tasks.square, range(40), chunksize=3, timeout=TIMEOUT)
-    )
+    out = list(cluster.map_unordered(tasks.square, range(40), chunksize=3, timeout=TIMEOUT))
     assert sorted(out) == [i * i for i in range(40)]
 
 
@@ -239,9 +229,7 @@ def test_map_unordered_yields_in_completion_order(
 ) -> None:
     _wait_for_workers(cluster)
     # the slow first call does not hold back the fast ones behind it
-    it = cluster.map_unordered(
-        tasks.sleep_then, [1.5, 0.0], ["slow", "fast"], timeout=TIMEOUT
-    )
+    it = cluster.map_unordered(tasks.sleep_then, [1.5, 0.0], ["slow", "fast"], timeout=TIMEOUT)
     assert next(it) == "fast"
     assert next(it) == "slow"
 
@@ -271,9 +259,7 @@ def test_as_completed_and_wait(ex: cf.Executor) -> None:
 def test_wait_first_exception(ex: cf.Executor, gate: Released) -> None:
     (blocked,) = _block_workers(ex, gate, 1)
     bad = ex.submit(tasks.raise_value_error)
-    done, not_done = cf.wait(
-        [blocked, bad], timeout=TIMEOUT, return_when=cf.FIRST_EXCEPTION
-    )
+    done, not_done = cf.wait([blocked, bad], timeout=TIMEOUT, return_when=cf.FIRST_EXCEPTION)
     assert bad in done
     assert blocked in not_done
     gate.release()
@@ -299,9 +285,7 @@ def test_done_callback_runs_once(ex: cf.Executor) -> None:
 
 
 # -- cancel ----------------------------------------------------------------------------
-def test_cancel_undispatched_task_never_runs(
-    ex: cf.Executor, gate: Released, tmp_path: Path
-) -> None:
+def test_cancel_undispatched_task_never_runs(ex: cf.Executor, gate: Released, tmp_path: Path) -> None:
     blockers = _block_workers(ex, gate)
     markers = [tmp_path / f"marker{i}" for i in range(20)]
     futs = [ex.submit(tasks.write_marker, str(m)) for m in markers]
@@ -338,9 +322,7 @@ def test_shutdown_wait_completes_pending(ex: cf.Executor) -> None:
     assert [f.result(timeout=0) for f in futs] == list(range(10))
 
 
-def test_shutdown_cancel_futures_cancels_queued(
-    ex: cf.Executor, gate: Released, tmp_path: Path
-) -> None:
+def test_shutdown_cancel_futures_cancels_queued(ex: cf.Executor, gate: Released, tmp_path: Path) -> None:
     blockers = _block_workers(ex, gate)
     markers = [tmp_path / f"m{i}" for i in range(20)]
     futs = [ex.submit(tasks.write_marker, str(m)) for m in markers]

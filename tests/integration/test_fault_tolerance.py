@@ -57,8 +57,9 @@ CRASH_MATRIX = [
 ]
 
 
-@pytest.mark.parametrize(("where", "how", "expected"), CRASH_MATRIX,
-                         ids=[f"{w}-{h}" for w, h, _ in CRASH_MATRIX])
+@pytest.mark.parametrize(
+    ("where", "how", "expected"), CRASH_MATRIX, ids=[f"{w}-{h}" for w, h, _ in CRASH_MATRIX]
+)
 def test_crash_matrix(ex, where, how, expected):
     if where == "unpickle-args":
         fut = ex.submit(ft.double, ft.DieAtUnpickle(how))
@@ -115,8 +116,7 @@ def test_killed_worker_tasks_resubmitted_and_replaced(ex):
 
 def _start_manual_worker(conn_file):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "impexec", "worker", "--connect", conn_file],
-                            env=env)
+    return subprocess.Popen([sys.executable, "-m", "impexec", "worker", "--connect", conn_file], env=env)
 
 
 def test_sigstopped_worker_detected_and_its_late_result_dropped(caplog, tmp_path):
@@ -144,9 +144,15 @@ def test_sigstopped_worker_detected_and_its_late_result_dropped(caplog, tmp_path
                 # its result did arrive (a stopped worker whose task had ended sends it
                 # as soon as it resumes) and was dropped, not counted or set a second time
                 # (the broker thread handles it after the worker has gone: wait for it)
-                wait_until(lambda: [r for r in caplog.records if r.name == "impexec._broker"
-                                    and "late result for task" in r.getMessage()],
-                           10, "the stopped worker's late result to reach the broker")
+                wait_until(
+                    lambda: [
+                        r
+                        for r in caplog.records
+                        if r.name == "impexec._broker" and "late result for task" in r.getMessage()
+                    ],
+                    10,
+                    "the stopped worker's late result to reach the broker",
+                )
             finally:
                 helper.terminate()
                 helper.wait(10)
@@ -234,9 +240,10 @@ def test_bad_python_reports_worker_start_error():
 def test_worker_crashing_on_import_reports_its_stderr():
     from impexec import WorkerStartError
 
-    ex = ClusterExecutor(LocalWorkers(1, python=[sys.executable, "-c",
-                                                 "import sys; sys.exit('boom: cannot import model')"]),
-                         **FAST)
+    ex = ClusterExecutor(
+        LocalWorkers(1, python=[sys.executable, "-c", "import sys; sys.exit('boom: cannot import model')"]),
+        **FAST,
+    )
     try:
         fut = ex.submit(ft.double, 1)
         with pytest.raises(WorkerStartError, match="boom: cannot import model"):

@@ -28,7 +28,8 @@ TIMEOUT = 60
 
 def test_a_global_of_the_script_changed_between_two_calls_is_seen(tmp_path: Path) -> None:
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import json
         from impexec import ClusterExecutor
 
@@ -46,9 +47,16 @@ def test_a_global_of_the_script_changed_between_two_calls_is_seen(tmp_path: Path
                 FACTOR = 100
                 two = ex.submit(scale, 1).result(timeout=60)
             print(json.dumps([first, second, one, two]))
-    """))
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=2 * TIMEOUT, check=False)
+    """)
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=2 * TIMEOUT,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.splitlines()[-1]) == [[0, 2, 4], [0, 10, 20], 10, 100]
 

@@ -18,8 +18,9 @@ import tasks
 
 WAIT = 30.0
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
-                                reason="needs tmux on PATH to drive a pseudo-terminal")
+pytestmark = pytest.mark.skipif(
+    shutil.which("tmux") is None, reason="needs tmux on PATH to drive a pseudo-terminal"
+)
 
 
 def tmux(*args):
@@ -37,11 +38,12 @@ def pane(tmp_path):
 
     class Pane:
         def start(self, command):
-            env = (f"env TERM=xterm PYTHONPATH={os.environ.get('PYTHONPATH', '')} "
-                   f"{sys.executable} -m impexec {command}")
+            env = (
+                f"env TERM=xterm PYTHONPATH={os.environ.get('PYTHONPATH', '')} "
+                f"{sys.executable} -m impexec {command}"
+            )
             # the shell around it prints the exit status and keeps the pane open to read it
-            t("new-session", "-d", "-s", name, "-x", "100", "-y", "30",
-              f"{env}; echo EXIT=$?; sleep 60")
+            t("new-session", "-d", "-s", name, "-x", "100", "-y", "30", f"{env}; echo EXIT=$?; sleep 60")
 
         def screen(self):
             return t("capture-pane", "-p", "-t", name).stdout
@@ -59,12 +61,10 @@ def pane(tmp_path):
             pytest.fail(f"{text!r} never appeared on the screen:\n{self.screen()}")
 
     yield Pane()
-    subprocess.run(["tmux", "-S", sock, "kill-server"], capture_output=True, timeout=WAIT,
-                   check=False)
+    subprocess.run(["tmux", "-S", sock, "kill-server"], capture_output=True, timeout=WAIT, check=False)
 
 
-def test_the_live_view_redraws_in_place_and_says_when_the_run_ended(make_executor, pane,
-                                                                     tmp_path):
+def test_the_live_view_redraws_in_place_and_says_when_the_run_ended(make_executor, pane, tmp_path):
     ex = make_executor(2)
     path = ex.connection_file()
     pane.start(f"top {path} --interval 0.2")
@@ -78,8 +78,7 @@ def test_the_live_view_redraws_in_place_and_says_when_the_run_ended(make_executo
     pane.wait_for("ETA")  # the rate is known once the view has watched for half a second
     gate.write_text("go")
     assert held.result(timeout=WAIT) is True
-    outcomes = list(ex.map(st.slow_evaluate, range(60), chunksize=3, return_exceptions=True,
-                           timeout=WAIT))
+    outcomes = list(ex.map(st.slow_evaluate, range(60), chunksize=3, return_exceptions=True, timeout=WAIT))
     n_failed = sum(isinstance(v, ValueError) for v in outcomes)
     n_done = 60 - n_failed + 1  # and the held call
     screen = pane.wait_for(f"done {n_done}   failed {n_failed}")

@@ -26,9 +26,7 @@ OPTIONS = {"heartbeat_interval": 0.5, "heartbeat_timeout": 15.0}
 
 
 def _load_light() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "_light_workers", ROOT / "benchmarks" / "_light_workers.py"
-    )
+    spec = importlib.util.spec_from_file_location("_light_workers", ROOT / "benchmarks" / "_light_workers.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -56,9 +54,7 @@ def _wait_workers(ex: ClusterExecutor, hosts: list[Any], n: int) -> None:
     while ex.statistics().workers < n:
         exited = [h.returncode for h in hosts if h.poll() is not None]
         assert not exited, f"a light worker host exited early: {exited}"
-        assert time.monotonic() < deadline, (
-            f"only {ex.statistics().workers} of {n} joined"
-        )
+        assert time.monotonic() < deadline, f"only {ex.statistics().workers} of {n} joined"
         time.sleep(0.05)
 
 
@@ -93,9 +89,7 @@ def test_200_workers_share_the_work_and_leave(
     assert (stats.queued, stats.running) == (0, 0)
     # the work went to many workers, not a few (counted from the broker's records, on
     # its thread: the identities of one host share a pid, so results cannot tell)
-    busy = ex._broker.call(
-        lambda: sum(1 for w in ex._scheduler.workers.values() if w.completed), TIMEOUT
-    )
+    busy = ex._broker.call(lambda: sum(1 for w in ex._scheduler.workers.values() if w.completed), TIMEOUT)
     assert busy > N_WORKERS // 2, f"only {busy} of {N_WORKERS} workers got a task"
 
     ex.shutdown(wait=True)

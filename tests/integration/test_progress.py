@@ -125,10 +125,7 @@ def test_status_watch_refreshes_the_figures(ex):
             pytest.fail(f"no {text!r} in `impexec status --watch` output: {seen}")
 
         wait_for("done=0")
-        assert (
-            sum(f.result(timeout=30) for f in [ex.submit(square, x) for x in range(5)])
-            == 30
-        )
+        assert sum(f.result(timeout=30) for f in [ex.submit(square, x) for x in range(5)]) == 30
         wait_for("done=5")  # the same process printed new figures
         assert any("workers=2" in line for line in seen)
     finally:
@@ -153,8 +150,14 @@ def fail_if_odd(x):
 
 def test_the_bar_counts_the_failures_of_a_sweep(ex):
     out = io.StringIO()
-    got = list(progress(ex.map(fail_if_odd, range(20), chunksize=5, return_exceptions=True),
-                        executor=ex, total=20, file=out))
+    got = list(
+        progress(
+            ex.map(fail_if_odd, range(20), chunksize=5, return_exceptions=True),
+            executor=ex,
+            total=20,
+            file=out,
+        )
+    )
     assert sum(isinstance(v, ValueError) for v in got) == 10
     text = out.getvalue()
     assert "20/20" in text
@@ -191,7 +194,10 @@ NO_TQDM = (
 def test_without_tqdm_the_user_is_told_once_on_stderr():
     # a fresh interpreter: warnings as a user sees them (pytest's filters do not apply)
     proc = subprocess.run(
-        [sys.executable, "-c", NO_TQDM], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", NO_TQDM],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert proc.returncode == 0, proc.stderr

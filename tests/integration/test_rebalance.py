@@ -27,8 +27,11 @@ def test_late_joiner_takes_tasks_prefetched_by_a_busy_worker():
         try:
             wait_until(lambda: ex.statistics().workers == 1, 30, "the first worker to join")
             futs = [ex.submit(ft.slow_whoami, 0.5) for _ in range(6)]
-            wait_until(lambda: ex.statistics().running == 6, 30,
-                       "all six tasks on the only worker (1 running + 5 prefetched)")
+            wait_until(
+                lambda: ex.statistics().running == 6,
+                30,
+                "all six tasks on the only worker (1 running + 5 prefetched)",
+            )
             assert ex.statistics().queued == 0
             second = _worker(ex.connection_file())
             pids = [f.result(timeout=60) for f in futs]

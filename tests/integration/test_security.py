@@ -61,8 +61,13 @@ def conn_of(ex: Any) -> ConnectionInfo:
     return ConnectionInfo.read(ex.connection_file())
 
 
-def dealer(raw_socket: Any, conn: ConnectionInfo, *, identity: bytes | None = None,
-           curve: tuple[str, str, str] | None = None) -> zmq.Socket[Any]:
+def dealer(
+    raw_socket: Any,
+    conn: ConnectionInfo,
+    *,
+    identity: bytes | None = None,
+    curve: tuple[str, str, str] | None = None,
+) -> zmq.Socket[Any]:
     """A DEALER connected to the broker; *curve* = (server key, client public, client secret)."""
     sock = raw_socket(zmq.DEALER, identity=identity)
     if curve is not None:
@@ -75,15 +80,20 @@ def dealer(raw_socket: Any, conn: ConnectionInfo, *, identity: bytes | None = No
 
 def result_with(sentinel: bytes, key: bytes, session: bytes, seq: int = 5, task_id: int = 1) -> list[Any]:
     """A RESULT whose value is the sentinel, signed with *key* for *session*."""
-    return encode(key, Kind.RESULT, session, seq, task_id=task_id, flags=Flag.OK,
-                  serializer=1, frames=[sentinel])
+    return encode(
+        key, Kind.RESULT, session, seq, task_id=task_id, flags=Flag.OK, serializer=1, frames=[sentinel]
+    )
 
 
 def fake_worker(raw_socket: Any, conn: ConnectionInfo, *, hb: bool = False) -> FakeWorker:
     """A FakeWorker on fresh sockets (with a heartbeat socket if *hb*), not yet joined."""
     wid = os.urandom(16)
-    return FakeWorker(dealer(raw_socket, conn, identity=wid), conn.key, wid,
-                      dealer(raw_socket, conn, identity=wid + HB_SUFFIX) if hb else None)
+    return FakeWorker(
+        dealer(raw_socket, conn, identity=wid),
+        conn.key,
+        wid,
+        dealer(raw_socket, conn, identity=wid + HB_SUFFIX) if hb else None,
+    )
 
 
 def assert_logged(caplog: pytest.LogCaptureFixture, text: str, *secrets: bytes | str | None) -> None:
@@ -111,8 +121,9 @@ def test_sentinel_is_effective(tmp_path: Path) -> None:
     assert marker.is_dir()
 
 
-def test_wrong_key_dropped_and_logged(make_executor: Any, raw_socket: Any, sentinel: bytes,
-                                      warnings_log: pytest.LogCaptureFixture) -> None:
+def test_wrong_key_dropped_and_logged(
+    make_executor: Any, raw_socket: Any, sentinel: bytes, warnings_log: pytest.LogCaptureFixture
+) -> None:
     ex = make_executor(1)
     conn = conn_of(ex)
     wrong = os.urandom(32)
@@ -128,8 +139,9 @@ def test_wrong_key_dropped_and_logged(make_executor: Any, raw_socket: Any, senti
     assert_still_works(ex)
 
 
-def test_wrong_session_refused(make_executor: Any, raw_socket: Any, sentinel: bytes,
-                               warnings_log: pytest.LogCaptureFixture) -> None:
+def test_wrong_session_refused(
+    make_executor: Any, raw_socket: Any, sentinel: bytes, warnings_log: pytest.LogCaptureFixture
+) -> None:
     """Right key, another session (another executor sharing the key, or an old capture).
 
     "Right key" is the key the broker expects from the socket: keys are per peer and per
@@ -147,8 +159,11 @@ def test_wrong_session_refused(make_executor: Any, raw_socket: Any, sentinel: by
     fake.join()
     assert fake.hb is not None
     before = drop_count(ex)
-    fake.sock.send_multipart(fake.encode(Kind.RESULT, session=other, seq=2, task_id=1, flags=Flag.OK,
-                                         serializer=1, frames=[sentinel]))
+    fake.sock.send_multipart(
+        fake.encode(
+            Kind.RESULT, session=other, seq=2, task_id=1, flags=Flag.OK, serializer=1, frames=[sentinel]
+        )
+    )
     fake.hb.send_multipart(fake.encode_hb(session=other))
     assert wait_for(lambda: drop_count(ex) >= before + 2)
     assert Kind.HEARTBEAT not in [m.kind for m in fake.recv(0.5, fake.hb)]
@@ -160,9 +175,9 @@ def test_wrong_session_refused(make_executor: Any, raw_socket: Any, sentinel: by
     assert_still_works(ex)
 
 
-def test_unhashed_large_payloads_refused_from_a_tcp_peer(make_executor: Any, raw_socket: Any,
-                                                          sentinel: bytes,
-                                                          warnings_log: pytest.LogCaptureFixture) -> None:
+def test_unhashed_large_payloads_refused_from_a_tcp_peer(
+    make_executor: Any, raw_socket: Any, sentinel: bytes, warnings_log: pytest.LogCaptureFixture
+) -> None:
     """Flag.LOCAL (large payloads outside the MAC) is for Unix-socket peers only.
 
     A worker that joined over TCP (its READY does not say local) and sends a RESULT whose
@@ -176,9 +191,15 @@ def test_unhashed_large_payloads_refused_from_a_tcp_peer(make_executor: Any, raw
     fake = fake_worker(raw_socket, conn)  # tcp://127.0.0.1
     fake.join()
     assert not is_local(ex, fake.wid)
-    unhashed = fake.encode(Kind.RESULT, task_id=1, flags=Flag.OK, serializer=1,
-                           frames=[sentinel, bytes(ZERO_COPY_THRESHOLD)], local=True)
-    assert HEADER.unpack(bytes(unhashed[0])[32:32 + HEADER.size])[3] & Flag.LOCAL
+    unhashed = fake.encode(
+        Kind.RESULT,
+        task_id=1,
+        flags=Flag.OK,
+        serializer=1,
+        frames=[sentinel, bytes(ZERO_COPY_THRESHOLD)],
+        local=True,
+    )
+    assert HEADER.unpack(bytes(unhashed[0])[32 : 32 + HEADER.size])[3] & Flag.LOCAL
     fake.sock.send_multipart(unhashed)
     assert_logged(warnings_log, "not on a Unix socket", conn.key)
     leave(fake)
@@ -199,9 +220,9 @@ def is_local(ex: Any, wid: bytes) -> bool:
 # block [signature, header, table, sentinel] then the big frame (see impexec._protocol).
 TRUNCATIONS = {
     "signature only": lambda f: [f[0][:SIG_SIZE]],
-    "header cut short": lambda f: [f[0][:SIG_SIZE + HEADER.size // 2], *f[1:]],
+    "header cut short": lambda f: [f[0][: SIG_SIZE + HEADER.size // 2], *f[1:]],
     "signature cut short": lambda f: [f[0][16:], *f[1:]],
-    "table cut short": lambda f: [f[0][:RECORD_FIXED + 2], *f[1:]],
+    "table cut short": lambda f: [f[0][: RECORD_FIXED + 2], *f[1:]],
     "inline payload cut short": lambda f: [f[0][:-3], *f[1:]],
     "out-of-band frame missing": lambda f: f[:1],
     "out-of-band frame cut short": lambda f: [f[0], f[1][: len(f[1]) // 2]],
@@ -211,16 +232,21 @@ TRUNCATIONS = {
 
 
 @pytest.mark.parametrize("how", sorted(TRUNCATIONS))
-def test_truncated_frames_dropped(how: str, make_executor: Any, raw_socket: Any, sentinel: bytes,
-                                  warnings_log: pytest.LogCaptureFixture) -> None:
+def test_truncated_frames_dropped(
+    how: str, make_executor: Any, raw_socket: Any, sentinel: bytes, warnings_log: pytest.LogCaptureFixture
+) -> None:
     """A joined worker's RESULT, signed with its key: whole, the broker would take it, so
     the truncation alone is what gets it refused (once)."""
     ex = make_executor(1, heartbeat_timeout=60)  # the fake worker must not be declared lost
     conn = conn_of(ex)
     fake = fake_worker(raw_socket, conn)
     fake.join()
-    whole = [bytes(f) for f in fake.encode(Kind.RESULT, task_id=1, flags=Flag.OK, serializer=1,
-                                           frames=[sentinel, bytes(ZERO_COPY_THRESHOLD)])]
+    whole = [
+        bytes(f)
+        for f in fake.encode(
+            Kind.RESULT, task_id=1, flags=Flag.OK, serializer=1, frames=[sentinel, bytes(ZERO_COPY_THRESHOLD)]
+        )
+    ]
     assert len(whole) == 2  # the block, then the out-of-band frame
     fake.sock.send_multipart(TRUNCATIONS[how](whole))
     assert_logged(warnings_log, "dropped a message", conn.key)
@@ -230,9 +256,13 @@ def test_truncated_frames_dropped(how: str, make_executor: Any, raw_socket: Any,
     assert_still_works(ex)
 
 
-def test_replayed_frames_refused(make_executor: Any, raw_socket: Any, sentinel: bytes,
-                                 monkeypatch: pytest.MonkeyPatch,
-                                 warnings_log: pytest.LogCaptureFixture) -> None:
+def test_replayed_frames_refused(
+    make_executor: Any,
+    raw_socket: Any,
+    sentinel: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    warnings_log: pytest.LogCaptureFixture,
+) -> None:
     """Signed messages sent again: same connection, a new connection, another routing id.
 
     Protocol 3 numbers a worker's main link and sends lost messages again, so a number
@@ -277,8 +307,13 @@ def test_replayed_frames_refused(make_executor: Any, raw_socket: Any, sentinel: 
     monkeypatch.setattr(broker_module, "_resolve_message", counted)
     fut = ex.submit(abs, -3)
     task = fake.expect(Kind.TASK)
-    answer = fake.send(Kind.RESULT, task_id=task.task_id, flags=Flag.OK, serializer=task.serializer,
-                       frames=get_serializer(task.serializer).dumps(3))
+    answer = fake.send(
+        Kind.RESULT,
+        task_id=task.task_id,
+        flags=Flag.OK,
+        serializer=task.serializer,
+        frames=get_serializer(task.serializer).dumps(3),
+    )
     assert fut.result(timeout=10) == 3
     fake.sock.send_multipart(answer)
     # barrier: GOODBYE goes after the replay on the same connection, answered in order
@@ -309,16 +344,25 @@ def test_replayed_frames_refused(make_executor: Any, raw_socket: Any, sentinel: 
     assert_logged(warnings_log, "bad signature", conn.key)
     #    and a key holder's RESULT (carrying a pickle) signed for that routing id: refused
     #    before the payload is looked at
-    main.send_multipart(FakeWorker(main, conn.key, stranger).encode(
-        Kind.RESULT, session=conn.session, seq=99, task_id=task.task_id, flags=Flag.OK,
-        serializer=1, frames=[sentinel]))
+    main.send_multipart(
+        FakeWorker(main, conn.key, stranger).encode(
+            Kind.RESULT,
+            session=conn.session,
+            seq=99,
+            task_id=task.task_id,
+            flags=Flag.OK,
+            serializer=1,
+            frames=[sentinel],
+        )
+    )
     assert wait_for(lambda: drop_count(ex) >= before + 3)
     assert_logged(warnings_log, "never sent READY", conn.key)
     assert results == unpickled == [task.task_id]
 
 
 def test_reflected_heartbeat_replies_do_not_keep_a_cut_off_worker(
-        make_executor: Any, raw_socket: Any, warnings_log: pytest.LogCaptureFixture) -> None:
+    make_executor: Any, raw_socket: Any, warnings_log: pytest.LogCaptureFixture
+) -> None:
     """Someone on the path, without encryption and without the key, cuts a worker off and
     sends the broker its own HEARTBEAT replies back under the worker's heartbeat identity.
 
@@ -373,14 +417,16 @@ def test_reflected_heartbeat_replies_do_not_keep_a_cut_off_worker(
     again = other.expect(Kind.TASK)
     assert (again.task_id, again.aux) == (task.task_id, task.aux + 1)
     ser = get_serializer(again.serializer)
-    other.send(Kind.RESULT, task_id=again.task_id, flags=Flag.OK, serializer=again.serializer,
-               frames=ser.dumps(7))
+    other.send(
+        Kind.RESULT, task_id=again.task_id, flags=Flag.OK, serializer=again.serializer, frames=ser.dumps(7)
+    )
     assert fut.result(timeout=10) == 7
     leave(other)
 
 
-def test_replayed_stop_workers_refused(make_executor: Any, raw_socket: Any,
-                                       warnings_log: pytest.LogCaptureFixture) -> None:
+def test_replayed_stop_workers_refused(
+    make_executor: Any, raw_socket: Any, warnings_log: pytest.LogCaptureFixture
+) -> None:
     ex = make_executor(None)
     conn = conn_of(ex)
     stop = client_request(conn.key, Kind.STOP_WORKERS, conn.session, 1_000_000)
@@ -420,8 +466,9 @@ def test_curve_client_with_wrong_client_key_refused_by_zap(
     assert client_replies(intruder, conn.key, 0.3) == []
     assert drop_count(ex) == 0
     # the same request with the executor's client key is answered
-    friend = dealer(raw_socket, conn, curve=(conn.server_key, conn.client_public or "",
-                                            conn.client_secret or ""))
+    friend = dealer(
+        raw_socket, conn, curve=(conn.server_key, conn.client_public or "", conn.client_secret or "")
+    )
     friend.send_multipart(client_request(conn.key, Kind.STATUS, conn.session, 2))
     replies = client_replies(friend, conn.key, 10)
     assert [m.kind for m in replies] == [Kind.STATUS_REPLY]
@@ -432,8 +479,9 @@ def test_curve_client_with_wrong_client_key_refused_by_zap(
 def _run_worker(conn: ConnectionInfo) -> int:
     box: list[int] = []
     # a daemon: should the worker hang, this test fails and the session still ends
-    t = threading.Thread(target=lambda: box.append(Worker(conn, connect_timeout=1.5).run()),
-                         name="test-worker", daemon=True)
+    t = threading.Thread(
+        target=lambda: box.append(Worker(conn, connect_timeout=1.5).run()), name="test-worker", daemon=True
+    )
     t.start()
     t.join(30)
     assert not t.is_alive(), "the worker did not give up within 30 s of its 1.5 s connect timeout"
@@ -441,8 +489,9 @@ def _run_worker(conn: ConnectionInfo) -> int:
 
 
 @pytest.mark.parametrize("wrong", ["server key", "client key", "no curve"])
-def test_worker_with_wrong_curve_keys_cannot_join(wrong: str, make_executor: Any,
-                                                  warnings_log: pytest.LogCaptureFixture) -> None:
+def test_worker_with_wrong_curve_keys_cannot_join(
+    wrong: str, make_executor: Any, warnings_log: pytest.LogCaptureFixture
+) -> None:
     """The real worker code with a doctored connection file gets no WELCOME."""
     ex = make_executor(None, encrypt=True)
     conn = conn_of(ex)
@@ -466,7 +515,8 @@ def test_worker_with_right_connection_file_works_encrypted(make_executor: Any, t
     assert os.stat(path).st_mode & 0o777 == 0o600
     joiner = subprocess.Popen(
         [sys.executable, "-m", "impexec", "worker", "--connect", str(path), "--connect-timeout", "30"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         assert wait_for(lambda: ex.statistics().workers == 2, 60), "the joining worker never joined"
@@ -513,8 +563,9 @@ def test_group_readable_connection_file_refused(make_executor: Any, tmp_path: Pa
     os.chmod(path, 0o640)
     with pytest.raises(PermissionError, match="chmod 600"):
         ConnectionInfo.read(path)
-    status = subprocess.run([sys.executable, "-m", "impexec", "status", str(path)],
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "impexec", "status", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert status.returncode != 0
     assert "chmod 600" in status.stderr
     assert key not in status.stderr + status.stdout
@@ -540,16 +591,18 @@ def test_result_larger_than_the_limit_fails_its_future_only(
 def test_connection_info_repr_hides_secrets() -> None:
     key = os.urandom(32)
     public, secret = (k.decode() for k in zmq.curve_keypair())
-    conn = ConnectionInfo(address="tcp://127.0.0.1:1", key=key, server_key=public,
-                          client_public=public, client_secret=secret)
+    conn = ConnectionInfo(
+        address="tcp://127.0.0.1:1", key=key, server_key=public, client_public=public, client_secret=secret
+    )
     text = repr(conn) + str(conn)
     assert key.hex() not in text and repr(key) not in text and secret not in text
     assert ConnectionInfo.from_json(conn.to_json()) == conn  # the file still has them
 
 
 @pytest.mark.parametrize("encrypt", [False, True])
-def test_exposed_bind_warns_unless_encrypted(encrypt: bool, make_executor: Any,
-                                             warnings_log: pytest.LogCaptureFixture) -> None:
+def test_exposed_bind_warns_unless_encrypted(
+    encrypt: bool, make_executor: Any, warnings_log: pytest.LogCaptureFixture
+) -> None:
     ex = make_executor(None, address="tcp://0.0.0.0:0", encrypt=encrypt)
     conn = conn_of(ex)
     exposed = [r.getMessage() for r in warnings_log.records if "without encrypt=True" in r.getMessage()]

@@ -34,8 +34,7 @@ def check_sweep(out, xs, scale=1):
 @pytest.mark.parametrize("chunksize", [1, 16, "auto", "static"])
 def test_map_yields_each_result_or_exception_in_order(executor, chunksize):
     xs = list(range(N))
-    out = list(executor.map(st.evaluate, xs, chunksize=chunksize, return_exceptions=True,
-                            timeout=WAIT))
+    out = list(executor.map(st.evaluate, xs, chunksize=chunksize, return_exceptions=True, timeout=WAIT))
     check_sweep(out, xs)
 
 
@@ -51,16 +50,18 @@ def test_map_without_the_option_still_stops_at_the_first_failure(executor):
 
 def test_map_over_several_inputs(executor):
     xs = list(range(100))
-    out = list(executor.map(st.evaluate_pair, xs, [1] * 100, chunksize=8,
-                            return_exceptions=True, timeout=WAIT))
+    out = list(
+        executor.map(st.evaluate_pair, xs, [1] * 100, chunksize=8, return_exceptions=True, timeout=WAIT)
+    )
     for x, got in zip(xs, out, strict=True):
         assert isinstance(got, ValueError) if x % 7 == 3 else got == x * x + 1
 
 
 def test_map_unordered_yields_every_item_once(executor):
     xs = list(range(N))
-    out = list(executor.map_unordered(st.evaluate, xs, chunksize="auto", return_exceptions=True,
-                                      timeout=WAIT))
+    out = list(
+        executor.map_unordered(st.evaluate, xs, chunksize="auto", return_exceptions=True, timeout=WAIT)
+    )
     values = sorted(v for v in out if not isinstance(v, BaseException))
     errors = sorted(str(v) for v in out if isinstance(v, ValueError))
     assert values == sorted(x * x for x in xs if x % 7 != 3)
@@ -71,25 +72,25 @@ def test_map_unordered_yields_every_item_once(executor):
 def test_context_map_keeps_going(executor):
     with executor.context(st.make_model, 10) as ctx:
         xs = list(range(N))
-        out = list(ctx.map(st.with_model, xs, chunksize="auto", return_exceptions=True,
-                           timeout=WAIT))
+        out = list(ctx.map(st.with_model, xs, chunksize="auto", return_exceptions=True, timeout=WAIT))
         check_sweep(out, xs, scale=10)
-        out = list(ctx.map_unordered(st.with_model, xs, chunksize=32, return_exceptions=True,
-                                     timeout=WAIT))
+        out = list(ctx.map_unordered(st.with_model, xs, chunksize=32, return_exceptions=True, timeout=WAIT))
         assert sum(isinstance(v, ValueError) for v in out) == sum(x % 7 == 3 for x in xs)
 
 
 def test_failed_setup_gives_its_exception_for_every_item(executor):
     with executor.context(st.make_model, 1, fail=True) as ctx:
-        out = list(ctx.map(st.with_model, range(40), chunksize=8, return_exceptions=True,
-                           timeout=WAIT))
+        out = list(ctx.map(st.with_model, range(40), chunksize=8, return_exceptions=True, timeout=WAIT))
     assert len(out) == 40
     assert all(isinstance(v, RuntimeError) and "did not load" in str(v) for v in out)
 
 
 def test_an_exception_that_does_not_pickle_costs_only_its_item(executor):
-    out = list(executor.map(st.unpicklable_error_at, range(20), [7] * 20, chunksize=20,
-                            return_exceptions=True, timeout=WAIT))
+    out = list(
+        executor.map(
+            st.unpicklable_error_at, range(20), [7] * 20, chunksize=20, return_exceptions=True, timeout=WAIT
+        )
+    )
     assert out[:7] == list(range(7)) and out[8:] == list(range(8, 20))
     assert isinstance(out[7], SerializationError)
     assert "Unpicklable" in str(out[7])
@@ -97,8 +98,7 @@ def test_an_exception_that_does_not_pickle_costs_only_its_item(executor):
 
 def test_a_chunk_that_kills_its_worker_gives_worker_lost_for_its_items(make_executor):
     ex = make_executor(2, max_retries=0)
-    out = list(ex.map(st.kill_at, range(40), [13] * 40, chunksize=10, return_exceptions=True,
-                      timeout=WAIT))
+    out = list(ex.map(st.kill_at, range(40), [13] * 40, chunksize=10, return_exceptions=True, timeout=WAIT))
     assert out[:10] == list(range(10)) and out[20:] == list(range(20, 40))
     assert all(isinstance(v, WorkerLostError) for v in out[10:20])
 
@@ -112,8 +112,7 @@ def test_statistics_count_items_not_chunks(executor):
 
 
 def test_statistics_count_the_items_that_raised(executor):
-    out = list(executor.map(st.evaluate, range(N), chunksize=16, return_exceptions=True,
-                            timeout=WAIT))
+    out = list(executor.map(st.evaluate, range(N), chunksize=16, return_exceptions=True, timeout=WAIT))
     n_failed = sum(isinstance(v, ValueError) for v in out)
     stats = executor.statistics()
     assert n_failed == sum(x % 7 == 3 for x in range(N))

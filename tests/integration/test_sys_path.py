@@ -16,14 +16,14 @@ from pathlib import Path
 
 TIMEOUT = 120
 
-MODEL = '''
+MODEL = """
 import os
 import sys
 
 
 def where(x):
     return {"file": __file__, "x": x, "pid": os.getpid(), "path": sys.path}
-'''
+"""
 
 
 def run_script(tmp_path: Path, body: str) -> dict:
@@ -35,15 +35,21 @@ def run_script(tmp_path: Path, body: str) -> dict:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     proc = subprocess.run(
-        [sys.executable, str(script)], cwd=elsewhere, capture_output=True, text=True,
-        timeout=TIMEOUT, check=False,
+        [sys.executable, str(script)],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_a_module_beside_the_script_imports_on_local_workers(tmp_path: Path) -> None:
-    out = run_script(tmp_path, """
+    out = run_script(
+        tmp_path,
+        """
         import json
         from impexec import ClusterExecutor
         import model
@@ -51,7 +57,8 @@ def test_a_module_beside_the_script_imports_on_local_workers(tmp_path: Path) -> 
         if __name__ == "__main__":
             with ClusterExecutor(2) as ex:
                 print(json.dumps(ex.submit(model.where, 7).result(timeout=60)))
-    """)
+    """,
+    )
     assert out["x"] == 7
     assert out["file"] == str(tmp_path / "project" / "model.py")
     # the worker's own current directory is not on its path, as it is not on the client's
@@ -62,7 +69,9 @@ def test_a_directory_the_script_put_on_sys_path_is_on_the_workers_too(tmp_path: 
     lib = tmp_path / "lib"
     lib.mkdir()
     (lib / "helpers.py").write_text("def triple(x):\n    return 3 * x\n")
-    out = run_script(tmp_path, f"""
+    out = run_script(
+        tmp_path,
+        f"""
         import json
         import sys
         sys.path.insert(0, {str(lib)!r})
@@ -72,14 +81,17 @@ def test_a_directory_the_script_put_on_sys_path_is_on_the_workers_too(tmp_path: 
         if __name__ == "__main__":
             with ClusterExecutor(1) as ex:
                 print(json.dumps({{"x": ex.submit(helpers.triple, 5).result(timeout=60)}}))
-    """)
+    """,
+    )
     assert out["x"] == 15
 
 
 def test_a_replaced_worker_gets_the_path_of_the_executors_start(tmp_path: Path) -> None:
     # the path is taken once, when the executor starts: a worker started later to replace
     # one that died imports the same modules, whatever the client did to sys.path since
-    out = run_script(tmp_path, """
+    out = run_script(
+        tmp_path,
+        """
         import json
         import os
         import signal
@@ -101,7 +113,8 @@ def test_a_replaced_worker_gets_the_path_of_the_executors_start(tmp_path: Path) 
                         break
                     time.sleep(0.05)
             print(json.dumps({"first": first, "second": second}))
-    """)
+    """,
+    )
     first, second = out["first"], out["second"]
     assert second["pid"] != first["pid"], "the killed worker was not replaced"
     assert second["path"] == first["path"]

@@ -85,19 +85,27 @@ def main() -> None:
         workers = SGEWorkers(args.n, job_name=args.job_name, start_timeout=120)
     elif args.workers == "ssh":  # the test's sshd, described in $LIFECYCLE_SSH (JSON)
         ssh = json.loads(os.environ["LIFECYCLE_SSH"])
-        workers = SSHWorkers([ssh["destination"]], processes=args.n, port=ssh["port"],
-                             identity=ssh["identity"], ssh_options=ssh["options"],
-                             env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")},
-                             echo_stderr=False)
+        workers = SSHWorkers(
+            [ssh["destination"]],
+            processes=args.n,
+            port=ssh["port"],
+            identity=ssh["identity"],
+            ssh_options=ssh["options"],
+            env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+            echo_stderr=False,
+        )
     else:
         workers = None  # the test starts impexec-worker processes with our connection file
-    ex = ClusterExecutor(workers, heartbeat_interval=HEARTBEAT_INTERVAL,
-                         heartbeat_timeout=HEARTBEAT_TIMEOUT)
+    ex = ClusterExecutor(workers, heartbeat_interval=HEARTBEAT_INTERVAL, heartbeat_timeout=HEARTBEAT_TIMEOUT)
     # the connection file only when workers need it: asking for it makes the private
     # directory, which an executor with remote workers only does not have
     conn = ex.connection_file() if args.workers == "cli" else None
-    print(json.dumps({"pid": os.getpid(), "connection_file": conn,
-                      "tmpdir": str(ex._tmpdir) if ex._tmpdir else None}), flush=True)
+    print(
+        json.dumps(
+            {"pid": os.getpid(), "connection_file": conn, "tmpdir": str(ex._tmpdir) if ex._tmpdir else None}
+        ),
+        flush=True,
+    )
     deadline = time.monotonic() + 180
     while ex.statistics().workers < args.n:
         if time.monotonic() > deadline:

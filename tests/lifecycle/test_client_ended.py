@@ -139,8 +139,13 @@ def _start_cli_workers(run: Run) -> None:
     conn = run.info["connection_file"]
     for extra in (["--processes", "2"], []):
         cmd = [sys.executable, "-m", "impexec", "worker", "--connect", conn, *extra]
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, start_new_session=True)
+        p = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         run.extra.append(p)
         run.track(p.pid)
 
@@ -180,21 +185,48 @@ def _report(case: dict[str, Any]) -> None:
             f.write(json.dumps(case) + "\n")
 
 
-def end_client(tmp_path: Path, workers: str, moment: str, signame: str, *,
-               job_name: str = "impexec", n: int = 2,
-               list_jobs: Any = None, env: dict[str, str] | None = None) -> None:
+def end_client(
+    tmp_path: Path,
+    workers: str,
+    moment: str,
+    signame: str,
+    *,
+    job_name: str = "impexec",
+    n: int = 2,
+    list_jobs: Any = None,
+    env: dict[str, str] | None = None,
+) -> None:
     markers = tmp_path / "markers"
     markers.mkdir()
     job_dir = tmp_path / "jobs"
     env = {**os.environ, "IMPEXEC_JOB_DIR": str(job_dir), **(env or {})}
-    cmd = [sys.executable, str(CLIENT), "--workers", workers, "--moment", moment,
-           "--markers", str(markers), "--job-name", job_name, "--n", str(n)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        str(CLIENT),
+        "--workers",
+        workers,
+        "--moment",
+        moment,
+        "--markers",
+        str(markers),
+        "--job-name",
+        job_name,
+        "--n",
+        str(n),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     run = Run(proc, markers)
-    run.pump = threading.Thread(target=_pump, args=(proc.stdout, run.lines),
-                                name="test-client-stdout", daemon=True)
+    run.pump = threading.Thread(
+        target=_pump, args=(proc.stdout, run.lines), name="test-client-stdout", daemon=True
+    )
     run.pump.start()
     try:
         run.info = json.loads(_readline(run, START_TIMEOUT))
@@ -225,12 +257,19 @@ def end_client(tmp_path: Path, workers: str, moment: str, signame: str, *,
         if list_jobs is not None:
             jobs_left = [str(j) for j in wait_no_jobs(list_jobs, job_name, timeout=30)]
         files = _files_left(run, job_dir if workers in ("slurm", "sge") else None)
-        _report({"workers": workers, "moment": moment, "signal": signame,
-                 "seconds": round(elapsed, 2), "processes_left": len(left),
-                 "files_left": files, "jobs_left": jobs_left,
-                 "client_exit": proc.poll()})
-        assert not left, (f"{len(left)} process(es) still alive "
-                          f"{elapsed:.1f} s after {signame}: {left}")
+        _report(
+            {
+                "workers": workers,
+                "moment": moment,
+                "signal": signame,
+                "seconds": round(elapsed, 2),
+                "processes_left": len(left),
+                "files_left": files,
+                "jobs_left": jobs_left,
+                "client_exit": proc.poll(),
+            }
+        )
+        assert not left, f"{len(left)} process(es) still alive {elapsed:.1f} s after {signame}: {left}"
         assert not files, f"left behind: {files}"
         assert not jobs_left, f"jobs left in the queue: {jobs_left}"
     finally:
@@ -250,8 +289,7 @@ def test_local_workers(tmp_path, signame, moment):
 
 @pytest.mark.parametrize(
     ("signame", "moment"),
-    [("SIGKILL", "idle"), ("SIGKILL", "map"), ("SIGTERM", "context"), ("SIGHUP", "idle"),
-     ("SIGINT", "map")],
+    [("SIGKILL", "idle"), ("SIGKILL", "map"), ("SIGTERM", "context"), ("SIGHUP", "idle"), ("SIGINT", "map")],
 )
 def test_impexec_worker_processes(tmp_path, signame, moment):
     end_client(tmp_path, "cli", moment, signame, n=3)
@@ -261,20 +299,22 @@ def test_impexec_worker_processes(tmp_path, signame, moment):
 @pytest.mark.parametrize(("signame", "moment"), [("SIGKILL", "map"), ("SIGHUP", "context")])
 def test_ssh_workers(tmp_path, ssh_host, signame, moment):
     # the remote workers are sshd's children, not the client's: the broker's pids track them
-    ssh = {"destination": ssh_host.destination, "port": ssh_host.port,
-           "identity": ssh_host.identity_file, "options": list(ssh_host.options)}
+    ssh = {
+        "destination": ssh_host.destination,
+        "port": ssh_host.port,
+        "identity": ssh_host.identity_file,
+        "options": list(ssh_host.options),
+    }
     end_client(tmp_path, "ssh", moment, signame, env={"LIFECYCLE_SSH": json.dumps(ssh)})
 
 
 @pytest.mark.cluster
 @pytest.mark.parametrize(("signame", "moment"), [("SIGKILL", "map"), ("SIGTERM", "idle")])
 def test_slurm_workers(tmp_path, slurm_cluster, job_name_prefix, signame, moment):
-    end_client(tmp_path, "slurm", moment, signame, job_name=job_name_prefix,
-               list_jobs=squeue_jobs)
+    end_client(tmp_path, "slurm", moment, signame, job_name=job_name_prefix, list_jobs=squeue_jobs)
 
 
 @pytest.mark.cluster
 @pytest.mark.parametrize(("signame", "moment"), [("SIGKILL", "map"), ("SIGTERM", "idle")])
 def test_sge_workers(tmp_path, sge_cluster, job_name_prefix, signame, moment):
-    end_client(tmp_path, "sge", moment, signame, job_name=job_name_prefix,
-               list_jobs=qstat_jobs)
+    end_client(tmp_path, "sge", moment, signame, job_name=job_name_prefix, list_jobs=qstat_jobs)

@@ -66,8 +66,9 @@ def test_a_launcher_that_cannot_start_leaves_nothing(tmp_path, private_tmp):
     blocker.write_text("")
     address = _free_address()
     with pytest.raises(OSError):
-        ClusterExecutor([LocalWorkers(1), SlurmWorkers(2, output_dir=blocker / "jobs")],
-                        address=address, **FAST)
+        ClusterExecutor(
+            [LocalWorkers(1), SlurmWorkers(2, output_dir=blocker / "jobs")], address=address, **FAST
+        )
     _assert_released(address)
     assert list(private_tmp.iterdir()) == []  # socket and connection files removed
 
@@ -135,8 +136,9 @@ print("parent ok")
 
 
 def test_a_forked_child_cannot_use_the_parents_executor():
-    res = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True,
-                         timeout=90, check=False)
+    res = subprocess.run(
+        [sys.executable, "-c", FORK], capture_output=True, text=True, timeout=90, check=False
+    )
     assert res.stdout.split("\n")[:2] == ["child 0", "parent ok"], res.stdout + res.stderr
 
 
@@ -158,8 +160,9 @@ def test_a_forked_child_exits_without_touching_the_parents_executor():
         assert ex.submit(pow, 2, 6).result(timeout=60) == 64
         ex.shutdown()
     """)
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=90, check=False)
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=90, check=False
+    )
     assert res.returncode == 0 and res.stdout.strip() == "child 0 True", res.stdout + res.stderr
 
 
@@ -199,8 +202,7 @@ def test_a_submitted_job_script_is_removed_at_once(tmp_path, shutdown_with_deadl
 
     class Recording(SlurmWorkers):
         def submit_argv(self, script):
-            code = (f"import shutil, sys; shutil.copy({str(script)!r}, {str(copies)!r}); "
-                    "print('4242')")
+            code = f"import shutil, sys; shutil.copy({str(script)!r}, {str(copies)!r}); print('4242')"
             return [sys.executable, "-c", code]
 
         def query(self, jobs):
@@ -217,4 +219,3 @@ def test_a_submitted_job_script_is_removed_at_once(tmp_path, shutdown_with_deadl
     finally:
         launcher.cancel_argv = lambda keys: [sys.executable, "-c", "pass"]
         shutdown_with_deadline(ex)
-

@@ -63,8 +63,9 @@ def test_a_respawned_worker_declared_lost_gets_its_grace_period(tmp_path, kind):
     if kind == "ssh":
         launcher = SSHWorkers(["node1"], ssh=FAKE_SSH, echo_stderr=False)
     else:  # a local "worker" that waits like one, whatever it is told
-        launcher = LocalWorkers(1, python=[sys.executable, "-c", "import time; time.sleep(600)",
-                                           "--"], echo_stderr=False)
+        launcher = LocalWorkers(
+            1, python=[sys.executable, "-c", "import time; time.sleep(600)", "--"], echo_stderr=False
+        )
     host = Host(tmp_path)
     launcher.start(host)
     try:
@@ -102,8 +103,7 @@ def test_every_launcher_runs_the_same_worker_command(tmp_path):
     sge = SGEWorkers(1, python="/opt/py/bin/python3", output_dir=tmp_path)
     worker = ["/opt/py/bin/python3", "-m", "impexec", "worker", "--connect"]
     assert lw.worker_command("t1")[:5] == worker
-    assert lw.worker_command("t1")[5:] == [str(host.connection_file), "--exit-with-stdin",
-                                           "--tag", "t1"]
+    assert lw.worker_command("t1")[5:] == [str(host.connection_file), "--exit-with-stdin", "--tag", "t1"]
     remote = shlex.split(ssh.remote_command("t2"))
     assert remote == ["exec", *worker, "-", "--exit-with-stdin", "--tag", "t2"]
     for batch in (slurm, sge):
@@ -111,8 +111,7 @@ def test_every_launcher_runs_the_same_worker_command(tmp_path):
         assert line.startswith("exec " + shlex.join([*worker, "-"]) + " --tag")
 
 
-def test_a_supervisor_obeys_sigterm_while_a_replacement_waits_its_backoff(shutdown_with_deadline,
-                                                                          tmp_path):
+def test_a_supervisor_obeys_sigterm_while_a_replacement_waits_its_backoff(shutdown_with_deadline, tmp_path):
     # impexec-worker --processes slept through a replacement's backoff (up to 30 s), so a
     # SIGTERM (or another child's death) waited for it
     import signal
@@ -125,11 +124,23 @@ def test_a_supervisor_obeys_sigterm_while_a_replacement_waits_its_backoff(shutdo
     ex = ClusterExecutor(None, heartbeat_interval=0.1, heartbeat_timeout=2.0)
     log = tmp_path / "supervisor.log"
     with open(log, "wb") as err:
-        sup = subprocess.Popen([sys.executable, "-m", "impexec", "worker", "--connect",
-                                ex.connection_file(), "--processes", "2"],
-                               stdin=subprocess.DEVNULL, stderr=err)
+        sup = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "impexec",
+                "worker",
+                "--connect",
+                ex.connection_file(),
+                "--processes",
+                "2",
+            ],
+            stdin=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         _wait(lambda: ex.statistics().workers == 2, 60)
+
         def slot0() -> psutil.Process:  # the child of slot 0: its tag ends in -0-<generation>
             kids = psutil.Process(sup.pid).children()
             assert len(kids) == 2
@@ -143,8 +154,7 @@ def test_a_supervisor_obeys_sigterm_while_a_replacement_waits_its_backoff(shutdo
             try:
                 _wait(lambda: len(psutil.Process(sup.pid).children()) == 2, 30)
             except AssertionError:
-                raise AssertionError(f"no replacement; the supervisor said:\n{log.read_text()}"
-                                     ) from None
+                raise AssertionError(f"no replacement; the supervisor said:\n{log.read_text()}") from None
         slot0().kill()  # its next replacement waits the longest backoff yet (seconds)
         time.sleep(0.5)
         t = time.monotonic()

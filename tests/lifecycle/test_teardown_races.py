@@ -28,9 +28,15 @@ WINDOW_S = 1.0  # how long teardown is held inside its window
 @pytest.fixture
 def broker_in_teardown():
     """A running broker, then stopped; yields it while its teardown is in the window."""
-    b = Broker(scheduler=Scheduler(), key=os.urandom(32), session=os.urandom(8),
-               address="tcp://127.0.0.1:0", heartbeat_interval=0.1, heartbeat_timeout=1.0,
-               welcome_extra={})
+    b = Broker(
+        scheduler=Scheduler(),
+        key=os.urandom(32),
+        session=os.urandom(8),
+        address="tcp://127.0.0.1:0",
+        heartbeat_interval=0.1,
+        heartbeat_timeout=1.0,
+        welcome_extra={},
+    )
     inside = threading.Event()
     close = b._guard.close
 
@@ -65,17 +71,21 @@ def test_a_call_during_teardown_returns_without_waiting_out_its_timeout(broker_i
     assert broker_in_teardown.stopped.is_set()
 
 
-
 def test_a_call_queued_behind_a_crash_is_answered():
     # the broker thread dies on an item of its inbox; a call() queued behind it was
     # dropped by the teardown's drain and waited out its whole timeout
-    b = Broker(scheduler=Scheduler(), key=os.urandom(32), session=os.urandom(8),
-               address="tcp://127.0.0.1:0", heartbeat_interval=0.1, heartbeat_timeout=1.0,
-               welcome_extra={})
+    b = Broker(
+        scheduler=Scheduler(),
+        key=os.urandom(32),
+        session=os.urandom(8),
+        address="tcp://127.0.0.1:0",
+        heartbeat_interval=0.1,
+        heartbeat_timeout=1.0,
+        welcome_extra={},
+    )
     b.start()
     answer: list[object] = []
-    asker = threading.Thread(target=lambda: answer.append(b.call(lambda: "ran", 10)),
-                             name="test-asker")
+    asker = threading.Thread(target=lambda: answer.append(b.call(lambda: "ran", 10)), name="test-asker")
     try:
         with b._lock:  # the thread waits here; both land in the inbox in this order
             b.enqueue(_crash)

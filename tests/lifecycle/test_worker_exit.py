@@ -29,7 +29,10 @@ def _wait_workers(ex: ClusterExecutor, n: int, timeout: float = 60.0) -> None:
 def _worker(connection_file: str, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "impexec", "worker", "--connect", connection_file, *extra],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _reap(p: subprocess.Popen[bytes]) -> None:
@@ -76,8 +79,9 @@ def test_worker_exits_when_its_client_is_killed_and_its_stderr_is_gone():
     # the client was killed: the pipe that read the worker's stderr died with it, so the
     # heartbeat thread's "no heartbeat" notice cannot be written; the worker must leave
     # anyway, and take the client's private directory (socket, key) with it
-    client = subprocess.Popen([sys.executable, "-c", CLIENT, "1"], stdout=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, text=True)
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, "1"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    )
     worker = None
     try:
         connection_file = Path(client.stdout.readline().strip())
@@ -103,8 +107,9 @@ def test_worker_exits_when_its_client_is_killed_and_its_stderr_is_gone():
 def test_a_supervisor_whose_client_is_killed_removes_its_private_dir():
     # impexec-worker --processes: the children read the connection from stdin and cannot
     # tell where it came from; the supervisor, which was given the file, cleans up
-    client = subprocess.Popen([sys.executable, "-c", CLIENT, "2"], stdout=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, text=True)
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, "2"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    )
     supervisor = None
     connection_file = Path("/nonexistent")
     try:
@@ -170,7 +175,10 @@ def test_a_live_executors_dir_stays(private_dir):
     folder = private_dir(listening=True)
     assert not remove_orphaned_private_dir(folder / "connection.json")
     assert sorted(p.name for p in folder.iterdir()) == [
-        "broker.sock", "connection-local.json", "connection.json"]
+        "broker.sock",
+        "connection-local.json",
+        "connection.json",
+    ]
 
 
 def test_a_dir_whose_lock_is_held_stays(private_dir):
@@ -232,8 +240,9 @@ def test_local_workers_leave_at_once_when_their_client_is_killed():
     # not after heartbeat_timeout (120 s here): their stdin closes with the client
     import psutil
 
-    client = subprocess.Popen([sys.executable, "-c", LOCAL_CLIENT], stdout=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, text=True)
+    client = subprocess.Popen(
+        [sys.executable, "-c", LOCAL_CLIENT], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    )
     worker = None
     try:
         pid, tmpdir = client.stdout.readline().split()

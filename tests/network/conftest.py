@@ -40,9 +40,7 @@ EXIT_GRACE_S = 10.0
 if str(HERE) not in sys.path:
     sys.path.append(str(HERE))
 if str(HERE) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (os.environ.get("PYTHONPATH", ""), str(HERE)) if p
-    )
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(HERE)) if p)
 
 from relay import Relay  # noqa: E402 (found through the path set just above)
 
@@ -88,8 +86,12 @@ class RelayedCluster:
         self.all_procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
         self._lock = threading.Lock()
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (_impexec_root(), os.environ.get("PYTHONPATH", "")) if p)}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (_impexec_root(), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        }
         self.ex = ClusterExecutor(None, address="tcp://127.0.0.1:0", **{**HEARTBEAT, **options})
         try:
             info = ConnectionInfo.read(self.ex.connection_file())
@@ -97,8 +99,11 @@ class RelayedCluster:
             self._files = []
             for i in range(n_workers):
                 self.relays.append(Relay((host, int(port)), name=f"relay{i}"))
-                self._files.append(dataclasses.replace(info, address=self.relays[i].address)
-                                   .write(tmp / f"connection-relay{i}.json"))
+                self._files.append(
+                    dataclasses.replace(info, address=self.relays[i].address).write(
+                        tmp / f"connection-relay{i}.json"
+                    )
+                )
         except BaseException:
             self.close()
             raise
@@ -116,9 +121,22 @@ class RelayedCluster:
             log = self.tmp / f"worker{i}-{n}.log"
             with open(log, "wb") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "impexec", "worker", "--connect", str(self._files[i]),
-                     "--connect-timeout", str(CONNECT_S), "--tag", f"relayed-{i}-{n}"],
-                    env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    [
+                        sys.executable,
+                        "-m",
+                        "impexec",
+                        "worker",
+                        "--connect",
+                        str(self._files[i]),
+                        "--connect-timeout",
+                        str(CONNECT_S),
+                        "--tag",
+                        f"relayed-{i}-{n}",
+                    ],
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
             self.procs[i] = proc
@@ -179,8 +197,10 @@ class RelayedCluster:
 
 
 @pytest.fixture
-def relayed_cluster(tmp_path: Path, shutdown_with_deadline: Callable[[Any], None],
-                    ) -> Iterator[Callable[..., RelayedCluster]]:
+def relayed_cluster(
+    tmp_path: Path,
+    shutdown_with_deadline: Callable[[Any], None],
+) -> Iterator[Callable[..., RelayedCluster]]:
     """Factory: ``relayed_cluster(n_workers, **executor_options)`` → a started RelayedCluster.
 
     With ``start=False`` no worker is started yet (``cluster.start_worker(i)`` does it), so

@@ -142,7 +142,8 @@ class Relay:
         self._stall: dict[str, tuple[float, str]] = {}
         self._delay = {UP: 0.0, DOWN: 0.0}
         self._counts = dict.fromkeys(
-            ("accepted", "forwarded", "refused", "aborted", "closed", "bytes_up", "bytes_down"), 0)
+            ("accepted", "forwarded", "refused", "aborted", "closed", "bytes_up", "bytes_down"), 0
+        )
         self._changed = threading.Condition()
         self._closing = False
         self._crash: BaseException | None = None
@@ -161,6 +162,7 @@ class Relay:
         Returns:
             The number of links aborted.
         """
+
         def apply() -> int:
             self._refuse_until = max(self._refuse_until, time.monotonic() + duration)
             return self._abort_all()
@@ -196,6 +198,7 @@ class Relay:
 
     def heal(self) -> None:
         """End every fault now: stalls end as their ``then`` says; refusal and delay end."""
+
         def apply() -> None:
             self._refuse_until = 0.0
             self._delay = {UP: 0.0, DOWN: 0.0}
@@ -211,6 +214,7 @@ class Relay:
 
     def wait_links(self, n: int, timeout: float) -> bool:
         """Wait until at least ``n`` links are connected to the target; False on timeout."""
+
         def ready() -> bool:
             return sum(link.target is not None for link in list(self._links.values())) >= n
 

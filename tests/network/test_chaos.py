@@ -104,8 +104,7 @@ def test_network_chaos(relayed_cluster, tmp_path):
     seconds = time.monotonic() - started
     stats = ex.statistics()
     failed = {i: f.exception(0) for i, f in enumerate(futures) if f.done() and f.exception(0)}
-    wrong = [i for i, f in enumerate(futures)
-             if f.done() and not f.exception(0) and f.result(0)[0] != i * i]
+    wrong = [i for i, f in enumerate(futures) if f.done() and not f.exception(0) and f.result(0)[0] != i * i]
     twice, reruns = [], 0
     for i in range(N_TASKS):
         pids = nt.runs(logdir, i)
@@ -113,10 +112,12 @@ def test_network_chaos(relayed_cluster, tmp_path):
         survivors = [p for p in pids if p not in chaos.lost_pids]
         if len(set(pids)) < len(pids) or len(survivors) > 1:
             twice.append((i, pids))
-    print(f"network chaos: {N_TASKS} tasks on {N_WORKERS} workers in {seconds:.1f} s; "
-          f"{chaos.resets} link resets, {chaos.kills} kills, {chaos.restarts} other exits "
-          f"{dict(chaos.exit_codes)}; {stats.resubmitted} resubmissions, {reruns} reruns, "
-          f"{stats.workers_lost} workers lost; {stats}")
+    print(
+        f"network chaos: {N_TASKS} tasks on {N_WORKERS} workers in {seconds:.1f} s; "
+        f"{chaos.resets} link resets, {chaos.kills} kills, {chaos.restarts} other exits "
+        f"{dict(chaos.exit_codes)}; {stats.resubmitted} resubmissions, {reruns} reruns, "
+        f"{stats.workers_lost} workers lost; {stats}"
+    )
     assert chaos.error is None, f"the chaos thread failed: {chaos.error!r}"
     assert not hung, f"{len(hung)} futures not done within {BOUND_S} s: {stats}"
     assert not failed, f"{len(failed)} tasks lost, e.g. {list(failed.items())[:3]}"

@@ -105,8 +105,10 @@ def test_result_of_a_task_ending_during_the_outage_is_not_lost(relayed_cluster, 
         cluster.relays[0].half_open(UP, 1.0, then="reset")
     cut = time.monotonic()
     value, _ = fut.result(timeout=RESULT_S)
-    print(f"result {how}: done {time.monotonic() - cut:.2f} s after the cut (the task ends 0.4 s "
-          "after it started)")
+    print(
+        f"result {how}: done {time.monotonic() - cut:.2f} s after the cut (the task ends 0.4 s "
+        "after it started)"
+    )
     assert value == 49
     assert_ran_once(logdir, [7])
     stats = ex.statistics()

@@ -45,8 +45,9 @@ def target(server: socket.socket) -> tuple[str, int]:
     return server.getsockname()[:2]
 
 
-def connect(relay: Relay, keep: Callable[[socket.socket], socket.socket],
-            server: socket.socket) -> tuple[socket.socket, socket.socket]:
+def connect(
+    relay: Relay, keep: Callable[[socket.socket], socket.socket], server: socket.socket
+) -> tuple[socket.socket, socket.socket]:
     """A client connected through the relay, and the server's end of it."""
     client = keep(socket.create_connection((relay.host, relay.port), timeout=IO_TIMEOUT))
     peer, _ = server.accept()
@@ -294,7 +295,6 @@ def test_close_leaves_no_thread_or_socket(server, sockets):
     relay.close()  # twice is fine
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((relay.host, relay.port), timeout=IO_TIMEOUT).close()
-
 
 
 def test_a_dead_relay_thread_is_reported_not_hidden(server):

@@ -122,12 +122,26 @@ UNEXPLAINED = "received there, neither run nor given back"
 #:   with its (second) worker is charged.
 #: Every other kind fails the run; IMPEXEC_SIM_TOLERATE=all counts them instead.
 ACCEPTED_MISCHARGES = frozenset((LOST_ANSWER, NEVER_RECEIVED_ALONE))
-TOLERATED = (ACCEPTED_MISCHARGES if os.environ.get("IMPEXEC_SIM_TOLERATE") != "all"
-             else frozenset((*ACCEPTED_MISCHARGES, NEVER_RECEIVED, UNEXPLAINED)))
+TOLERATED = (
+    ACCEPTED_MISCHARGES
+    if os.environ.get("IMPEXEC_SIM_TOLERATE") != "all"
+    else frozenset((*ACCEPTED_MISCHARGES, NEVER_RECEIVED, UNEXPLAINED))
+)
 
 #: Totals over the whole run (printed and recorded by the test).
-STATS = {"examples": 0, "steps": 0, "ticks": 0, "tasks": 0, "kills": 0, "lost_errors": 0,
-         "resets": 0, "drops": 0, "charges": 0, "released": 0, "late_results": 0}
+STATS = {
+    "examples": 0,
+    "steps": 0,
+    "ticks": 0,
+    "tasks": 0,
+    "kills": 0,
+    "lost_errors": 0,
+    "resets": 0,
+    "drops": 0,
+    "charges": 0,
+    "released": 0,
+    "late_results": 0,
+}
 
 
 def f(x: int) -> int:
@@ -298,8 +312,9 @@ class SimBroker:
             task = a.task
             peer = self.peers.get(a.worker.ident)
             assert peer is not None
-            m = self.encode_main(peer, Kind.TASK, now, task_id=task.id, aux=task.attempts,
-                                 value=task.frames[0])
+            m = self.encode_main(
+                peer, Kind.TASK, now, task_id=task.id, aux=task.attempts, value=task.frames[0]
+            )
             task.sent_seq = peer.chan.sent
             self.task_seq[peer.wid, task.id] = m.seq
             batches.setdefault(peer.wid, (peer, []))[1].append(m)
@@ -442,8 +457,14 @@ class SimWorker:
                 ok, value = False, ("ValueError", x)
             else:
                 ok, value = True, f(x)
-            res = self.encode(Kind.RESULT, now, task_id=msg.task_id, flags=Flag.OK if ok else 0,
-                              aux=int(self.sim.durations[msg.task_id] * 1e6), value=value)
+            res = self.encode(
+                Kind.RESULT,
+                now,
+                task_id=msg.task_id,
+                flags=Flag.OK if ok else 0,
+                aux=int(self.sim.durations[msg.task_id] * 1e6),
+                value=value,
+            )
             self.running = None
             self.state[msg.task_id] = "answered"
             self.sim.net_send(self.wid, "main", "w2b", [res])
@@ -509,8 +530,12 @@ class SimWorker:
             flags = HB_IDLE if self.idle and not self.queue else 0
             if self.inorder.gap:
                 flags |= HB_GAP
-            self.sim.net_send(self.wid, "hb", "w2b", [Msg(Kind.HEARTBEAT, self.hb_seq, self.chan.upto,
-                                                          aux=flags, task_id=self.broker_seq)])
+            self.sim.net_send(
+                self.wid,
+                "hb",
+                "w2b",
+                [Msg(Kind.HEARTBEAT, self.hb_seq, self.chan.upto, aux=flags, task_id=self.broker_seq)],
+            )
         due = self.chan.due(now, RTO, MAX_RTO)
         if due:
             self.sim.net_send(self.wid, "hb", "w2b", list(due))
@@ -637,7 +662,8 @@ class DeliverySim(RuleBasedStateMachine):
         assert why in TOLERATED, (
             f"task {task.id} charged an attempt for the loss of worker {int.from_bytes(wid, 'big')}, "
             f"which was running {ran} ({'alive' if proc.alive else 'dead'}) at t={self.now:.1f}; "
-            f"the task was {why}")
+            f"the task was {why}"
+        )
         self.charges[task.id] = self.charges.get(task.id, 0) + 1  # counted as if justified
 
     @staticmethod
@@ -645,8 +671,12 @@ class DeliverySim(RuleBasedStateMachine):
         return 3 * tid + 1
 
     # -- rules ------------------------------------------------------------------------------
-    @initialize(n=st.integers(1, 3), max_retries=st.integers(0, 2),
-                prefetch=st.sampled_from([None, None, 0, 2]), notice=st.booleans())
+    @initialize(
+        n=st.integers(1, 3),
+        max_retries=st.integers(0, 2),
+        prefetch=st.sampled_from([None, None, 0, 2]),
+        notice=st.booleans(),
+    )
     def setup(self, n: int, max_retries: int, prefetch: int | None, notice: bool) -> None:
         self.max_retries = max_retries
         self.notice_exits = notice
@@ -684,8 +714,13 @@ class DeliverySim(RuleBasedStateMachine):
             del packets[i % len(packets)]
             STATS["drops"] += 1
 
-    @rule(w=WORKER, link=LINK, direction=DIRECTION, i=st.integers(0, 20),
-          later=st.sampled_from([0.0, 0.1, 0.5, 2.0]))
+    @rule(
+        w=WORKER,
+        link=LINK,
+        direction=DIRECTION,
+        i=st.integers(0, 20),
+        later=st.sampled_from([0.0, 0.1, 0.5, 2.0]),
+    )
     def duplicate(self, w: int, link: str, direction: str, i: int, later: float) -> None:
         packets = self._pick_flight(w, link, direction)
         if packets:
@@ -693,8 +728,13 @@ class DeliverySim(RuleBasedStateMachine):
             self.order += 1
             packets.append([p[0] + later, self.order, p[2]])
 
-    @rule(w=WORKER, link=LINK, direction=DIRECTION, i=st.integers(0, 20),
-          by=st.sampled_from([0.1, 0.3, 1.0, 3.0, MAX_DELAY]))
+    @rule(
+        w=WORKER,
+        link=LINK,
+        direction=DIRECTION,
+        i=st.integers(0, 20),
+        by=st.sampled_from([0.1, 0.3, 1.0, 3.0, MAX_DELAY]),
+    )
     def delay_one(self, w: int, link: str, direction: str, i: int, by: float) -> None:
         """Later packets overtake this one (reordering)."""
         packets = self._pick_flight(w, link, direction)
@@ -770,7 +810,8 @@ class DeliverySim(RuleBasedStateMachine):
         STATS["steps"] += 1
         open_futures = {t for t, r in self.resolutions.items() if not r}
         assert open_futures == set(self.broker.sched.tasks), (
-            f"open futures {sorted(open_futures)} != open tasks {sorted(self.broker.sched.tasks)}")
+            f"open futures {sorted(open_futures)} != open tasks {sorted(self.broker.sched.tasks)}"
+        )
         # what the user's statistics() says agrees with what the futures got
         stats = self.broker.sched.statistics()
         ok = sum(1 for r in self.resolutions.values() if r and r[0][0])
@@ -808,12 +849,16 @@ class DeliverySim(RuleBasedStateMachine):
         lines = [what, f"scheduler: {s.statistics()}"]
         for w in s.workers.values():
             peer = self.broker.peers.get(w.ident)
-            lines.append(f"  broker view {int.from_bytes(w.ident, 'big')}: assigned {list(w.assigned)} "
-                         f"isolated={w.isolated} unacked={list(peer.chan.unacked) if peer else '-'}")
-        lines += [f"  worker {int.from_bytes(p.wid, 'big')}: running {p.running_id} "
-                  f"queue {[m.task_id for m in p.queue]} gap={p.inorder.gap} "
-                  f"upto={p.chan.upto} unacked={list(p.chan.unacked)} welcomed={p.welcomed}"
-                  for p in self.live()]
+            lines.append(
+                f"  broker view {int.from_bytes(w.ident, 'big')}: assigned {list(w.assigned)} "
+                f"isolated={w.isolated} unacked={list(peer.chan.unacked) if peer else '-'}"
+            )
+        lines += [
+            f"  worker {int.from_bytes(p.wid, 'big')}: running {p.running_id} "
+            f"queue {[m.task_id for m in p.queue]} gap={p.inorder.gap} "
+            f"upto={p.chan.upto} unacked={list(p.chan.unacked)} welcomed={p.welcomed}"
+            for p in self.live()
+        ]
         return "\n".join(lines)
 
 

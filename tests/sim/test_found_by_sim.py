@@ -38,8 +38,15 @@ def broker_of() -> Iterator[Callable[[Scheduler], tuple[Broker, bytes]]]:
 
     def make(sched: Scheduler) -> tuple[Broker, bytes]:
         key = os.urandom(32)
-        b = Broker(scheduler=sched, key=key, session=os.urandom(8), address="tcp://127.0.0.1:0",
-                   heartbeat_interval=HB_INTERVAL, heartbeat_timeout=HB_TIMEOUT, welcome_extra={})
+        b = Broker(
+            scheduler=sched,
+            key=key,
+            session=os.urandom(8),
+            address="tcp://127.0.0.1:0",
+            heartbeat_interval=HB_INTERVAL,
+            heartbeat_timeout=HB_TIMEOUT,
+            welcome_extra={},
+        )
         b.start()
         made.append(b)
         return b, key
@@ -64,8 +71,15 @@ class FakeWorker:
         self.raw_socket, self.address = raw_socket, broker.address
         self.hb: zmq.Socket[Any] | None = None
         self.upto = 0
-        self.sock.send_multipart(encode(self.tx, Kind.READY, b"\0" * 8, 1, frames=[json.dumps(
-            {"worker": self.wid.hex(), "pid": 0, "host": "fake"}).encode()]))
+        self.sock.send_multipart(
+            encode(
+                self.tx,
+                Kind.READY,
+                b"\0" * 8,
+                1,
+                frames=[json.dumps({"worker": self.wid.hex(), "pid": 0, "host": "fake"}).encode()],
+            )
+        )
         welcome = self.receive(Kind.WELCOME)[0]
         self.session = bytes.fromhex(welcome.json()["session"])
         self.upto = welcome.seq
@@ -102,7 +116,8 @@ def submit(broker: Broker, tid: int) -> Future[Any]:
 
 
 def test_a_task_sent_to_a_worker_that_died_before_receiving_it_is_not_charged(
-        broker_of: Any, raw_socket: Any) -> None:
+    broker_of: Any, raw_socket: Any
+) -> None:
     """The worker dies idle; the broker has not noticed yet and sends it a task, which
     nobody receives (the send fails, or the bytes die with the connection). When the
     heartbeat timeout declares the worker lost, that task is charged as if it had been
@@ -122,12 +137,18 @@ def test_a_task_sent_to_a_worker_that_died_before_receiving_it_is_not_charged(
     assert stats.queued == 1 and stats.failed == 0, stats
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "design limitation found by the simulation: when a worker dies after its result for "
-    "one task was lost and while it runs the next, the broker blames the first task it "
-    "holds (the finished one); see the simulation's notes"))
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "design limitation found by the simulation: when a worker dies after its result for "
+        "one task was lost and while it runs the next, the broker blames the first task it "
+        "holds (the finished one); see the simulation's notes"
+    ),
+)
 def test_a_task_whose_result_was_lost_is_not_charged_when_its_worker_dies_on_the_next(
-        broker_of: Any, raw_socket: Any) -> None:
+    broker_of: Any, raw_socket: Any
+) -> None:
     """The worker holds T1 and T2 (prefetch), runs T1, sends its RESULT, which a reset
     drops, starts T2 and dies before it resends the result. The broker declares it lost
     and charges T1 (first of what it holds), which finished, while T2, which was running,
@@ -142,8 +163,9 @@ def test_a_task_whose_result_was_lost_is_not_charged_when_its_worker_dies_on_the
     w.die()
     wait_until(lambda: broker.statistics().workers_lost == 1, 10 * HB_TIMEOUT, "the worker to be lost")
     time.sleep(0.2)
-    assert not (f1.done() and isinstance(f1.exception(timeout=0), WorkerLostError)), \
+    assert not (f1.done() and isinstance(f1.exception(timeout=0), WorkerLostError)), (
         "T1 finished on the lost worker, yet it was charged (T2 was running)"
+    )
     assert not f2.done()
 
 

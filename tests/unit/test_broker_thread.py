@@ -26,9 +26,15 @@ def test_no_broker_attribute_is_shadowed_by_the_running_pythons_thread():
 
 
 def test_broker_runs_and_stops_on_this_python():
-    b = Broker(scheduler=Scheduler(), key=os.urandom(32), session=os.urandom(8),
-               address="tcp://127.0.0.1:0", heartbeat_interval=0.1, heartbeat_timeout=1.0,
-               welcome_extra={})
+    b = Broker(
+        scheduler=Scheduler(),
+        key=os.urandom(32),
+        session=os.urandom(8),
+        address="tcp://127.0.0.1:0",
+        heartbeat_interval=0.1,
+        heartbeat_timeout=1.0,
+        welcome_extra={},
+    )
     b.start()
     try:
         assert b.is_alive()

@@ -62,9 +62,7 @@ def test_resolve_file(tmp_path: Path) -> None:
     path = _info().write(tmp_path / "conn.json")
     assert resolve(str(path)).key == KEY
     other = "ab" * 16
-    assert resolve(str(path), other).key == bytes.fromhex(
-        other
-    )  # --key overrides the file
+    assert resolve(str(path), other).key == bytes.fromhex(other)  # --key overrides the file
 
 
 def test_resolve_url_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:

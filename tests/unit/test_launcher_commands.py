@@ -16,9 +16,7 @@ from impexec._connection import ConnectionInfo
 from impexec.launchers._batch import format_time
 from impexec.launchers.sge import _expand
 
-CONN = ConnectionInfo(
-    address="tcp://head:5555", key=bytes(range(32)), session=b"\1" * 8
-)
+CONN = ConnectionInfo(address="tcp://head:5555", key=bytes(range(32)), session=b"\1" * 8)
 CONN_JSON = json.dumps(CONN.to_json(), separators=(",", ":"))
 
 

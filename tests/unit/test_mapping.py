@@ -41,9 +41,7 @@ from impexec._mapping import (
         ("auto", None, 4, AUTO_UNKNOWN_LENGTH_CHUNK),
     ],
 )
-def test_plan_chunksize(
-    chunksize: Any, n_items: int | None, n_workers: int, expected: int
-) -> None:
+def test_plan_chunksize(chunksize: Any, n_items: int | None, n_workers: int, expected: int) -> None:
     assert plan_chunksize(chunksize, n_items, n_workers) == expected
 
 

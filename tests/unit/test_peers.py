@@ -24,7 +24,16 @@ KEY = b"k" * 32
 def test_numbers_are_taken_once_whatever_the_arrival_order() -> None:
     c = Channel()
     assert [c.accept(n) for n in (1, 2, 2, 4, 5, 3, 4, 6, 1)] == [
-        IN_ORDER, IN_ORDER, DUPLICATE, AHEAD, AHEAD, IN_ORDER, DUPLICATE, IN_ORDER, DUPLICATE]
+        IN_ORDER,
+        IN_ORDER,
+        DUPLICATE,
+        AHEAD,
+        AHEAD,
+        IN_ORDER,
+        DUPLICATE,
+        IN_ORDER,
+        DUPLICATE,
+    ]
     assert c.upto == 6 and not c.ahead
 
 

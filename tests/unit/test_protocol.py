@@ -109,8 +109,19 @@ def test_round_trip_through_zmq_frames(raw_socket: Any) -> None:
 
 # A record is signature (32) ‖ header (56) ‖ table (4 per payload) ‖ inline payloads, in
 # one block frame; payloads of ZERO_COPY_THRESHOLD and more follow as their own frames.
-FIELDS = ["version", "kind", "serializer", "flags", "nframes", "session", "seq", "ack", "task_id",
-          "ctx_id", "aux"]
+FIELDS = [
+    "version",
+    "kind",
+    "serializer",
+    "flags",
+    "nframes",
+    "session",
+    "seq",
+    "ack",
+    "task_id",
+    "ctx_id",
+    "aux",
+]
 
 
 def _header(frames: list[Any]) -> tuple[Any, ...]:
@@ -173,9 +184,11 @@ BAD_MESSAGES = {
     "nframes beyond the table": lambda f: _resign(_with_header(f, nframes=3)),
     "nframes of 2**32-1": lambda f: _with_header(f, nframes=2**32 - 1),
     "inline length beyond the block": lambda f: _resign(
-        [f[0][:TABLE_AT] + (2**31).to_bytes(4, "big") + f[0][TABLE_AT + 4 :], *f[1:]]),
+        [f[0][:TABLE_AT] + (2**31).to_bytes(4, "big") + f[0][TABLE_AT + 4 :], *f[1:]]
+    ),
     "two out-of-band entries, one frame": lambda f: _resign(
-        [f[0][:TABLE_AT] + OOB.to_bytes(4, "big") + f[0][TABLE_AT + 4 : TABLE_AT + 8], f[1]]),
+        [f[0][:TABLE_AT] + OOB.to_bytes(4, "big") + f[0][TABLE_AT + 4 : TABLE_AT + 8], f[1]]
+    ),
 }
 
 
@@ -224,9 +237,11 @@ def test_small_payloads_travel_inline_and_large_ones_out_of_band() -> None:
 
 def test_join_merges_blocks_and_keeps_out_of_band_frames_in_order() -> None:
     big1, big2 = os.urandom(ZERO_COPY_THRESHOLD), os.urandom(ZERO_COPY_THRESHOLD + 1)
-    msgs = [encode(KEY, Kind.TASK, SESSION, 1, task_id=1, frames=[b"a", big1]),
-            encode(KEY, Kind.HEARTBEAT, SESSION, 2),
-            encode(KEY, Kind.TASK, SESSION, 3, task_id=3, frames=[big2, b"c"])]
+    msgs = [
+        encode(KEY, Kind.TASK, SESSION, 1, task_id=1, frames=[b"a", big1]),
+        encode(KEY, Kind.HEARTBEAT, SESSION, 2),
+        encode(KEY, Kind.TASK, SESSION, 3, task_id=3, frames=[big2, b"c"]),
+    ]
     frames = join(msgs)
     assert len(frames) == 3  # one block, two out-of-band frames
     out = list(decode(KEY, frames, SESSION))
@@ -251,8 +266,7 @@ JUNK = {
     "wrong key": encode(b"x" * 32, Kind.HEARTBEAT, SESSION, 1),
     "truncated": [b"\0" * SIG_SIZE],
     "tampered task": [
-        b"\0" * SIG_SIZE
-        + HEADER.pack(PROTOCOL_VERSION, Kind.RESULT, 1, 0, 0, SESSION, 1, 0, 1, 0, 0),
+        b"\0" * SIG_SIZE + HEADER.pack(PROTOCOL_VERSION, Kind.RESULT, 1, 0, 0, SESSION, 1, 0, 1, 0, 0),
     ],
 }
 
@@ -267,8 +281,11 @@ def test_broker_drops_and_logs_junk_and_keeps_working(
     intruder = raw_socket(zmq.DEALER, identity=os.urandom(16))
     intruder.connect(ex.address)
     intruder.send_multipart(JUNK[how])
-    wait_until(lambda: any("dropped" in r.getMessage() for r in caplog.records), 10,
-               "the broker to log the dropped message")
+    wait_until(
+        lambda: any("dropped" in r.getMessage() for r in caplog.records),
+        10,
+        "the broker to log the dropped message",
+    )
     record = next(r for r in caplog.records if "dropped" in r.getMessage())
     assert record.levelno == logging.WARNING
     assert record.name.startswith("impexec")
@@ -276,9 +293,7 @@ def test_broker_drops_and_logs_junk_and_keeps_working(
     assert ex.statistics().workers == 1  # the intruder did not become a worker
 
 
-def test_worker_drops_and_logs_junk_from_its_broker(
-    raw_socket: Any, tmp_path: Any
-) -> None:
+def test_worker_drops_and_logs_junk_from_its_broker(raw_socket: Any, tmp_path: Any) -> None:
     """A fake broker answers a worker's READY with junk: dropped and logged."""
     import subprocess
     import sys
@@ -287,9 +302,7 @@ def test_worker_drops_and_logs_junk_from_its_broker(
 
     router = raw_socket(zmq.ROUTER)
     port = router.bind_to_random_port("tcp://127.0.0.1")
-    conn = ConnectionInfo(address=f"tcp://127.0.0.1:{port}", key=KEY).write(
-        tmp_path / "c.json"
-    )
+    conn = ConnectionInfo(address=f"tcp://127.0.0.1:{port}", key=KEY).write(tmp_path / "c.json")
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -331,9 +344,11 @@ def test_local_records_leave_large_payloads_out_of_the_mac_and_need_consent() ->
     msg = _one_local(frames)
     assert [bytes(f) for f in msg.frames] == [b"pickle", big]
     # the header, the table, the inline bytes and each large payload's length still count
-    for bad in ([_flip(bytes(frames[0]), len(bytes(frames[0])) - 1), big],
-                [frames[0], big[:-1]],
-                [frames[0]]):
+    for bad in (
+        [_flip(bytes(frames[0]), len(bytes(frames[0])) - 1), big],
+        [frames[0], big[:-1]],
+        [frames[0]],
+    ):
         with pytest.raises(ProtocolError):
             list(decode(KEY, bad, SESSION, True))
     # and the flag cannot be added or removed without the key

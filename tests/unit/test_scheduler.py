@@ -37,9 +37,7 @@ def placed(assignments: list[Assignment]) -> list[tuple[int, bytes]]:
     return [(a.task.id, a.worker.ident) for a in assignments]
 
 
-def finish(
-    s: Scheduler, task: Task, ok: bool = True, run_s: float = 0.0
-) -> Task | None:
+def finish(s: Scheduler, task: Task, ok: bool = True, run_s: float = 0.0) -> Task | None:
     assert task.worker is not None
     return s.complete(task.worker, task.id, ok=ok, run_s=run_s)
 
@@ -77,9 +75,7 @@ def test_adaptive_prefetch_grows_for_short_tasks() -> None:
     tasks = submit(s, *range(1, 201))
     first = s.assign(ALWAYS)
     assert len(first) == 1  # nothing known yet (tasks may be long): no prefetch
-    finish(
-        s, tasks[0], run_s=1e-6
-    )  # very short tasks: hold more to hide the round trip
+    finish(s, tasks[0], run_s=1e-6)  # very short tasks: hold more to hide the round trip
     more = s.assign(ALWAYS)
     assert len(s.workers[b"w0"].assigned) == 1 + MAX_PREFETCH
     assert len(more) == 1 + MAX_PREFETCH
@@ -168,9 +164,7 @@ def test_lost_worker_requeues_queued_without_penalty_and_charges_running() -> No
     st = s.statistics()
     assert (st.workers, st.workers_lost, st.resubmitted, st.queued) == (1, 1, 3, 3)
     on_w1 = [t for t in tasks if t not in on_w0]
-    assert all(
-        t.state == "assigned" and t.worker == b"w1" for t in on_w1
-    )  # w1 keeps its own
+    assert all(t.state == "assigned" and t.worker == b"w1" for t in on_w1)  # w1 keeps its own
 
 
 def test_goodbye_charges_nothing() -> None:
@@ -313,9 +307,7 @@ def test_assign_does_not_scan_every_worker() -> None:
     for w in s.workers.values():
         w.contexts = _CountingContexts()
     _CountingContexts.lookups = 0
-    submit(
-        s, 1, ctx=42
-    )  # a context no worker holds: the locality scan must give up early
+    submit(s, 1, ctx=42)  # a context no worker holds: the locality scan must give up early
     (a,) = s.assign(ALWAYS)
     assert _CountingContexts.lookups <= 2 * (LOCALITY_SCAN + 2)
     # a full round: every worker gets one task; every step stays bounded

@@ -187,7 +187,11 @@ def test_a_recalled_task_takes_back_only_the_setup_and_blobs_it_carried() -> Non
         s.submit(Task(i, [b"fn", b"args"], ctx_id=3, blobs=(blob,)))
     out = s.assign(ALWAYS)
     assert [(a.task.id, a.with_setup, bool(a.missing_blobs)) for a in out] == [
-        (1, False, False), (2, True, True), (3, False, False), (4, False, False)]
+        (1, False, False),
+        (2, True, True),
+        (3, False, False),
+        (4, False, False),
+    ]
     w0 = s.workers[b"w0"]
     assert s.release(b"w0", 4) is not None  # carried nothing: the mirror is unchanged
     assert 3 in w0.contexts and blob[0] in w0.blobs

@@ -90,9 +90,7 @@ class Holder:
         ),
     ],
 )
-def test_error_names_the_innermost_culprit(
-    named: list[tuple[str, Any]], where: str
-) -> None:
+def test_error_names_the_innermost_culprit(named: list[tuple[str, Any]], where: str) -> None:
     ser = get_serializer("cloudpickle")
     err = serialization_error(ser, named, TypeError("x"))
     assert isinstance(err, SerializationError)
@@ -102,9 +100,7 @@ def test_error_names_the_innermost_culprit(
 
 
 def test_error_names_the_type() -> None:
-    err = serialization_error(
-        get_serializer("pickle"), [("argument 0", threading.Lock())], TypeError()
-    )
+    err = serialization_error(get_serializer("pickle"), [("argument 0", threading.Lock())], TypeError())
     assert "_thread.lock" in str(err)
 
 
@@ -189,9 +185,7 @@ def test_function_cache_never_hands_out_a_pickle_of_an_old_state(name: str, what
 def test_function_cache_sees_a_module_registered_to_go_by_value_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "fresh_pickle_mod.py").write_text(
-        "SOURCE = 'file'\n\ndef where():\n    return SOURCE\n"
-    )
+    (tmp_path / "fresh_pickle_mod.py").write_text("SOURCE = 'file'\n\ndef where():\n    return SOURCE\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     mod = importlib.import_module("fresh_pickle_mod")
     ser = get_serializer("cloudpickle")

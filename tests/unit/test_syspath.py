@@ -27,8 +27,7 @@ def test_another_interpreters_worker_does_not_get_the_clients_installation() -> 
     installation = [*STDLIB, SITE, "/home/u/.local/lib/python3.11/site-packages"]
     own = [CWD, "/other/lib/python3.12", "/other/lib/python3.12/site-packages"]
     merged = _syspath.merge(client, installation, own, CWD)
-    assert merged == ["/other/lib/python3.12", "/other/lib/python3.12/site-packages",
-                      "/home/u/proj"]
+    assert merged == ["/other/lib/python3.12", "/other/lib/python3.12/site-packages", "/home/u/proj"]
 
 
 def test_the_workers_directory_stays_when_the_client_has_it_too() -> None:

@@ -279,9 +279,7 @@ def _unordered_results(futures: set[Future[Any]]) -> Iterator[Any]:
     pending = set(futures)
     try:
         while pending:
-            done, pending = wait(
-                pending, timeout=_WAIT_SLICE, return_when=FIRST_COMPLETED
-            )
+            done, pending = wait(pending, timeout=_WAIT_SLICE, return_when=FIRST_COMPLETED)
             for fut in done:
                 yield _result(fut)
     finally:

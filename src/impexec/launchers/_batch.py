@@ -87,9 +87,7 @@ class BatchWorkers(Launcher):
     ):
         super().__init__(n, python=python, env=env, start_timeout=start_timeout)
         if not job_name or any(c.isspace() or c in "/'\"" for c in job_name):
-            raise ValueError(
-                f"job_name must be one word without slashes or quotes: {job_name!r}"
-            )
+            raise ValueError(f"job_name must be one word without slashes or quotes: {job_name!r}")
         if isinstance(extra, str):
             raise TypeError("extra must be a list of directive lines, not a string")
         self.job_name = job_name
@@ -151,9 +149,7 @@ class BatchWorkers(Launcher):
         self.host = host
         if self.output_dir is None:
             self.output_dir = Path(
-                tempfile.mkdtemp(
-                    prefix=f"impexec-{self.scheduler}-", dir=default_output_root()
-                )
+                tempfile.mkdtemp(prefix=f"impexec-{self.scheduler}-", dir=default_output_root())
             )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._submit(self.n)
@@ -165,13 +161,10 @@ class BatchWorkers(Launcher):
         saved = self.output_dir
         if saved is None:
             self.output_dir = (
-                Path("~/.cache/impexec/jobs").expanduser()
-                / f"impexec-{self.scheduler}-XXXXXXXX"
+                Path("~/.cache/impexec/jobs").expanduser() / f"impexec-{self.scheduler}-XXXXXXXX"
             )
         try:
-            return self.render_script(
-                self.n, '{"address":"tcp://HOST:PORT","key":"…","session":"…"}'
-            )
+            return self.render_script(self.n, '{"address":"tcp://HOST:PORT","key":"…","session":"…"}')
         finally:
             self.output_dir = saved
 
@@ -193,9 +186,7 @@ class BatchWorkers(Launcher):
         script = self.output_dir / f"{self.job_name}-{self._submissions}.sh"
         argv = self.submit_argv(script)
         try:
-            fd = os.open(
-                script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700
-            )  # holds the key
+            fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)  # holds the key
             with os.fdopen(fd, "w") as f:
                 f.write(self.render_script(count, self.connection_json()))
             proc = subprocess.run(
@@ -220,9 +211,7 @@ class BatchWorkers(Launcher):
         if error:
             logger.error("%s: could not submit workers: %s", self, error)
             for _ in range(count):  # none of the count workers can start
-                self.start_failed(
-                    f"{self.scheduler}-submit", "could not submit the job", error
-                )
+                self.start_failed(f"{self.scheduler}-submit", "could not submit the job", error)
             self._owe(count, time.monotonic() + self.backoff())
             return
         job = self.parse_job_id(proc.stdout)
@@ -301,16 +290,12 @@ class BatchWorkers(Launcher):
             self._cancel([t.key])
         if t.connected or host.ever_connected(t.tag):
             if host.is_connected(t.tag):
-                host.worker_exited(
-                    t.tag, f"{self.scheduler} job {t.key} {state or 'ended'}"
-                )
+                host.worker_exited(t.tag, f"{self.scheduler} job {t.key} {state or 'ended'}")
             if not self.exited_ok(t, state):
                 self._owe(1, now)
             return
         if kind == "cancelled" and not t.ran:
-            self._owe(
-                1, now
-            )  # cancelled while queued (by someone else): just replace it
+            self._owe(1, now)  # cancelled while queued (by someone else): just replace it
             return
         details = self.exit_details(t)
         self.start_failed(
@@ -355,10 +340,7 @@ class BatchWorkers(Launcher):
                     states = self.query(jobs)
                 except (OSError, RuntimeError, subprocess.TimeoutExpired):
                     break
-                if not any(
-                    self.classify(s) in ("pending", "running", "error")
-                    for s in states.values()
-                ):
+                if not any(self.classify(s) in ("pending", "running", "error") for s in states.values()):
                     break
                 time.sleep(0.25)
         for t in self._tasks.values():

@@ -28,8 +28,14 @@ logger = logging.getLogger(__name__)
 STDERR_LINES = 60
 
 
-def worker_argv(python: Sequence[str], connect: str, tag: str | None = None, *,
-                exit_with_stdin: bool = False, options: Sequence[str] = ()) -> list[str]:
+def worker_argv(
+    python: Sequence[str],
+    connect: str,
+    tag: str | None = None,
+    *,
+    exit_with_stdin: bool = False,
+    options: Sequence[str] = (),
+) -> list[str]:
     """``PYTHON -m impexec worker --connect CONNECT [--exit-with-stdin] [OPTIONS] [--tag TAG]``.
 
     *connect* is a connection file, or ``-`` for the connection JSON on stdin (which
@@ -62,18 +68,27 @@ class WorkerProcess:
         name: the reader thread's name.
     """
 
-    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                 stdin: bytes | None = None, stdout: int | None = None,
-                 capture_stderr: bool = True, echo: bool = False,
-                 name: str = "impexec-stderr"):
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        stdout: int | None = None,
+        capture_stderr: bool = True,
+        echo: bool = False,
+        name: str = "impexec-stderr",
+    ):
         self.argv = list(argv)
         self.stderr: deque[str] = deque(maxlen=STDERR_LINES)
         self.echo = echo
         self._reader: threading.Thread | None = None
         self.proc = subprocess.Popen(
-            self.argv, env=None if env is None else dict(env),
+            self.argv,
+            env=None if env is None else dict(env),
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=stdout, stderr=subprocess.PIPE if capture_stderr else None,
+            stdout=stdout,
+            stderr=subprocess.PIPE if capture_stderr else None,
             start_new_session=True,
         )
         if stdin is not None:
@@ -89,8 +104,9 @@ class WorkerProcess:
                     self.proc.stderr.close()
                 raise
         if capture_stderr:
-            self._reader = threading.Thread(target=self._read, args=(self.proc.stderr,),
-                                            name=name, daemon=True)
+            self._reader = threading.Thread(
+                target=self._read, args=(self.proc.stderr,), name=name, daemon=True
+            )
             self._reader.start()
 
     @property

@@ -83,9 +83,14 @@ class Launcher(abc.ABC):
     #: socket in its private directory for them (``host.local_connection_file``).
     local_socket = False
 
-    def __init__(self, n: int, *, python: str | Sequence[str] | None = None,
-                 env: Mapping[str, str] | None = None,
-                 start_timeout: float = DEFAULT_START_TIMEOUT):
+    def __init__(
+        self,
+        n: int,
+        *,
+        python: str | Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+    ):
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"the number of workers must be a non-negative int, not {n!r}")
         self.n = n
@@ -174,5 +179,3 @@ def tail(text: str | bytes, limit: int = OUTPUT_TAIL) -> str:
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
     return text[-limit:]
-
-

@@ -54,9 +54,15 @@ class LocalWorkers(Launcher):
 
     local_socket = True
 
-    def __init__(self, n: int, *, python: str | list[str] | None = None,
-                 env: dict[str, str] | None = None, start_timeout: float = 60.0,
-                 echo_stderr: bool = True):
+    def __init__(
+        self,
+        n: int,
+        *,
+        python: str | list[str] | None = None,
+        env: dict[str, str] | None = None,
+        start_timeout: float = 60.0,
+        echo_stderr: bool = True,
+    ):
         super().__init__(n, python=python, env=env, start_timeout=start_timeout)
         self.echo_stderr = echo_stderr
         self._slots = [_Slot(i) for i in range(n)]
@@ -86,9 +92,14 @@ class LocalWorkers(Launcher):
         argv, env, stdin = self._command(slot)
         slot.started = time.monotonic()
         try:
-            slot.worker = WorkerProcess(argv, env=env, stdin=stdin,
-                                        stdout=self._stdout, echo=self.echo_stderr,
-                                        name=f"impexec-stderr-{slot.index}")
+            slot.worker = WorkerProcess(
+                argv,
+                env=env,
+                stdin=stdin,
+                stdout=self._stdout,
+                echo=self.echo_stderr,
+                name=f"impexec-stderr-{slot.index}",
+            )
         except OSError as exc:
             self.start_failed(slot.tag, f"cannot run {argv[0]!r}: {exc}", "")
             slot.restart_at = time.monotonic() + self.backoff()
@@ -137,16 +148,18 @@ class LocalWorkers(Launcher):
                     if not slot.dismissed_at:
                         slot.dismissed_at = now
                     elif now - slot.dismissed_at > DISMISS_GRACE_S:
-                        logger.warning("worker %s was declared lost but still runs: killing pid %d",
-                                       slot.tag, proc.pid)
+                        logger.warning(
+                            "worker %s was declared lost but still runs: killing pid %d", slot.tag, proc.pid
+                        )
                         self._kill(proc)
                     continue
                 if not slot.connected and now - slot.started > self.start_timeout:
                     self._kill(proc)
                     proc.wait(5)
                     output = self._retire(slot)
-                    self.start_failed(slot.tag, f"worker {slot.tag} did not connect within "
-                                      f"{self.start_timeout:g} s", output)
+                    self.start_failed(
+                        slot.tag, f"worker {slot.tag} did not connect within {self.start_timeout:g} s", output
+                    )
                     slot.restart_at = now + self.backoff()
                 continue
             output = self._retire(slot)
@@ -158,13 +171,15 @@ class LocalWorkers(Launcher):
                     slot.restart_at = float("inf")  # it left on purpose (drained): not replaced
             elif rc in _KILLED_FROM_OUTSIDE:
                 # killed by someone before it connected: not evidence that it cannot start
-                logger.info("worker %s was %s before connecting; restarting it", slot.tag,
-                            describe_exit(rc))
+                logger.info("worker %s was %s before connecting; restarting it", slot.tag, describe_exit(rc))
                 slot.restart_at = now
             else:
-                self.start_failed(slot.tag, f"worker {describe_exit(rc)} before connecting "
-                                  f"(command: {' '.join(self.worker_command(slot.tag))})",
-                                  output)
+                self.start_failed(
+                    slot.tag,
+                    f"worker {describe_exit(rc)} before connecting "
+                    f"(command: {' '.join(self.worker_command(slot.tag))})",
+                    output,
+                )
                 slot.restart_at = now + self.backoff()
 
     @staticmethod
@@ -208,5 +223,3 @@ class LocalWorkers(Launcher):
                     self._kill(proc)
                     proc.wait(5.0)
             self._retire(slot)
-
-

@@ -112,9 +112,7 @@ class SGEWorkers(BatchWorkers):
 
     def classify(self, state: str | None) -> str:
         if state is None:
-            return (
-                "gone"  # finished tasks leave qstat at once; qacct knows how they ended
-            )
+            return "gone"  # finished tasks leave qstat at once; qacct knows how they ended
         if "E" in state:
             return "error"  # e.g. Eqw: the job cannot start and waits forever
         if re.search(r"[rtsSTd]", state):
@@ -140,9 +138,7 @@ class SGEWorkers(BatchWorkers):
         if acct:
             return f"exit_status {acct.get('exit_status', '?')}, failed {acct.get('failed', '?')}"
         proc = run_query(["qstat", "-j", task.job])
-        reasons = [
-            line.strip() for line in proc.stdout.splitlines() if "error" in line.lower()
-        ]
+        reasons = [line.strip() for line in proc.stdout.splitlines() if "error" in line.lower()]
         return "; ".join(reasons)
 
     def cancel_argv(self, keys: Sequence[str]) -> list[str]:

@@ -154,9 +154,7 @@ class SlurmWorkers(BatchWorkers):
     def exit_details(self, task: _Task) -> str:
         """The exit code from ``sacct``, when the site keeps accounting ("" if not)."""
         try:
-            proc = run_query(
-                ["sacct", "-X", "-n", "-P", "-j", task.key, "-o", "ExitCode"]
-            )
+            proc = run_query(["sacct", "-X", "-n", "-P", "-j", task.key, "-o", "ExitCode"])
         except (OSError, subprocess.TimeoutExpired):
             return ""
         codes = proc.stdout.split()

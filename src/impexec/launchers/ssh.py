@@ -59,20 +59,12 @@ class SSHWorkers(LocalWorkers):
     ):
         self.hosts = [hosts] if isinstance(hosts, str) else list(hosts)
         if not self.hosts or not all(isinstance(h, str) and h for h in self.hosts):
-            raise ValueError(
-                f"hosts must be a non-empty list of host names, not {hosts!r}"
-            )
-        if (
-            isinstance(processes, bool)
-            or not isinstance(processes, int)
-            or processes < 1
-        ):
+            raise ValueError(f"hosts must be a non-empty list of host names, not {hosts!r}")
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
             raise ValueError(f"processes must be an int >= 1, not {processes!r}")
         super().__init__(
             len(self.hosts) * processes,
-            python=python
-            if python is None or isinstance(python, str)
-            else list(python),
+            python=python if python is None or isinstance(python, str) else list(python),
             env=dict(env or {}),
             start_timeout=start_timeout,
             echo_stderr=echo_stderr,
@@ -124,4 +116,3 @@ class SSHWorkers(LocalWorkers):
 
     def __repr__(self) -> str:
         return f"SSHWorkers({self.hosts!r}, processes={self.processes_per_host})"
-
