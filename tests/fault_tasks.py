@@ -24,7 +24,12 @@ def slow_whoami(seconds, started=None):
     if started is not None:  # a file the test waits for: the task is running now
         with open(started, "w"):
             pass
-    time.sleep(seconds)
+    # short sleeps against a monotonic deadline: a process stopped (SIGSTOP) past the
+    # deadline ends the task as soon as it resumes. One long sleep does not on Python 3.10,
+    # whose time.sleep restarts its whole timeout after the stop (3.11 sleeps to a deadline)
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 0.02))
     return os.getpid()
 
 
