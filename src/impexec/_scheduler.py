@@ -16,17 +16,19 @@ A worker runs its tasks in the order they were sent, so the first task in
 (prefetched). That is what lets a lost worker's queued tasks go back without penalty.
 
 Costs: ``assign`` and ``complete`` are O(1) in the number of workers (two ordered pools of
-workers with free slots, and a bounded scan for context locality); ``expire`` is O(workers)
+workers with free slots, :mod:`._pools`, and a bounded scan for context locality); ``expire`` is O(workers)
 and runs once per heartbeat interval, not per task.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ._pools import LOCALITY_SCAN as LOCALITY_SCAN
+from ._pools import Pools
 from ._records import ASSIGNED as ASSIGNED  # the records' home before: importers keep them
 from ._records import DONE as DONE
 from ._records import PENDING as PENDING
@@ -37,9 +39,6 @@ from ._records import WorkerRecord as WorkerRecord
 from ._stats import Counters
 from ._stats import Statistics as Statistics
 
-#: How many workers with free slots are examined for one already holding a task's
-#: context before falling back to any free worker (keeps assign O(1)).
-LOCALITY_SCAN = 16
 #: Adaptive prefetch aims to keep this much work (seconds) queued on each worker, so
 #: that the next task is there when the current one ends (hides the round trip).
 PREFETCH_TARGET_S = 0.002
@@ -80,15 +79,7 @@ class Scheduler:
         self.tasks: dict[int, Task] = {}  # open tasks (pending or assigned)
         self._pending: deque[Task] = deque()
         self._n_pending = 0
-        # workers with free slots; insertion order = who has waited longest
-        # workers holding nothing, the most recently idle first: it is still spinning for
-        # work and its caches are warm (sequential round trips then stay on one worker,
-        # as fast as with one worker), and one that died idle drifts to the back
-        self._idle: OrderedDict[bytes, WorkerRecord] = OrderedDict()
-        self._partial: dict[bytes, WorkerRecord] = {}
-        # workers out of both pools only because they hold `capacity` tasks (not draining,
-        # not isolated): the only ones a rise of the adaptive capacity can return to a pool
-        self._full: dict[bytes, WorkerRecord] = {}
+        self._pools = Pools()
         self._mean_run_s = 0.0
         self._counts = Counters()
 
@@ -98,7 +89,7 @@ class Scheduler:
     ) -> WorkerRecord:
         w = WorkerRecord(ident, name, tag, info or {}, last_seen=now, joined=now)
         self.workers[ident] = w
-        self._idle[ident] = w
+        self._pools.join(w)
         self._counts.tasks["workers_joined"] += 1
         return w
 
@@ -119,9 +110,7 @@ class Scheduler:
         w = self.workers.get(ident)
         if w is not None:
             w.draining = True
-            self._idle.pop(ident, None)
-            self._partial.pop(ident, None)
-            self._full.pop(ident, None)
+            self._pools.discard(ident)
 
     def remove_worker(self, ident: bytes, *, lost: bool, received_upto: int | None = None) -> list[LostTask]:
         """Forget a worker; requeue its tasks. Returns the tasks that ran out of attempts.
@@ -138,9 +127,7 @@ class Scheduler:
         w = self.workers.pop(ident, None)
         if w is None:
             return []
-        self._idle.pop(ident, None)
-        self._partial.pop(ident, None)
-        self._full.pop(ident, None)
+        self._pools.discard(ident)
         if lost:
             self._counts.tasks["workers_lost"] += 1
         failed: list[LostTask] = []
@@ -187,44 +174,12 @@ class Scheduler:
         extra = math.ceil(PREFETCH_TARGET_S / self._mean_run_s)
         return 1 + max(1, min(MAX_PREFETCH, extra))
 
-    def _pick(self, ctx_id: int) -> WorkerRecord | None:
-        for pool in (self._idle, self._partial):
-            if not pool:
-                continue
-            if ctx_id:
-                for n, w in enumerate(pool.values()):
-                    if ctx_id in w.contexts:
-                        return w
-                    if n >= LOCALITY_SCAN:
-                        break
-            return next(iter(pool.values()))
-        return None
-
     def _refile(self, w: WorkerRecord, capacity: int) -> None:
-        """Put *w* in the pool that matches how many tasks it holds."""
-        ident = w.ident
-        held = len(w.assigned)
-        if w.isolated and held == 0:
+        """Put *w* in the pool that matches how many tasks it holds (and so end its
+        isolation once it holds nothing)."""
+        if w.isolated and not w.assigned:
             w.isolated = False
-        self._full.pop(ident, None)
-        if w.draining or w.isolated or held >= capacity:
-            self._idle.pop(ident, None)
-            self._partial.pop(ident, None)
-            if not (w.draining or w.isolated):
-                self._full[ident] = w
-        elif held == 0:
-            self._partial.pop(ident, None)
-            if ident not in self._idle:
-                self._idle[ident] = w
-                self._idle.move_to_end(ident, last=False)
-        else:
-            self._idle.pop(ident, None)
-            # to the back: the next task goes to another worker with free slots, so
-            # prefetched work spreads round-robin (left in place, the first partial worker
-            # took every task up to its capacity, which adaptive prefetch can make 65
-            # after a burst of tiny tasks, while another worker idled)
-            self._partial.pop(ident, None)
-            self._partial[ident] = w
+        self._pools.refile(w, capacity)
 
     def assign(self, claim: Callable[[Task], bool]) -> list[Assignment]:
         """Hand pending tasks to workers with free slots.
@@ -238,18 +193,19 @@ class Scheduler:
         capacity = self._capacity()
         # a worker that filled up under an earlier, smaller capacity may take more now
         pending = self._pending
-        while pending and (self._idle or self._partial):
+        pools = self._pools
+        while pending and (pools.idle or pools.partial):
             task = pending[0]
             if task.state != PENDING:
                 pending.popleft()  # completed meanwhile by a late result
                 continue
             w: WorkerRecord | None
             if task.suspect:
-                if not self._idle:
+                if not pools.idle:
                     break  # it runs alone: it waits for an idle worker
                 w = self._isolate(task)
             else:
-                w = self._pick(task.ctx_id)
+                w = pools.pick(task.ctx_id)
             assert w is not None
             pending.popleft()
             self._n_pending -= 1
@@ -269,14 +225,7 @@ class Scheduler:
         it, the broker cannot tell which one ran: a result sent just before the crash may
         never leave the process.)
         """
-        w = next(iter(self._idle.values()))
-        if task.ctx_id:
-            for n, cand in enumerate(self._idle.values()):
-                if task.ctx_id in cand.contexts:
-                    w = cand
-                    break
-                if n >= LOCALITY_SCAN:
-                    break
+        w = self._pools.pick_idle(task.ctx_id)
         w.isolated = True
         return w
 
@@ -295,13 +244,13 @@ class Scheduler:
         """Return full workers to a pool after the adaptive capacity rose.
 
         Only the full ones can move: a worker in a pool holds fewer tasks than the old
-        capacity, hence than the new one. Scanning ``_full`` instead of every worker keeps
+        capacity, hence than the new one. Scanning the full ones instead of every worker keeps
         ``complete`` O(1) in the number of workers (with a thousand workers and no-op
         tasks the capacity rises often, and a scan of every worker showed in the broker
         thread's profile).
         """
         capacity = self._capacity()
-        for w in list(self._full.values()):
+        for w in list(self._pools.full.values()):
             self._refile(w, capacity)
 
     def complete(
@@ -343,9 +292,9 @@ class Scheduler:
         a worker that joined late, or finished early, sits idle. O(workers), so the
         broker calls it at most every REBALANCE_INTERVAL_S, and only when it can help.
         """
-        if self._n_pending or not self._idle:
+        if self._n_pending or not self._pools.idle:
             return []
-        idle = len(self._idle)
+        idle = len(self._pools.idle)
         retry = now - RECALL_RETRY_S
         donors = sorted(
             (
@@ -433,7 +382,7 @@ class Scheduler:
     # -- introspection -----------------------------------------------------------------
     @property
     def has_idle_worker(self) -> bool:
-        return bool(self._idle)
+        return bool(self._pools.idle)
 
     @property
     def n_pending(self) -> int:
@@ -460,20 +409,10 @@ class Scheduler:
         idle worker, since it runs alone).
         """
         capacity = self._capacity()
-        pooled = self._idle.keys() | self._partial.keys()
         for ident, w in self.workers.items():
-            held = len(w.assigned)
-            assert sum(ident in p for p in (self._idle, self._partial, self._full)) <= 1, w
-            if w.draining:
-                assert ident not in pooled and ident not in self._full, f"draining {w.name} in a pool"
+            self._pools.check(w, capacity)
+            if w.draining or w.isolated:
                 continue
-            if w.isolated:
-                assert held > 0, f"{w.name} isolated with nothing to run"
-                assert ident not in pooled, f"isolated {w.name} in a pool"
-                continue
-            if held < capacity:
-                assert ident in pooled, f"{w.name} holds {held} < {capacity} tasks, in no pool"
-            assert (ident in self._idle) == (held == 0 and ident in pooled), w.name
             for tid, t in w.assigned.items():
                 # DONE: a lost worker's late result completed it while this one reruns it
                 assert t.state == DONE or (t.worker == ident and self.tasks.get(tid) is t), t
@@ -482,9 +421,9 @@ class Scheduler:
         for t in waiting:
             assert t.worker is None and self.tasks.get(t.id) is t, t
         if waiting:
-            assert not self._idle, "a task waits while a worker is idle"
+            assert not self._pools.idle, "a task waits while a worker is idle"
             if not waiting[0].suspect:
-                assert not self._partial, "a task waits while a worker has a free slot"
+                assert not self._pools.partial, "a task waits while a worker has a free slot"
         for t in self.tasks.values():
             assert t.state in (PENDING, ASSIGNED), t
             if t.state == ASSIGNED:

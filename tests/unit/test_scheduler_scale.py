@@ -44,8 +44,8 @@ def stranded(s: Scheduler) -> list[str]:
         if not w.draining
         and not w.isolated
         and len(w.assigned) < capacity
-        and w.ident not in s._idle
-        and w.ident not in s._partial
+        and w.ident not in s._pools.idle
+        and w.ident not in s._pools.partial
     ]
 
 
@@ -67,8 +67,8 @@ def test_capacity_rise_refiles_only_the_full_workers() -> None:
     # the finishing worker and the other full one are re-filed, not the 998 idle ones
     assert s.refiled <= 3
     assert stranded(s) == []
-    assert [w.name for w in s._partial.values()] == ["w1"]  # full one, back in a pool
-    assert "w0" in [w.name for w in s._idle.values()]  # the finished one is idle
+    assert [w.name for w in s._pools.partial.values()] == ["w1"]  # full one, back in a pool
+    assert "w0" in [w.name for w in s._pools.idle.values()]  # the finished one is idle
 
 
 def test_complete_work_is_flat_in_workers() -> None:
@@ -123,10 +123,10 @@ def test_no_worker_with_a_free_slot_is_stranded(steps: list[tuple[int, float]]) 
             if not s.workers[ident].assigned:
                 s.remove_worker(ident, lost=False)
         capacity = s._capacity()
-        # a worker may sit in _partial above a *lowered* capacity until its next
+        # a worker may sit in the partial pool above a *lowered* capacity until its next
         # assignment (that was so before the change too); never stranded below it
-        assert stranded(s) == [], (capacity, s._full.keys())
-        assert not (set(s._full) & (set(s._idle) | set(s._partial)))
+        assert stranded(s) == [], (capacity, s._pools.full.keys())
+        assert not (set(s._pools.full) & (set(s._pools.idle) | set(s._pools.partial)))
 
 
 def test_blob_mirror_sends_each_blob_once_per_worker_and_resends_after_need_setup() -> None:
