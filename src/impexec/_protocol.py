@@ -90,7 +90,7 @@ import json
 import logging
 import struct
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import zmq
 from zmq.backend import Socket as _BaseSocket
@@ -328,44 +328,69 @@ def decode(
             version, kind, ser, flags, nframes, sess, seq, ack, task_id, ctx_id, aux = _unpack_header(
                 view, body_at
             )
-            at = body_at + HEADER.size
-            if nframes > MAX_FRAMES or at + 4 * nframes > size:
-                raise ProtocolError(f"header announces {nframes} payloads, too many for the block")
-            lengths = _table(nframes).unpack_from(view, at) if nframes else ()
-            at += 4 * nframes
-            payload: list[Any] = []
-            oob: list[Any] = []
-            for length in lengths:
-                if length == OOB:
-                    if i >= n:
-                        raise ProtocolError("a record refers to an out-of-band frame that is missing")
-                    f = frames[i]
-                    i += 1
-                    payload.append(f)
-                    oob.append(f)
-                else:
-                    end = at + length
-                    if end > size:
-                        raise ProtocolError(f"inline payload of {length} B runs past the block")
-                    payload.append(view[at:end])
-                    at = end
+            payload, oob, at, i = _payloads(view, body_at + HEADER.size, nframes, frames, i)
             unhashed = bool(flags & _LOCAL)
             if not _compare(_mac(key, view[body_at:at], oob, not unhashed), view[pos:body_at]):
                 raise ProtocolError("bad signature (wrong key, or the message was altered)")
-            if unhashed and not local:
-                raise ProtocolError(
-                    "a record whose large payloads are not in its MAC, from a peer not on a Unix socket"
-                )
             # only now, with the signature checked, do the header's claims count
-            if version != PROTOCOL_VERSION:
-                raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
             k = _KIND_OF.get(kind)
-            if k is None:
-                raise ProtocolError(f"unknown message kind {kind}")
-            if session is not None and sess != session:
-                raise ProtocolError("message from another session (another executor, or a replay)")
+            if (
+                k is None
+                or version != PROTOCOL_VERSION
+                or (session is not None and sess != session)
+                or (unhashed and not local)
+            ):
+                _refuse(version, kind, sess, session, unhashed and not local)
             yield Message(k, sess, seq, task_id, ctx_id, aux, flags, ser, payload, ack)
             pos = at
+
+
+def _payloads(
+    view: memoryview, at: int, nframes: int, frames: Sequence[Any], i: int
+) -> tuple[list[Any], list[Any], int, int]:
+    """Read the length table at *at* and the payloads it describes.
+
+    Inline payloads are views of the block; out-of-band ones are the next frames,
+    from ``frames[i]`` on. Returns (payloads, the out-of-band ones among them, where the
+    record ends in the block, the index of the next unread frame).
+    """
+    size = view.nbytes
+    if nframes > MAX_FRAMES or at + 4 * nframes > size:
+        raise ProtocolError(f"header announces {nframes} payloads, too many for the block")
+    lengths = _table(nframes).unpack_from(view, at) if nframes else ()
+    at += 4 * nframes
+    payload: list[Any] = []
+    oob: list[Any] = []
+    for length in lengths:
+        if length == OOB:
+            if i >= len(frames):
+                raise ProtocolError("a record refers to an out-of-band frame that is missing")
+            f = frames[i]
+            i += 1
+            payload.append(f)
+            oob.append(f)
+        else:
+            end = at + length
+            if end > size:
+                raise ProtocolError(f"inline payload of {length} B runs past the block")
+            payload.append(view[at:end])
+            at = end
+    return payload, oob, at, i
+
+
+def _refuse(version: int, kind: int, sess: bytes, session: bytes | None, unhashed_remote: bool) -> NoReturn:
+    """Raise the ProtocolError that says which claim of a signed record's header fails."""
+    if unhashed_remote:
+        raise ProtocolError(
+            "a record whose large payloads are not in its MAC, from a peer not on a Unix socket"
+        )
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
+    if kind not in _KIND_OF:
+        raise ProtocolError(f"unknown message kind {kind}")
+    if session is not None and sess != session:
+        raise ProtocolError("message from another session (another executor, or a replay)")
+    raise AssertionError("a record refused with every claim holding")
 
 
 def send_frames(sock: Any, frames: Sequence[Any], flags: int = 0) -> None:
