@@ -8,17 +8,13 @@ import logging
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._connection import ConnectionInfo, parse_key, remove_orphaned_private_dir, resolve
-
-logger = logging.getLogger("impexec")
+from ._connection import ConnectionInfo, parse_key, resolve
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -158,102 +154,11 @@ def _connection_file(target: str) -> str | None:
     return None if target == "-" or "://" in target else target
 
 
-#: Seconds after which a supervised worker process counts as having started well: if it
-#: dies later, its replacement starts without the backoff of repeated start failures.
-STABLE_S = 30.0
-
-
 def _supervise(args: argparse.Namespace, conn: ConnectionInfo) -> int:
-    """Run ``--processes N`` workers; replace those that crash; end when all have left.
+    """Run ``--processes N`` workers; replace those that crash; end when all have left."""
+    from ._supervisor import Supervisor
 
-    Children get the connection on their stdin (never on their command line) and exit
-    when it closes, so they do not outlive this process.
-    """
-    from ._worker import EXIT_BROKER_GONE, EXIT_INIT_FAILED, EXIT_NO_BROKER, EXIT_OK
-    from .launchers._process import WorkerProcess, worker_argv
-    from .launchers.base import BACKOFF_FACTOR, BACKOFF_FIRST, BACKOFF_MAX
-
-    line = (json.dumps(conn.to_json()) + "\n").encode()
-    deadline = time.monotonic() + args.runtime if args.runtime else None
-    procs: dict[int, WorkerProcess] = {}
-    generation = dict.fromkeys(range(args.processes), 0)
-    backoff = dict.fromkeys(range(args.processes), 0.0)
-    started = dict.fromkeys(range(args.processes), 0.0)
-    restart_at: dict[int, float] = {}  # slot → when its replacement starts
-    tag = args.tag or f"{socket.gethostname()}-{os.getpid()}"
-
-    def spawn(i: int) -> None:
-        generation[i] += 1
-        options = ["--connect-timeout", str(args.connect_timeout), *["-v"] * args.verbose]
-        if deadline is not None:
-            options += ["--runtime", f"{max(1.0, deadline - time.monotonic()):.3f}"]
-        argv = worker_argv(
-            [sys.executable], "-", f"{tag}-{i}-{generation[i]}", exit_with_stdin=True, options=options
-        )
-        # its stderr is ours (not read): the children's messages reach the terminal
-        procs[i] = WorkerProcess(argv, stdin=line, capture_stderr=False, name=f"impexec-child-{i}")
-        started[i] = time.monotonic()
-
-    stop = False
-    broker_gone = False
-
-    def on_term(signum: int, frame: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    for i in range(args.processes):
-        spawn(i)
-    code = 0
-    try:
-        while (procs or restart_at) and not stop:
-            time.sleep(0.2)
-            for i, at in list(restart_at.items()):
-                if time.monotonic() >= at:
-                    del restart_at[i]
-                    spawn(i)
-            for i, p in list(procs.items()):
-                rc = p.poll()
-                if rc is None:
-                    continue
-                del procs[i]
-                p.close_stdin()
-                broker_gone = rc == EXIT_BROKER_GONE
-                if rc in (EXIT_OK, EXIT_BROKER_GONE, EXIT_NO_BROKER, EXIT_INIT_FAILED):
-                    if rc == EXIT_INIT_FAILED:
-                        code = rc
-                    continue  # left on purpose, or nothing to serve: do not replace
-                if deadline is not None and time.monotonic() >= deadline:
-                    continue
-                if not _broker_alive(conn):
-                    continue  # dismissed because the executor shut down: nothing to rejoin
-                if time.monotonic() - started[i] > STABLE_S:
-                    backoff[i] = 0.0  # it was serving: a crash, not a failure to start
-                backoff[i] = min(BACKOFF_MAX, max(BACKOFF_FIRST, backoff[i] * BACKOFF_FACTOR))
-                logger.warning(
-                    "worker process %d exited with %s; replacing it in %.1f s",
-                    i,
-                    rc,
-                    backoff[i],
-                )
-                # not a sleep here: the others are watched and SIGTERM obeyed meanwhile
-                restart_at[i] = time.monotonic() + backoff[i]
-    except KeyboardInterrupt:
-        code = 130
-    finally:
-        if broker_gone and not procs:
-            path = _connection_file(args.connect)
-            if path is not None:  # the executor was killed: its leftovers on this machine
-                remove_orphaned_private_dir(path)
-        for p in procs.values():
-            p.close_stdin()  # the child exits at once (--exit-with-stdin)
-        for p in procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-    return code
+    return Supervisor(args, conn, _connection_file(args.connect), lambda: _broker_alive(conn)).run()
 
 
 def _request(target: str, key: str | None, kind_name: str, timeout: float) -> dict[str, Any]:
@@ -344,7 +249,16 @@ def _watch_cmd(args: argparse.Namespace, interval: float) -> int:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+#: The commands that talk to a running executor, and their help.
+_CLIENT_COMMANDS = (
+    ("status", "show an executor's figures (--watch: live, until the run ends)"),
+    ("top", "a live view of the run (the same as status --watch)"),
+    ("stop", "ask the executor's workers to finish and leave (the run waits for others)"),
+    ("end", "end the run: cancel its queued calls, release its program, dismiss workers"),
+)
+
+
+def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -354,30 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"impexec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("worker", help="run a worker (same as impexec-worker)", add_help=False)
-    for name, text in (
-        ("status", "show an executor's figures (--watch: live, until the run ends)"),
-        ("top", "a live view of the run (the same as status --watch)"),
-        ("stop", "ask the executor's workers to finish and leave (the run waits for others)"),
-        ("end", "end the run: cancel its queued calls, release its program, dismiss workers"),
-    ):
+    for name, text in _CLIENT_COMMANDS:
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument(
-            "target",
-            metavar="FILE|URL",
-            help="the executor's connection file, or tcp://host:port with --key",
-        )
-        p.add_argument(
-            "--key",
-            metavar="HEX",
-            help="the executor's key (with a URL; or IMPEXEC_KEY)",
-        )
-        p.add_argument(
-            "--timeout",
-            type=float,
-            default=5.0,
-            metavar="S",
-            help="seconds to wait for the answer (default 5)",
-        )
+        _add_target(p)
         if name == "status":
             p.add_argument(
                 "--json", action="store_true", help="print JSON (with --watch: one object per line)"
@@ -398,22 +291,54 @@ def main(argv: Sequence[str] | None = None) -> int:
                 metavar="S",
                 help="seconds between refreshes (default 1)",
             )
+    return parser
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    """The options every client command has: which executor, and how long to wait."""
+    p.add_argument(
+        "target",
+        metavar="FILE|URL",
+        help="the executor's connection file, or tcp://host:port with --key",
+    )
+    p.add_argument(
+        "--key",
+        metavar="HEX",
+        help="the executor's key (with a URL; or IMPEXEC_KEY)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for the answer (default 5)",
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch_cmd(args, args.watch)
+    from ._watch import show_status
+
+    return show_status(resolve(args.target, args.key), args.timeout, args.json, sys.stdout)
+
+
+_RUN: dict[str, Callable[[argparse.Namespace], int]] = {
+    "status": _status,
+    "top": lambda args: _watch_cmd(args, args.interval),
+    "stop": _stop,
+    "end": _end,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
         return worker_main(argv[1:], prog="impexec worker")
     args = parser.parse_args(argv)
     try:
-        if args.command == "stop":
-            return _stop(args)
-        if args.command == "end":
-            return _end(args)
-        if args.command == "top":
-            return _watch_cmd(args, args.interval)
-        if args.watch:
-            return _watch_cmd(args, args.watch)
-        from ._watch import show_status
-
-        return show_status(resolve(args.target, args.key), args.timeout, args.json, sys.stdout)
+        return _RUN[args.command](args)
     except KeyboardInterrupt:
         return 130
     except (OSError, ValueError, TimeoutError) as exc:
