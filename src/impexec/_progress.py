@@ -65,61 +65,93 @@ def progress(
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        global _warned_no_tqdm
-        would_draw = not disable if disable is not None else _is_terminal(file)
-        if would_draw and not _warned_no_tqdm:
-            _warned_no_tqdm = True
-            # a warning, not a log line: it reaches stderr without logging configured,
-            # where the user is looking for the bar
-            warnings.warn(
-                "impexec.progress() shows no bar: tqdm is not installed "
-                "(pip install tqdm); the items pass through unchanged",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        _warn_no_tqdm(disable, file)
         yield from _as_iterable(items)
         return
-    if total is None:
-        try:
-            total = len(items)  # type: ignore[arg-type]  # any iterable: a TypeError says unsized
-        except TypeError:
-            total = None
     # results come in bursts (a chunk's calls at once, after a wait): tqdm's default,
     # a moving average of recent rates, then swings between thousands of items per
     # second and an ETA of hours; the average since the start is the honest figure
     tqdm_options.setdefault("smoothing", 0)
-    bar = tqdm(total=total, desc=desc, file=file, disable=disable, **tqdm_options)
-    stop = threading.Event()
-    poke = threading.Event()  # a failure was yielded: refresh the figures now
-    refresher = None
-    failed = 0  # failures seen in the items themselves (return_exceptions, futures)
-    if executor is not None and not bar.disable:
-        _show_statistics(bar, executor)
-        refresher = threading.Thread(
-            target=_refresh,
-            args=(bar, executor, stop, poke),
-            name="impexec-progress",
-            daemon=True,
-        )
-        refresher.start()
+    bar = tqdm(total=_total(items, total), desc=desc, file=file, disable=disable, **tqdm_options)
+    live = _LiveBar(bar, executor)
     try:
         for item in _as_iterable(items):
-            if _is_failure(item) and not bar.disable:
-                failed += 1
-                if refresher is not None:  # now, not at the next refresh (without
-                    poke.set()  # waiting here for the broker's figures)
-                else:
-                    bar.set_postfix(failed=failed, refresh=False)
-            bar.update(1)
+            live.count(item)
             yield item
     finally:
-        stop.set()
-        poke.set()
-        if refresher is not None:
-            refresher.join()
-        if executor is not None and not bar.disable:
-            _show_statistics(bar, executor)
-        bar.close()
+        live.close()
+
+
+def _warn_no_tqdm(disable: bool | None, file: IO[str] | None) -> None:
+    """Say once per process that there is no bar, if one would have been drawn."""
+    global _warned_no_tqdm
+    would_draw = not disable if disable is not None else _is_terminal(file)
+    if would_draw and not _warned_no_tqdm:
+        _warned_no_tqdm = True
+        # a warning, not a log line: it reaches stderr without logging configured,
+        # where the user is looking for the bar
+        warnings.warn(
+            "impexec.progress() shows no bar: tqdm is not installed "
+            "(pip install tqdm); the items pass through unchanged",
+            RuntimeWarning,
+            stacklevel=3,  # the loop over progress(), past this function and the generator
+        )
+
+
+def _total(items: Iterable[Any], total: int | None) -> int | None:
+    if total is not None:
+        return total
+    try:
+        return len(items)  # type: ignore[arg-type]  # any iterable: a TypeError says unsized
+    except TypeError:
+        return None
+
+
+class _LiveBar:
+    """A tqdm bar that counts the items and, given the executor, shows its figures.
+
+    A small thread refreshes the figures every REFRESH_S seconds, and at once when an
+    item is a failure (without waiting in the caller's loop for the broker's answer).
+    """
+
+    def __init__(self, bar: Any, executor: ClusterExecutor | None) -> None:
+        self.bar = bar
+        self.executor = executor if not bar.disable else None
+        self.stop = threading.Event()
+        self.poke = threading.Event()  # a failure was yielded: refresh the figures now
+        self.failed = 0  # failures seen in the items themselves (return_exceptions, futures)
+        self.refresher: threading.Thread | None = None
+        if self.executor is not None:
+            _show_statistics(bar, self.executor)
+            self.refresher = threading.Thread(target=self._refresh, name="impexec-progress", daemon=True)
+            self.refresher.start()
+
+    def count(self, item: Any) -> None:
+        if _is_failure(item) and not self.bar.disable:
+            self.failed += 1
+            if self.refresher is not None:
+                self.poke.set()
+            else:
+                self.bar.set_postfix(failed=self.failed, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.poke.set()
+        if self.refresher is not None:
+            self.refresher.join()
+        if self.executor is not None:
+            _show_statistics(self.bar, self.executor)
+        self.bar.close()
+
+    def _refresh(self) -> None:
+        assert self.executor is not None
+        while True:
+            self.poke.wait(REFRESH_S)
+            self.poke.clear()
+            if self.stop.is_set():
+                return
+            _show_statistics(self.bar, self.executor)
 
 
 def _is_terminal(file: IO[str] | None) -> bool:
@@ -158,15 +190,6 @@ def _completed(futures: Iterable[Future[Any]]) -> Iterator[Future[Any]]:
     while pending:
         done, pending = wait(pending, timeout=REFRESH_S, return_when=FIRST_COMPLETED)
         yield from done
-
-
-def _refresh(bar: Any, executor: ClusterExecutor, stop: threading.Event, poke: threading.Event) -> None:
-    while True:
-        poke.wait(REFRESH_S)
-        poke.clear()
-        if stop.is_set():
-            return
-        _show_statistics(bar, executor)
 
 
 def _show_statistics(bar: Any, executor: ClusterExecutor) -> None:
