@@ -10,6 +10,8 @@
 * ``fake_clock``: a clock that only moves when told (``fake_clock.advance(s)``).
 * ``zmq_context`` and ``raw_socket(kind)``: raw ZeroMQ sockets (LINGER 0) closed at
   teardown, for talking to a broker or a worker by hand.
+* ``make_broker``: a factory for bare brokers (no executor, no workers); each one still
+  running at teardown is stopped and joined.
 * ``shutdown_with_deadline(ex)``: the helper the fixtures use, for tests that make
   executors themselves.
 
@@ -239,3 +241,38 @@ def raw_socket(
     yield make
     for sock in made:
         sock.close(linger=0)
+
+
+# -- a bare broker ---------------------------------------------------------------------
+@pytest.fixture
+def make_broker() -> Iterator[Callable[..., Any]]:
+    """Factory: ``make_broker(**options)`` -> a bound, not yet started ``Broker`` with its
+    own ``Scheduler``; explicit options win over the defaults.
+
+    A broker still running at teardown is asked to stop and joined; one that does not end
+    fails the test (its thread would outlive it).
+    """
+    from impexec._broker import Broker
+    from impexec._scheduler import Scheduler
+
+    made: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        defaults = {  # fresh secrets, a loopback port, quick heartbeats
+            "key": os.urandom(32),
+            "session": os.urandom(8),
+            "address": "tcp://127.0.0.1:0",
+            "heartbeat_interval": 0.1,
+            "heartbeat_timeout": 1.0,
+            "welcome_extra": {},
+        }
+        broker = Broker(scheduler=Scheduler(), **{**defaults, **options})
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        if broker.is_alive():
+            broker.stop_when_idle()
+            broker.join(10)
+            assert not broker.is_alive(), "a broker did not stop within 10 s"

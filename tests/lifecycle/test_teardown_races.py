@@ -11,32 +11,23 @@ it closes its socket guard (the wrapped ``close`` sleeps, then closes as before)
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import Future
 
 import pytest
 
-from impexec._broker import Broker
 from impexec._errors import BrokenClusterError
-from impexec._scheduler import Scheduler, Task
+from impexec._scheduler import Task
+from waiting import wait_until
 
 WINDOW_S = 1.0  # how long teardown is held inside its window
 
 
 @pytest.fixture
-def broker_in_teardown():
+def broker_in_teardown(make_broker):
     """A running broker, then stopped; yields it while its teardown is in the window."""
-    b = Broker(
-        scheduler=Scheduler(),
-        key=os.urandom(32),
-        session=os.urandom(8),
-        address="tcp://127.0.0.1:0",
-        heartbeat_interval=0.1,
-        heartbeat_timeout=1.0,
-        welcome_extra={},
-    )
+    b = make_broker()
     inside = threading.Event()
     close = b._guard.close
 
@@ -71,18 +62,10 @@ def test_a_call_during_teardown_returns_without_waiting_out_its_timeout(broker_i
     assert broker_in_teardown.stopped.is_set()
 
 
-def test_a_call_queued_behind_a_crash_is_answered():
+def test_a_call_queued_behind_a_crash_is_answered(make_broker):
     # the broker thread dies on an item of its inbox; a call() queued behind it was
     # dropped by the teardown's drain and waited out its whole timeout
-    b = Broker(
-        scheduler=Scheduler(),
-        key=os.urandom(32),
-        session=os.urandom(8),
-        address="tcp://127.0.0.1:0",
-        heartbeat_interval=0.1,
-        heartbeat_timeout=1.0,
-        welcome_extra={},
-    )
+    b = make_broker()
     b.start()
     answer: list[object] = []
     asker = threading.Thread(target=lambda: answer.append(b.call(lambda: "ran", 10)), name="test-asker")
@@ -90,9 +73,7 @@ def test_a_call_queued_behind_a_crash_is_answered():
         with b._lock:  # the thread waits here; both land in the inbox in this order
             b.enqueue(_crash)
             asker.start()
-            deadline = time.monotonic() + 5
-            while len(b._inbox) < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: len(b._inbox) >= 2, 5, "the crash and the call in the inbox")
         t = time.monotonic()
         asker.join(15)
         assert answer == ["ran"] and time.monotonic() - t < 10

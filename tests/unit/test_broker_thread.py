@@ -7,11 +7,9 @@ read only "worker did not connect within 60 s". The broker now holds its thread.
 
 from __future__ import annotations
 
-import os
 import threading
 
 from impexec._broker import Broker
-from impexec._scheduler import Scheduler
 
 
 def test_broker_is_not_a_thread_subclass():
@@ -25,16 +23,8 @@ def test_no_broker_attribute_is_shadowed_by_the_running_pythons_thread():
     assert not (thread_attrs & methods & set(vars(Broker)))
 
 
-def test_broker_runs_and_stops_on_this_python():
-    b = Broker(
-        scheduler=Scheduler(),
-        key=os.urandom(32),
-        session=os.urandom(8),
-        address="tcp://127.0.0.1:0",
-        heartbeat_interval=0.1,
-        heartbeat_timeout=1.0,
-        welcome_extra={},
-    )
+def test_broker_runs_and_stops_on_this_python(make_broker):
+    b = make_broker()
     b.start()
     try:
         assert b.is_alive()
