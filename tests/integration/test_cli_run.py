@@ -9,13 +9,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import CancelledError
 
 import pytest
 
 import impexec
 import tasks
+from processes import Lines, end_process, impexec_argv
 from waiting import wait_until
 
 WAIT = 30.0
@@ -27,18 +27,35 @@ def impexec_cli(*args, timeout=WAIT):
     )
 
 
-def first_line_with(proc, text):
-    """Read the watch's output until a line holds *text* (it has asked the broker)."""
-    seen = []
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if text in line:
-            return seen
-    pytest.fail(f"no {text!r} in the watch's output: {seen}")
+def start_watch(*args):
+    """``impexec status ARGS`` in the background: (process, its stdout, its stderr), both
+    streams read line by line as they come."""
+    proc = subprocess.Popen(
+        impexec_argv("status", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    return proc, Lines(proc.stdout, "watch's output"), Lines(proc.stderr, "watch's stderr")
+
+
+def finish_watch(proc, out, err):
+    """The watch's output after the lines already read, and its stderr, once it has exited
+    by itself (within WAIT seconds)."""
+    proc.wait(timeout=WAIT)
+    return "".join(out.rest(WAIT)), "".join(err.rest(WAIT))
+
+
+def watch_to_the_end(ex, args, waits_for):
+    """Run ``impexec status ARGS``; once its output has shown each of *waits_for* in turn,
+    shut *ex* down. Returns (exit code, all it printed, its stderr) after it has exited by
+    itself."""
+    proc, lines, errors = start_watch(*args)
+    try:
+        for text in waits_for:
+            lines.until(text, WAIT)
+        ex.shutdown(wait=True)
+        _, err = finish_watch(proc, lines, errors)
+        return proc.returncode, "".join(lines.seen), err
+    finally:
+        end_process(proc, lines, errors)
 
 
 def test_version():
@@ -96,22 +113,9 @@ def test_watch_says_the_run_ended_and_exits_0(make_executor):
     ex = make_executor(2)
     path = ex.connection_file()
     assert list(ex.map(tasks.square, range(30), chunksize=4)) == [x * x for x in range(30)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "impexec", "status", path, "--watch", "0.2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        first = first_line_with(proc, "done=30")  # it watches: the broker knows it
-        ex.shutdown(wait=True)
-        out, err = proc.communicate(timeout=WAIT)
-        out = "".join(first) + out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
+    # once it has shown done=30, it watches: the broker knows it
+    code, out, err = watch_to_the_end(ex, [path, "--watch", "0.2"], ["done=30"])
+    assert code == 0, err
     assert "the run ended: 30 calls done, 0 failed" in out
     assert "no answer" not in out + err
     assert "(ended)" in out  # the last block holds the final figures
@@ -121,23 +125,9 @@ def test_watch_json_gives_one_object_per_line_and_the_final_state(make_executor)
     ex = make_executor(1)
     path = ex.connection_file()
     assert ex.submit(tasks.square, 4).result(timeout=WAIT) == 16
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "impexec", "status", path, "--watch", "0.2", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        first = first_line_with(proc, '"state": "running"')
-        first += first_line_with(proc, '"state": "running"')  # and once more
-        ex.shutdown(wait=True)
-        out, err = proc.communicate(timeout=WAIT)
-        out = "".join(first) + out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
+    running = '"state": "running"'
+    code, out, err = watch_to_the_end(ex, [path, "--watch", "0.2", "--json"], [running, running])
+    assert code == 0, err
     objects = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert len(objects) >= 2
     assert {o["state"] for o in objects[:-1]} <= {"running", "ending"}
@@ -157,22 +147,18 @@ def test_watch_of_an_executor_that_vanished_says_it_stopped_answering(tmp_path):
         "time.sleep(60)\n"
     )
     client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    client_out = Lines(client.stdout, "client's output")
+    watch = None
     try:
-        assert client.stdout.readline().strip() == "ready"
-        watch = subprocess.Popen(
-            [sys.executable, "-m", "impexec", "status", str(conn), "--watch", "0.2", "--timeout", "2"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        first_line_with(watch, "workers=0")  # it had an answer before the client died
+        assert client_out.next(WAIT).strip() == "ready"
+        watch, lines, errors = start_watch(str(conn), "--watch", "0.2", "--timeout", "2")
+        lines.until("workers=0", WAIT)  # it had an answer before the client died
         client.kill()
-        _out, err = watch.communicate(timeout=WAIT)
+        _out, err = finish_watch(watch, lines, errors)
     finally:
-        if client.poll() is None:
-            client.kill()
-        client.wait(WAIT)
-        client.stdout.close()
+        end_process(client, client_out, timeout=WAIT)
+        if watch is not None:
+            end_process(watch, lines, errors)
     assert watch.returncode == 1
     assert "stopped answering" in err
     assert os.path.exists(conn)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import io
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import warnings
 
@@ -17,6 +15,7 @@ import pytest
 
 import impexec
 from impexec import ClusterExecutor, LocalWorkers, progress
+from processes import Lines, end_process, impexec_argv
 from waiting import wait_until
 
 FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.5}
@@ -32,10 +31,9 @@ def nap(x):
 
 
 @pytest.fixture
-def ex():
-    executor = ClusterExecutor(workers=2, **FAST)
-    yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
+def ex(executor):
+    """The suite's executor: 2 local workers, FAST heartbeats, shut down under a deadline."""
+    return executor
 
 
 def test_a_map_shows_done_total_rate_and_the_executor_figures(ex):
@@ -91,49 +89,29 @@ def test_the_bar_counts_resubmissions_after_a_worker_is_lost():
     assert "resubmitted=1" in out.getvalue()
 
 
-def _lines(stream, sink: queue.Queue) -> None:
-    for line in stream:
-        sink.put(line)
-
-
 def test_status_watch_refreshes_the_figures(ex):
     path = ex.connection_file()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "impexec", "status", path, "--watch", "0.1"],
+        impexec_argv("status", path, "--watch", "0.1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True)
-    reader.start()
+    lines = Lines(proc.stdout, "`impexec status --watch` output")
+    errors = Lines(proc.stderr, "`impexec status --watch` stderr")
     try:
-        seen = []
-
-        def wait_for(text: str) -> None:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    line = lines.get(timeout=0.5)
-                except queue.Empty:
-                    assert proc.poll() is None, proc.stderr.read()
-                    continue
-                seen.append(line)
-                if text in line:
-                    return
-            pytest.fail(f"no {text!r} in `impexec status --watch` output: {seen}")
-
-        wait_for("done=0")
+        lines.until("done=0", 30)
         assert sum(f.result(timeout=30) for f in [ex.submit(square, x) for x in range(5)]) == 30
-        wait_for("done=5")  # the same process printed new figures
-        assert any("workers=2" in line for line in seen)
+        lines.until("done=5", 30)  # the same process printed new figures
+        assert any("workers=2" in line for line in lines.seen)
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 130
-        reader.join(timeout=10)
-        proc.stdout.close()
-        proc.stderr.close()
+        try:
+            code = proc.wait(timeout=30)
+        finally:
+            end_process(proc, lines, errors)
+        assert code == 130, "".join(errors.rest(10))
 
 
 def test_progress_is_public():

@@ -3,48 +3,37 @@ an orphaned executor's private directory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from impexec import ClusterExecutor
 from impexec._connection import ConnectionInfo, lock_private_dir, remove_orphaned_private_dir
+from processes import Lines, end_process, start_worker
+from waiting import wait_until
 
-FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.5}
+#: Seconds a client in a subprocess may take to start and see its workers join (its own
+#: waits take up to 60 s).
+START_S = 90.0
 
 
-def _wait_workers(ex: ClusterExecutor, n: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while ex.statistics().workers != n:
-        assert time.monotonic() < deadline, f"{n} worker(s) expected, {ex.statistics().workers} seen"
-        time.sleep(0.02)
+def _worker_count_is(ex: ClusterExecutor, n: int, timeout: float = 60.0) -> None:
+    wait_until(lambda: ex.statistics().workers == n, timeout, f"{n} worker(s) connected")
 
 
 def _worker(connection_file: str, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "impexec", "worker", "--connect", connection_file, *extra],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    return start_worker(
+        connection_file, *extra, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-
-
-def _reap(p: subprocess.Popen[bytes]) -> None:
-    if p.poll() is None:
-        p.kill()
-    p.wait(10)
-    for stream in (p.stdin, p.stderr):
-        if stream is not None and not stream.closed:
-            try:
-                stream.close()
-            except BrokenPipeError:
-                pass
 
 
 def test_exit_with_stdin_exits_when_stdin_and_stderr_are_gone(shutdown_with_deadline):
@@ -53,13 +42,13 @@ def test_exit_with_stdin_exits_when_stdin_and_stderr_are_gone(shutdown_with_dead
     ex = ClusterExecutor(None, heartbeat_interval=0.2, heartbeat_timeout=3.0)
     worker = _worker(ex.connection_file(), "--exit-with-stdin")
     try:
-        _wait_workers(ex, 1)
+        _worker_count_is(ex, 1)
         worker.stderr.close()
         worker.stdin.close()
         assert worker.wait(timeout=10) == 5
-        _wait_workers(ex, 0, timeout=30)  # and the broker stops counting it
+        _worker_count_is(ex, 0, timeout=30)  # and the broker stops counting it
     finally:
-        _reap(worker)
+        end_process(worker)
         shutdown_with_deadline(ex)
 
 
@@ -75,61 +64,58 @@ time.sleep(600)
 """
 
 
+@contextlib.contextmanager
+def _client_with_worker(
+    n_joined: int, *worker_extra: str
+) -> Iterator[tuple[subprocess.Popen[str], Any, Path]]:
+    """CLIENT in a subprocess and ``impexec worker WORKER_EXTRA`` connected to it; yields
+    (client, worker, connection file) once the client has seen *n_joined* workers.
+
+    At the end both processes are ended and the client's private directory is removed if
+    it is still there.
+    """
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, str(n_joined)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    out = Lines(client.stdout, "client's output")
+    worker = None
+    connection_file = Path("/nonexistent")
+    try:
+        connection_file = Path(out.next(START_S).strip())
+        worker = _worker(str(connection_file), *worker_extra)
+        assert out.next(START_S).strip() == "joined"
+        yield client, worker, connection_file
+    finally:
+        if worker is not None:
+            end_process(worker)
+        end_process(client, out)
+        if connection_file.parent.name.startswith("impexec-"):
+            shutil.rmtree(connection_file.parent, ignore_errors=True)
+
+
 def test_worker_exits_when_its_client_is_killed_and_its_stderr_is_gone():
     # the client was killed: the pipe that read the worker's stderr died with it, so the
     # heartbeat thread's "no heartbeat" notice cannot be written; the worker must leave
     # anyway, and take the client's private directory (socket, key) with it
-    client = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, "1"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
-    )
-    worker = None
-    try:
-        connection_file = Path(client.stdout.readline().strip())
-        worker = _worker(str(connection_file))
-        assert client.stdout.readline().strip() == "joined"
+    with _client_with_worker(1) as (client, worker, connection_file):
         worker.stderr.close()
         client.kill()
         client.wait(10)
         assert worker.wait(timeout=10) == 5
         assert not connection_file.parent.exists()
-    finally:
-        if worker is not None:
-            _reap(worker)
-        client.kill()
-        client.wait(10)
-        client.stdout.close()
-        if connection_file.parent.name.startswith("impexec-"):
-            import shutil
-
-            shutil.rmtree(connection_file.parent, ignore_errors=True)
 
 
 def test_a_supervisor_whose_client_is_killed_removes_its_private_dir():
     # impexec-worker --processes: the children read the connection from stdin and cannot
     # tell where it came from; the supervisor, which was given the file, cleans up
-    client = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, "2"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
-    )
-    supervisor = None
-    connection_file = Path("/nonexistent")
-    try:
-        connection_file = Path(client.stdout.readline().strip())
-        supervisor = _worker(str(connection_file), "--processes", "2")
-        assert client.stdout.readline().strip() == "joined"
+    with _client_with_worker(2, "--processes", "2") as (client, supervisor, connection_file):
         client.kill()
         client.wait(10)
         assert supervisor.wait(timeout=20) == 0
         assert not connection_file.parent.exists()
-    finally:
-        if supervisor is not None:
-            _reap(supervisor)
-        client.kill()
-        client.wait(10)
-        client.stdout.close()
-        if connection_file.parent.name.startswith("impexec-"):
-            import shutil
-
-            shutil.rmtree(connection_file.parent, ignore_errors=True)
 
 
 # -- removing an orphaned private directory ------------------------------------------------
@@ -156,8 +142,6 @@ def private_dir():
         return made[-1][0]
 
     yield make
-    import shutil
-
     for folder, s in made:
         if s is not None:
             s.close()
@@ -220,8 +204,6 @@ def test_a_dir_not_made_by_an_executor_stays(private_dir, tmp_path):
         assert not remove_orphaned_private_dir(plain / "connection.json")
         assert (plain / "connection.json").exists()
     finally:
-        import shutil
-
         shutil.rmtree(plain)
 
 
@@ -243,20 +225,16 @@ def test_local_workers_leave_at_once_when_their_client_is_killed():
     client = subprocess.Popen(
         [sys.executable, "-c", LOCAL_CLIENT], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
     )
+    out = Lines(client.stdout, "client's output")
     worker = None
     try:
-        pid, tmpdir = client.stdout.readline().split()
+        pid, tmpdir = out.next(START_S).split()
         worker = psutil.Process(int(pid))
         client.kill()
         client.wait(10)
         worker.wait(timeout=20)
-        deadline = time.monotonic() + 5
-        while Path(tmpdir).exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not Path(tmpdir).exists()
+        wait_until(lambda: not Path(tmpdir).exists(), 5, f"{tmpdir} to be removed")
     finally:
-        client.kill()
-        client.wait(10)
-        client.stdout.close()
+        end_process(client, out)
         if worker is not None and worker.is_running():
             worker.kill()
