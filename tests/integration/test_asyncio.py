@@ -33,10 +33,9 @@ def touch(path):
 
 
 @pytest.fixture
-def ex():
-    executor = ClusterExecutor(workers=2, **FAST)
-    yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
+def ex(executor):
+    """The suite's executor: 2 local workers, FAST heartbeats, shut down under a deadline."""
+    return executor
 
 
 def test_run_in_executor_gathers_results(ex):
