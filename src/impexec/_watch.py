@@ -160,14 +160,6 @@ def live_lines(
     bar_w = max(10, min(50, width - 30))
     full = int(frac * bar_w)
     fill, empty = ("█", "·") if utf8 else ("#", ".")
-    if state != "ended" and queued and not running and not data.get("workers"):
-        speed = "rate    0 calls/s   ETA -   (no worker connected: the queued calls wait)"
-    elif rate is None:
-        speed = "rate    -" if state == "ended" else "rate    measuring..."
-    else:
-        left = queued + running
-        eta = _clock(left / rate) if rate > 0 and left else ("-" if left else "0:00:00")
-        speed = f"rate    {rate:,.1f} calls/s (last {RATE_WINDOW_S:g} s)   ETA {eta}"
     lines = [
         f"impexec {data.get('version', '?')}  {data.get('address', '?')}  [{state}]  "
         f"{time.strftime('%H:%M:%S')}",
@@ -175,7 +167,7 @@ def live_lines(
         f"calls   done {_n(done)}   failed {_n(failed)}   retried {_n(data.get('resubmitted', 0))}"
         f"   cancelled {_n(cancelled)}   running {_n(running)}   queued {_n(queued)}",
         f"        {fill * full}{empty * (bar_w - full)} {frac:4.0%} of {_n(total)} submitted",
-        speed,
+        _speed(state, queued, running, bool(data.get("workers")), rate),
         f"tasks   done {_n(data.get('tasks_done', 0))}   failed {_n(data.get('tasks_failed', 0))}"
         f"   running {_n(data.get('tasks_running', 0))}   queued {_n(data.get('tasks_queued', 0))}"
         "   (a task is one submit or one map chunk)",
@@ -199,6 +191,17 @@ def live_lines(
         lines.append("")
         lines.append(f"Ctrl-C leaves this view (the run goes on); `impexec end {target}` ends the run")
     return [line[:width] for line in lines]
+
+
+def _speed(state: str, queued: int, running: int, workers: bool, rate: float | None) -> str:
+    """The live view's rate and ETA line."""
+    if state != "ended" and queued and not running and not workers:
+        return "rate    0 calls/s   ETA -   (no worker connected: the queued calls wait)"
+    if rate is None:
+        return "rate    -" if state == "ended" else "rate    measuring..."
+    left = queued + running
+    eta = _clock(left / rate) if rate > 0 and left else ("-" if left else "0:00:00")
+    return f"rate    {rate:,.1f} calls/s (last {RATE_WINDOW_S:g} s)   ETA {eta}"
 
 
 # -- the commands --------------------------------------------------------------------------
@@ -228,13 +231,9 @@ def watch(
     """Refresh until Ctrl-C (exit 130) or the run ends (exit 0); 1 if the executor is lost."""
     if live is None:
         live = out.isatty() and not as_json and os.environ.get("TERM", "dumb") != "dumb"
-    utf8 = "utf" in (getattr(out, "encoding", "") or "").lower()
     client = StatusClient(conn)
-    rate = Rate()
-    last_rate: float | None = None
+    screen = _Screen(out, target, as_json, live)
     seen = False
-    if live:
-        out.write(_HIDE_CURSOR + _CLEAR + _HOME)
     try:
         while True:
             client.send("STATUS")
@@ -243,39 +242,53 @@ def watch(
                 return _lost(conn, target, timeout, seen, live, out, err)
             data = _latest(replies)
             seen = True
-            ended = data.get("state") == "ended"
-            if as_json:
-                out.write(json.dumps(data) + "\n")
-            elif live:
-                size = shutil.get_terminal_size()
-                last_rate = rate.add(time.monotonic(), int(data.get("done", 0)) + int(data.get("failed", 0)))
-                lines = live_lines(data, last_rate, size.columns, size.lines - 1, target, utf8)
-                out.write(_HOME + "".join(f"{line}{_CLEAR_EOL}\n" for line in lines) + _CLEAR_EOS)
-            else:
-                out.write("\n".join(status_lines(data)) + "\n\n")
-            out.flush()
-            if ended:
-                _say_ended(data, live, out)
-                return 0
-            # sleep, but wake for the notice of a run that ends meanwhile
-            notice = [r for r in client.receive(interval) if r.get("state") == "ended"]
-            if notice:
+            screen.show(data, measure=True)
+            if data.get("state") != "ended":
+                # sleep, but wake for the notice of a run that ends meanwhile
+                notice = [r for r in client.receive(interval) if r.get("state") == "ended"]
+                if not notice:
+                    continue
                 data = notice[-1]
-                if as_json:
-                    out.write(json.dumps(data) + "\n")
-                elif live:
-                    size = shutil.get_terminal_size()
-                    lines = live_lines(data, last_rate, size.columns, size.lines - 1, target, utf8)
-                    out.write(_HOME + "".join(f"{line}{_CLEAR_EOL}\n" for line in lines) + _CLEAR_EOS)
-                else:
-                    out.write("\n".join(status_lines(data)) + "\n\n")
-                _say_ended(data, live, out)
-                return 0
+                screen.show(data, measure=False)
+            _say_ended(data, live, out)
+            return 0
     finally:
-        if live:
-            out.write(_SHOW_CURSOR)
-            out.flush()
+        screen.close()
         client.close()
+
+
+class _Screen:
+    """Where a watch shows each status: JSON lines, the live view redrawn in place on a
+    terminal, or blocks of lines."""
+
+    def __init__(self, out: IO[str], target: str, as_json: bool, live: bool) -> None:
+        self.out, self.target, self.as_json, self.live = out, target, as_json, live
+        self.utf8 = "utf" in (getattr(out, "encoding", "") or "").lower()
+        self.rate = Rate()
+        self.last_rate: float | None = None
+        if live:
+            out.write(_HIDE_CURSOR + _CLEAR + _HOME)
+
+    def show(self, data: dict[str, Any], *, measure: bool) -> None:
+        """Show *data*; *measure*: count its finished calls into the rate."""
+        out = self.out
+        if self.as_json:
+            out.write(json.dumps(data) + "\n")
+        elif self.live:
+            size = shutil.get_terminal_size()
+            if measure:
+                finished = int(data.get("done", 0)) + int(data.get("failed", 0))
+                self.last_rate = self.rate.add(time.monotonic(), finished)
+            lines = live_lines(data, self.last_rate, size.columns, size.lines - 1, self.target, self.utf8)
+            out.write(_HOME + "".join(f"{line}{_CLEAR_EOL}\n" for line in lines) + _CLEAR_EOS)
+        else:
+            out.write("\n".join(status_lines(data)) + "\n\n")
+        out.flush()
+
+    def close(self) -> None:
+        if self.live:
+            self.out.write(_SHOW_CURSOR)
+            self.out.flush()
 
 
 def _say_ended(data: dict[str, Any], live: bool, out: IO[str]) -> None:
