@@ -33,13 +33,13 @@ from typing import Any
 
 import zmq
 
-from ._errors import BrokenClusterError, SerializationError
+from ._errors import BrokenClusterError
 from ._events import WorkerEvents
+from ._outcomes import claim, resolve, settle
 from ._peers import Peer
-from ._protocol import Flag, Kind, Message
+from ._protocol import Flag, Kind
 from ._router import HB_SUFFIX, WORKER_ID_SIZE, RouterLink
 from ._scheduler import REBALANCE_INTERVAL_S, Scheduler, Statistics, Task, WorkerRecord
-from ._serialize import get_serializer
 
 logger = logging.getLogger(__name__)
 
@@ -93,29 +93,22 @@ class Broker(WorkerEvents):
         self._stop_when_idle = False
         self.stopped = threading.Event()
         self.crash: BaseException | None = None
-        self._zctx = zmq.Context()
-        try:
-            self._link = RouterLink(
-                self._zctx,
-                key=key,
-                session=session,
-                address=address,
-                rto=max(2 * heartbeat_interval, 0.2),
-                max_rto=heartbeat_timeout,
-                curve_secret=curve_secret,
-                curve_clients=curve_clients,
-                max_message_size=max_message_size,
-                extra_binds=extra_binds,
-            )
-        except BaseException:
-            self._zctx.term()
-            raise
+        self._link = RouterLink(
+            key=key,
+            session=session,
+            address=address,
+            rto=max(2 * heartbeat_interval, 0.2),
+            max_rto=heartbeat_timeout,
+            curve_secret=curve_secret,
+            curve_clients=curve_clients,
+            max_message_size=max_message_size,
+            extra_binds=extra_binds,
+        )
         self.address = self._link.address
         self._guard = self._link.guard
         self._drop_log = self._link.drop_log
         self._peers = self._link.peers
         self._wake_r, self._wake_w = _wakeup_pair()
-        self._router_fd = self._link.sock.getsockopt(zmq.FD)
         self._lock = threading.RLock()  # see the class docstring
         self._later: list[tuple[Any, ...]] = []  # (future, ok, value) or (future, msg)
         self._closed = False
@@ -174,7 +167,7 @@ class Broker(WorkerEvents):
             except IndexError:
                 return
             if isinstance(item, Task):
-                _resolve(item.future, False, BrokenClusterError(_BROKEN))
+                resolve(item.future, False, BrokenClusterError(_BROKEN))
             else:
                 try:
                     item()
@@ -240,7 +233,7 @@ class Broker(WorkerEvents):
 
     def _loop(self) -> None:
         self._next_house = time.monotonic() + self._hb_interval
-        fds = [self._router_fd, self._wake_r.fileno()]
+        fds = [self._link.sock.getsockopt(zmq.FD), self._wake_r.fileno()]
         while True:
             with self._lock:
                 state = self._turn()
@@ -295,14 +288,7 @@ class Broker(WorkerEvents):
         """Resolve the futures settled under the lock (their callbacks may submit)."""
         with self._lock:
             later, self._later = self._later, []
-        for item in later:
-            try:
-                if len(item) == 2:
-                    _resolve_message(*item)
-                else:
-                    _resolve(*item)
-            except BaseException:  # never let one future take the broker down
-                logger.exception("could not resolve a future")
+        settle(later)
 
     def _drain_inbox(self) -> None:
         inbox, submit = self._inbox, self.scheduler.submit
@@ -322,7 +308,7 @@ class Broker(WorkerEvents):
         batches: dict[bytes, tuple[Peer, list[list[Any]]]] = {}
         link, peers = self._link, self._peers
         now = time.monotonic()
-        for a in self.scheduler.assign(_claim):
+        for a in self.scheduler.assign(claim):
             task = a.task
             peer = peers.get(a.worker.ident)
             if peer is None:  # cannot happen: the scheduler knows only joined workers
@@ -413,7 +399,6 @@ class Broker(WorkerEvents):
         self._link.close()
         self._wake_r.close()
         self._wake_w.close()
-        self._zctx.term()
 
 
 def _wakeup_pair() -> tuple[socket.socket, socket.socket]:
@@ -422,42 +407,3 @@ def _wakeup_pair() -> tuple[socket.socket, socket.socket]:
     r.setblocking(False)
     w.setblocking(False)
     return r, w
-
-
-def _claim(task: Task) -> bool:
-    if task.claimed:  # a resubmitted task: claimed at its first dispatch
-        return True
-    task.claimed = True  # a plain attribute: Future.running() takes the future's lock
-    return bool(task.future.set_running_or_notify_cancel())
-
-
-def _resolve_message(future: Any, msg: Message) -> None:
-    """Unpickle a RESULT's payload (its signature was verified) into its future.
-
-    Whatever unpickling raises, ``BaseException`` included (a payload whose
-    ``__reduce__`` calls ``sys.exit``), lands in this future and nowhere else.
-    """
-    ok = bool(msg.flags & Flag.OK)
-    try:
-        value = get_serializer(msg.serializer).loads(msg.frames)
-    except BaseException as exc:
-        ok = False
-        value = SerializationError(
-            f"the {'result' if msg.flags & Flag.OK else 'exception'} of the task could not "
-            f"be deserialized on the client: {type(exc).__name__}: {exc}"
-        )
-        value.__cause__ = exc
-    _resolve(future, ok, value)
-
-
-def _resolve(future: Any, ok: bool | None, value: Any) -> None:
-    if ok is None:
-        future.cancel()
-        return
-    try:
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-    except Exception:  # cancelled or already resolved (InvalidStateError): first one wins
-        logger.debug("future already resolved", exc_info=True)

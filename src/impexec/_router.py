@@ -41,7 +41,6 @@ class RouterLink:
 
     def __init__(
         self,
-        zctx: zmq.Context[Any],
         *,
         key: bytes,
         session: bytes,
@@ -58,7 +57,33 @@ class RouterLink:
         self.client_rx, self.client_tx = client_keys(key)
         self.drop_log = DropLog(logger, "a message")  # rate-limited, bounded memory
         self._hb_seq = 0  # numbers of heartbeat-link and status messages (not kept)
+        # a context of its own: closing the link ends its I/O thread too, and nothing
+        # else in the process shares its fate
+        zctx: zmq.Context[Any] = zmq.Context()
+        self._zctx = zctx
         sock = self.sock = zctx.socket(zmq.ROUTER)
+        try:
+            self.guard = self._configure(sock, curve_secret, curve_clients, max_message_size)
+        except BaseException:  # e.g. a bad CURVE key
+            sock.close(linger=0)
+            zctx.term()
+            raise
+        try:
+            self.address = _bind(sock, address, extra_binds)
+            self.guard.start(zctx)
+        except BaseException:  # address in use, bad address: nothing of ours may stay open
+            self.guard.close()
+            sock.close(linger=0)
+            zctx.term()
+            raise
+
+    @staticmethod
+    def _configure(
+        sock: zmq.Socket[Any],
+        curve_secret: bytes | None,
+        curve_clients: tuple[bytes, ...],
+        max_message_size: int | None,
+    ) -> RouterGuard:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # a worker that reconnects (reset link, NAT timeout) takes its identity back at
@@ -67,24 +92,9 @@ class RouterLink:
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.SNDHWM, 0)
         # limits (MAXMSGSIZE, RCVHWM per peer), CURVE server + ZAP client check: _security
-        self.guard = RouterGuard(
+        return RouterGuard(
             sock, curve_secret=curve_secret, curve_clients=curve_clients, max_message_size=max_message_size
         )
-        try:
-            if address.endswith((":0", ":*")):
-                base = address.rsplit(":", 1)[0]
-                port = sock.bind_to_random_port(base)
-                self.address = f"{base}:{port}"
-            else:
-                sock.bind(address)
-                self.address = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
-            for extra in extra_binds:
-                sock.bind(extra)
-            self.guard.start(zctx)
-        except BaseException:  # address in use, bad address: nothing of ours may stay open
-            self.guard.close()
-            sock.close(linger=0)
-            raise
 
     # -- sending -------------------------------------------------------------------------
     def send(self, ident: bytes, frames: list[Any]) -> bool:
@@ -212,3 +222,18 @@ class RouterLink:
     def close(self) -> None:
         self.guard.close()  # ZAP and monitor threads, before the socket and the context
         self.sock.close(linger=200)  # a moment to flush the SHUTDOWNs
+        self._zctx.term()
+
+
+def _bind(sock: zmq.Socket[Any], address: str, extra_binds: Sequence[str]) -> str:
+    """Bind *address* (a port of 0 or * picks a free one) and the extra addresses;
+    return the address bound."""
+    if address.endswith((":0", ":*")):
+        base = address.rsplit(":", 1)[0]
+        bound = f"{base}:{sock.bind_to_random_port(base)}"
+    else:
+        sock.bind(address)
+        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    for extra in extra_binds:
+        sock.bind(extra)
+    return bound

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import zmq
 
-import impexec._broker as broker_module
+import impexec._outcomes as outcomes_module
 from impexec._connection import ConnectionInfo
 from impexec._protocol import HEADER, RECORD_FIXED, SIG_SIZE, ZERO_COPY_THRESHOLD, Flag, Kind, decode, encode
 from impexec._security import MAX_MESSAGE_SIZE_ENV, parse_size
@@ -298,13 +298,13 @@ def test_replayed_frames_refused(
 
     handlers[Kind.RESULT] = spy  # one dict store: atomic for the broker thread
     unpickled: list[int] = []
-    resolve = broker_module._resolve_message
+    resolve = outcomes_module.resolve_message
 
     def counted(future: Any, msg: Any) -> None:
         unpickled.append(msg.task_id)
         resolve(future, msg)
 
-    monkeypatch.setattr(broker_module, "_resolve_message", counted)
+    monkeypatch.setattr(outcomes_module, "resolve_message", counted)
     fut = ex.submit(abs, -3)
     task = fake.expect(Kind.TASK)
     answer = fake.send(
