@@ -159,47 +159,66 @@ def remove_orphaned_private_dir(connection_file: str | os.PathLike[str], settle:
     """
     path = Path(connection_file)
     folder = Path(os.path.abspath(path.parent))
+    names = _private_dir_names(folder, path.name)
+    if names is None:
+        return False
+    lock = _lock_once_released(folder, names, settle)
+    if lock is None:
+        return False  # its executor still runs, or another worker removed it
+    try:
+        return _remove(folder, names)
+    finally:
+        os.close(lock)
+
+
+def _private_dir_names(folder: Path, connection_name: str) -> list[str] | None:
+    """The files in *folder* if it looks like an executor's private directory, else None."""
     if not folder.name.startswith(PRIVATE_DIR_PREFIX):
-        return False
+        return None
     if os.path.realpath(folder.parent) != os.path.realpath(tempfile.gettempdir()):
-        return False
+        return None
     try:
         st = os.lstat(folder)
         names = os.listdir(folder)
     except OSError:
-        return False
+        return None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) != 0o700:
-        return False
-    if path.name not in names or not all(_PRIVATE_NAMES.fullmatch(n) for n in names):
-        return False
+        return None
+    if connection_name not in names or not all(_PRIVATE_NAMES.fullmatch(n) for n in names):
+        return None
+    return names
+
+
+def _lock_once_released(folder: Path, names: list[str], settle: float) -> int | None:
+    """The directory's lock, once nobody listens on its socket and nobody holds the lock;
+    None if that does not happen within *settle* seconds or the directory is gone."""
     # a worker may learn of its client's death (its stdin closed) while the dying process
     # still holds the lock or the socket: give the kernel a moment to release them
     deadline = time.monotonic() + settle
     while True:
-        lock = None
         if BROKER_SOCKET not in names or _nobody_listens(folder / BROKER_SOCKET):
             lock = lock_private_dir(folder)
-        if lock is not None:
-            break
+            if lock is not None:
+                return lock
         if time.monotonic() >= deadline or not os.path.isdir(folder):
-            return False  # its executor still runs, or another worker removed it
+            return None
         time.sleep(0.05)
-    try:
-        for name in names:
-            try:
-                os.unlink(folder / name)
-            except FileNotFoundError:  # another worker of the same executor cleans up too
-                pass
-            except OSError:
-                return False
+
+
+def _remove(folder: Path, names: list[str]) -> bool:
+    for name in names:
         try:
-            os.rmdir(folder)
-        except FileNotFoundError:
+            os.unlink(folder / name)
+        except FileNotFoundError:  # another worker of the same executor cleans up too
             pass
         except OSError:
             return False
-    finally:
-        os.close(lock)
+    try:
+        os.rmdir(folder)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
     return True
 
 
