@@ -181,6 +181,21 @@ class BatchWorkers(Launcher):
         return [f"export {k}={shlex.quote(v)}" for k, v in self.env.items()]
 
     def _submit(self, count: int) -> None:
+        """Submit a job array of *count* workers; if that fails, owe them (tried again later)."""
+        stdout, error = self._run_submission(count)
+        if error:
+            logger.error("%s: could not submit workers: %s", self, error)
+            for _ in range(count):  # none of the count workers can start
+                self.start_failed(f"{self.scheduler}-submit", "could not submit the job", error)
+            self._owe(count, time.monotonic() + self.backoff())
+            return
+        self._track(self.parse_job_id(stdout), count)
+
+    def _run_submission(self, count: int) -> tuple[str, str]:
+        """Write the job script, run the submit command on it, remove it.
+
+        Returns the command's standard output and, if the submission failed, why.
+        """
         assert self.output_dir is not None
         self._submissions += 1
         script = self.output_dir / f"{self.job_name}-{self._submissions}.sh"
@@ -198,23 +213,19 @@ class BatchWorkers(Launcher):
                 cwd=self.output_dir,
                 check=False,
             )
-            error = ""
-            if proc.returncode:
-                error = f"{shlex.join(argv)} exited with status {proc.returncode}:\n{proc.stderr}"
         except (OSError, subprocess.TimeoutExpired) as exc:
-            error = f"{shlex.join(argv)} failed: {exc}"
+            return "", f"{shlex.join(argv)} failed: {exc}"
         finally:
             # the scheduler keeps its own copy of a submitted script (sbatch and qsub
             # spool it): ours holds the key and must not outlive this call, whatever
             # became of the submission or of this process later
             script.unlink(missing_ok=True)
-        if error:
-            logger.error("%s: could not submit workers: %s", self, error)
-            for _ in range(count):  # none of the count workers can start
-                self.start_failed(f"{self.scheduler}-submit", "could not submit the job", error)
-            self._owe(count, time.monotonic() + self.backoff())
-            return
-        job = self.parse_job_id(proc.stdout)
+        if proc.returncode:
+            return proc.stdout, f"{shlex.join(argv)} exited with status {proc.returncode}:\n{proc.stderr}"
+        return proc.stdout, ""
+
+    def _track(self, job: str, count: int) -> None:
+        """Watch the *count* array tasks of the submitted *job*."""
         self.jobs.append(job)
         for key in self.task_keys(job, count):
             self._tasks[key] = _Task(

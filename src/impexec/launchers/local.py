@@ -142,45 +142,55 @@ class LocalWorkers(Launcher):
                 self.started_ok()
             rc = proc.poll()
             if rc is None:
-                if slot.connected and not host.is_connected(slot.tag) and not host.shutting_down:
-                    # declared lost (e.g. stopped or hung) yet alive: it was told to leave;
-                    # if it cannot (SIGSTOP, a task stuck holding the GIL), end it
-                    if not slot.dismissed_at:
-                        slot.dismissed_at = now
-                    elif now - slot.dismissed_at > DISMISS_GRACE_S:
-                        logger.warning(
-                            "worker %s was declared lost but still runs: killing pid %d", slot.tag, proc.pid
-                        )
-                        self._kill(proc)
-                    continue
-                if not slot.connected and now - slot.started > self.start_timeout:
-                    self._kill(proc)
-                    proc.wait(5)
-                    output = self._retire(slot)
-                    self.start_failed(
-                        slot.tag, f"worker {slot.tag} did not connect within {self.start_timeout:g} s", output
-                    )
-                    slot.restart_at = now + self.backoff()
-                continue
-            output = self._retire(slot)
-            if slot.connected or host.ever_connected(slot.tag):
-                if rc != 0 and not host.shutting_down:
-                    host.worker_exited(slot.tag, f"pid {proc.pid} {describe_exit(rc)}")
-                slot.restart_at = now
-                if rc == 0:
-                    slot.restart_at = float("inf")  # it left on purpose (drained): not replaced
-            elif rc in _KILLED_FROM_OUTSIDE:
-                # killed by someone before it connected: not evidence that it cannot start
-                logger.info("worker %s was %s before connecting; restarting it", slot.tag, describe_exit(rc))
-                slot.restart_at = now
+                self._watch_running(slot, proc, host, now)
             else:
-                self.start_failed(
-                    slot.tag,
-                    f"worker {describe_exit(rc)} before connecting "
-                    f"(command: {' '.join(self.worker_command(slot.tag))})",
-                    output,
+                self._after_exit(slot, proc.pid, rc, host, now)
+
+    def _watch_running(
+        self, slot: _Slot, proc: subprocess.Popen[bytes], host: LauncherHost, now: float
+    ) -> None:
+        """End a running worker that should be gone: declared lost, or never connected."""
+        if slot.connected and not host.is_connected(slot.tag) and not host.shutting_down:
+            # declared lost (e.g. stopped or hung) yet alive: it was told to leave;
+            # if it cannot (SIGSTOP, a task stuck holding the GIL), end it
+            if not slot.dismissed_at:
+                slot.dismissed_at = now
+            elif now - slot.dismissed_at > DISMISS_GRACE_S:
+                logger.warning(
+                    "worker %s was declared lost but still runs: killing pid %d", slot.tag, proc.pid
                 )
-                slot.restart_at = now + self.backoff()
+                self._kill(proc)
+            return
+        if not slot.connected and now - slot.started > self.start_timeout:
+            self._kill(proc)
+            proc.wait(5)
+            output = self._retire(slot)
+            self.start_failed(
+                slot.tag, f"worker {slot.tag} did not connect within {self.start_timeout:g} s", output
+            )
+            slot.restart_at = now + self.backoff()
+
+    def _after_exit(self, slot: _Slot, pid: int, rc: int, host: LauncherHost, now: float) -> None:
+        """The slot's worker exited: when (and whether) to start its replacement."""
+        output = self._retire(slot)
+        if slot.connected or host.ever_connected(slot.tag):
+            if rc != 0 and not host.shutting_down:
+                host.worker_exited(slot.tag, f"pid {pid} {describe_exit(rc)}")
+            slot.restart_at = now
+            if rc == 0:
+                slot.restart_at = float("inf")  # it left on purpose (drained): not replaced
+        elif rc in _KILLED_FROM_OUTSIDE:
+            # killed by someone before it connected: not evidence that it cannot start
+            logger.info("worker %s was %s before connecting; restarting it", slot.tag, describe_exit(rc))
+            slot.restart_at = now
+        else:
+            self.start_failed(
+                slot.tag,
+                f"worker {describe_exit(rc)} before connecting "
+                f"(command: {' '.join(self.worker_command(slot.tag))})",
+                output,
+            )
+            slot.restart_at = now + self.backoff()
 
     @staticmethod
     def _retire(slot: _Slot) -> str:
