@@ -92,5 +92,16 @@ def _check_api_coverage(app, env):  # type: ignore[no-untyped-def]
         )
 
 
+def _public_bases(app, name, obj, options, bases):  # type: ignore[no-untyped-def]
+    """ClusterExecutor and Context share map() through a private base class: the reference
+    shows the standard Executor that base derives from (what users can rely on)."""
+    from concurrent.futures import Executor
+
+    from impexec._mapping import MappingExecutor
+
+    bases[:] = [Executor if b is MappingExecutor else b for b in bases]
+
+
 def setup(app):  # type: ignore[no-untyped-def]
     app.connect("env-updated", _check_api_coverage)
+    app.connect("autodoc-process-bases", _public_bases)

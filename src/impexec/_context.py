@@ -18,9 +18,11 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
 from typing import Any, Protocol
+
+from ._mapping import MapCall, MappingExecutor
 
 _ids = itertools.count(1)
 
@@ -67,23 +69,12 @@ class ContextHost(Protocol):
         """Queue one map chunk (calls of the already pickled *fn_frame*)."""
         ...
 
-    def map(
-        self,
-        fn: Callable[..., Any],
-        iterables: tuple[Iterable[Any], ...],
-        timeout: float | None,
-        chunksize: int | str,
-        buffersize: int | None,
-        submit_chunk: SubmitChunk,
-        *,
-        ordered: bool,
-        return_exceptions: bool,
-    ) -> Iterator[Any]:
+    def map(self, call: MapCall, submit_chunk: SubmitChunk) -> Iterator[Any]:
         """The executor's map, each chunk submitted through *submit_chunk*."""
         ...
 
 
-class Context(Executor):
+class Context(MappingExecutor):
     """Tasks submitted here run as ``fn(setup_value, *args, **kwargs)`` on a worker.
 
     Created by :meth:`ClusterExecutor.context`. The setup runs lazily, at most once per
@@ -92,6 +83,11 @@ class Context(Executor):
     evicted and set up again when needed). A setup that raises fails this context's tasks
     on that worker with its exception; the failure is cached like a value, so the setup
     is not re-run on that worker for every task.
+
+    Its ``map`` and ``map_unordered`` call ``fn(setup_value, *items)``. They consume the
+    inputs lazily (at most ``buffersize`` chunks ahead), so iterate the result before
+    closing the context: chunks not yet sent at ``close()`` raise RuntimeError when the
+    iterator reaches them.
 
     ``close()``, ``shutdown()`` or leaving the ``with`` block waits for the context's tasks
     and drops the cached value on every worker that holds it. A context that is garbage
@@ -152,54 +148,9 @@ class Context(Executor):
             lambda: self._host.submit_chunk(fn, fn_frame, chunk, self.id, bare, item_errors)
         )
 
-    def map(
-        self,
-        fn: Callable[..., Any],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | str = 1,
-        buffersize: int | None = None,
-        return_exceptions: bool = False,
-    ) -> Iterator[Any]:
-        """Like :meth:`ClusterExecutor.map`, each call getting the setup value first.
-
-        The inputs are consumed lazily (at most ``buffersize`` chunks ahead), so iterate
-        the result before closing the context: chunks not yet sent at ``close()`` raise
-        RuntimeError when the iterator reaches them.
-        """
+    def _map(self, call: MapCall) -> Iterator[Any]:
         self._check()
-        return self._host.map(
-            fn,
-            iterables,
-            timeout,
-            chunksize,
-            buffersize,
-            self._submit_chunk,
-            ordered=True,
-            return_exceptions=return_exceptions,
-        )
-
-    def map_unordered(
-        self,
-        fn: Callable[..., Any],
-        *iterables: Iterable[Any],
-        chunksize: int | str = 1,
-        buffersize: int | None = None,
-        timeout: float | None = None,
-        return_exceptions: bool = False,
-    ) -> Iterator[Any]:
-        """Like :meth:`ClusterExecutor.map_unordered`, each call getting the setup value first."""
-        self._check()
-        return self._host.map(
-            fn,
-            iterables,
-            timeout,
-            chunksize,
-            buffersize,
-            self._submit_chunk,
-            ordered=False,
-            return_exceptions=return_exceptions,
-        )
+        return self._host.map(call, self._submit_chunk)
 
     def close(self) -> None:
         """Wait for this context's tasks, then drop its cached value on every worker."""

@@ -12,8 +12,8 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from ._context import Context, SubmitChunk
 from ._errors import BrokenClusterError
 from ._lifecycle import Core
 from ._mapping import (
+    MapCall,
+    MappingExecutor,
     bare_chunks,
     check_buffersize,
     chunks,
@@ -42,7 +44,7 @@ from .launchers.local import LocalWorkers
 logger = logging.getLogger("impexec")
 
 
-class ClusterExecutor(Executor):
+class ClusterExecutor(MappingExecutor):
     """An Executor whose workers run anywhere and talk to it over ZeroMQ.
 
     Args:
@@ -241,94 +243,27 @@ class ClusterExecutor(Executor):
         """
         return self._submit(fn, args, kwargs)
 
-    def map(
-        self,
-        fn: Callable[..., Any],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | str = 1,
-        buffersize: int | None = None,
-        return_exceptions: bool = False,
-    ) -> Iterator[Any]:
-        """Return an iterator of ``fn`` over the inputs, in input order.
-
-        Args:
-            fn: the callable.
-            *iterables: its arguments, consumed lazily.
-            timeout: seconds from this call after which ``next()`` raises TimeoutError.
-            chunksize: calls per dispatched task: an int (1 = fully dynamic), ``"static"``
-                (one chunk per worker; the inputs need a length) or ``"auto"``.
-            buffersize: chunks in flight or read ahead at most (default: a few per worker,
-                at least 64), so huge or infinite inputs run in bounded memory.
-            return_exceptions: yield a call's exception in its place instead of raising
-                it (which ends the map), and go on with the other calls, also those of
-                the same chunk (as ``asyncio.gather(..., return_exceptions=True)``). A
-                chunk that fails as a whole (its worker lost ``max_retries`` times, its
-                context's setup raised, cancelled) yields its exception for each item.
-                ``timeout`` still raises TimeoutError from ``next()``.
-        """
-        return self._map(
-            fn,
-            iterables,
-            timeout,
-            chunksize,
-            buffersize,
-            None,
-            ordered=True,
-            return_exceptions=return_exceptions,
-        )
-
-    def map_unordered(
-        self,
-        fn: Callable[..., Any],
-        *iterables: Iterable[Any],
-        chunksize: int | str = 1,
-        buffersize: int | None = None,
-        timeout: float | None = None,
-        return_exceptions: bool = False,
-    ) -> Iterator[Any]:
-        """Like :meth:`map`, but yield results in the order they complete."""
-        return self._map(
-            fn,
-            iterables,
-            timeout,
-            chunksize,
-            buffersize,
-            None,
-            ordered=False,
-            return_exceptions=return_exceptions,
-        )
-
-    def _map(
-        self,
-        fn: Callable[..., Any],
-        iterables: tuple[Iterable[Any], ...],
-        timeout: float | None,
-        chunksize: int | str,
-        buffersize: int | None,
-        submit_chunk: SubmitChunk | None,
-        *,
-        ordered: bool,
-        return_exceptions: bool = False,
-    ) -> Iterator[Any]:
+    def _map(self, call: MapCall, submit_chunk: SubmitChunk | None = None) -> Iterator[Any]:
+        """Run a map; a context passes *submit_chunk*, which sends its chunks with its setup."""
+        fn, iterables, buffersize = call.fn, call.iterables, call.buffersize
         check_buffersize(buffersize)
         self._check_open()
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         n_workers = self.worker_count()
-        size = plan_chunksize(chunksize, input_length(iterables), n_workers)
+        size = plan_chunksize(call.chunksize, input_length(iterables), n_workers)
         fn_frame = self._tasks.dumps_fn(fn)
         submit_chunk = submit_chunk or self._submit_chunk
         bufsize = buffersize or default_buffersize(n_workers)
         bare = len(iterables) == 1
         source = bare_chunks(iterables[0], size) if bare else chunks(iterables, size)
-        run = _ordered_iter if ordered else _unordered_iter
-        item_errors = bool(return_exceptions)
+        run = _ordered_iter if call.ordered else _unordered_iter
+        item_errors = bool(call.return_exceptions)
         return run(
             lambda chunk: submit_chunk(fn, fn_frame, chunk, bare=bare, item_errors=item_errors),
             source,
             bufsize,
-            timeout,
+            call.timeout,
             item_errors,
         )
 

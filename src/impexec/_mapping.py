@@ -14,8 +14,9 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
+from dataclasses import dataclass
 from typing import Any
 
 #: "auto" aims at this many chunks per worker: enough to balance uneven tasks, few
@@ -225,3 +226,67 @@ def unordered(
                 f.cancel()
 
     return gen()
+
+
+@dataclass(frozen=True)
+class MapCall:
+    """One call of ``map`` or ``map_unordered``, its arguments as the caller gave them."""
+
+    fn: Callable[..., Any]
+    iterables: tuple[Iterable[Any], ...]
+    timeout: float | None
+    chunksize: ChunkSize
+    buffersize: int | None
+    ordered: bool
+    return_exceptions: bool
+
+
+class MappingExecutor(Executor):
+    """The ``map`` and ``map_unordered`` of ClusterExecutor and Context, written once.
+
+    A subclass says how to run one :class:`MapCall` in ``_map`` (a Context sends its
+    chunks with its setup); the public signatures, defaults and documentation live here.
+    """
+
+    def _map(self, call: MapCall) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: ChunkSize = 1,
+        buffersize: int | None = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
+        """Return an iterator of ``fn`` over the inputs, in input order.
+
+        Args:
+            fn: the callable.
+            *iterables: its arguments, consumed lazily.
+            timeout: seconds from this call after which ``next()`` raises TimeoutError.
+            chunksize: calls per dispatched task: an int (1 = fully dynamic), ``"static"``
+                (one chunk per worker; the inputs need a length) or ``"auto"``.
+            buffersize: chunks in flight or read ahead at most (default: a few per worker,
+                at least 64), so huge or infinite inputs run in bounded memory.
+            return_exceptions: yield a call's exception in its place instead of raising
+                it (which ends the map), and go on with the other calls, also those of
+                the same chunk (as ``asyncio.gather(..., return_exceptions=True)``). A
+                chunk that fails as a whole (its worker lost ``max_retries`` times, its
+                context's setup raised, cancelled) yields its exception for each item.
+                ``timeout`` still raises TimeoutError from ``next()``.
+        """
+        return self._map(MapCall(fn, iterables, timeout, chunksize, buffersize, True, return_exceptions))
+
+    def map_unordered(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        chunksize: ChunkSize = 1,
+        buffersize: int | None = None,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
+        """Like :meth:`map`, but yield results in the order they complete."""
+        return self._map(MapCall(fn, iterables, timeout, chunksize, buffersize, False, return_exceptions))
