@@ -12,7 +12,6 @@ import os
 import pickle
 import stat
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 import impexec
 import tasks
 from impexec import ClusterExecutor, SerializationError
+from processes import start_worker
 from waiting import wait_until
 
 TIMEOUT = 60
@@ -101,10 +101,7 @@ def test_max_workers_is_the_launchers_target_from_the_start(make_executor: Any) 
 def test_max_workers_counts_workers_that_joined_by_themselves(make_executor: Any) -> None:
     ex = make_executor(None)
     assert ex.max_workers == 1  # nothing yet: still a pool that can take a task
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "impexec", "worker", "--connect", ex.connection_file(), "--processes", "2"],
-        stdin=subprocess.DEVNULL,
-    )
+    proc = start_worker(ex.connection_file(), "--processes", "2", stdin=subprocess.DEVNULL)
     try:
         wait_until(lambda: ex.statistics().workers == 2, TIMEOUT, "2 joined workers")
         assert ex.max_workers == ex._max_workers == 2

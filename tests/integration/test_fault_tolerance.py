@@ -10,7 +10,6 @@ import logging
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ import pytest
 
 import fault_tasks as ft
 from impexec import ClusterExecutor, LocalWorkers, SerializationError, WorkerLostError
+from processes import start_worker
 from waiting import wait_until
 
 TESTS_DIR = str(Path(__file__).resolve().parents[1])
@@ -114,23 +114,18 @@ def test_killed_worker_tasks_resubmitted_and_replaced(ex):
     assert ex.statistics().workers == 2
 
 
-def _start_manual_worker(conn_file):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "impexec", "worker", "--connect", conn_file], env=env)
-
-
 def test_sigstopped_worker_detected_and_its_late_result_dropped(caplog, tmp_path):
     caplog.set_level(logging.DEBUG, logger="impexec._broker")
     started = tmp_path / "started"
     with ClusterExecutor(None, **FAST) as ex:
-        stopped = _start_manual_worker(ex.connection_file())
+        stopped = start_worker(ex.connection_file())
         try:
             wait_until(lambda: ex.statistics().workers >= 1, 30, "the first worker to join")
             assert ex.statistics().workers == 1
             fut = ex.submit(ft.slow_whoami, 1.0, str(started))
             wait_until(started.exists, 30, "the task to start on the only worker")
             os.kill(stopped.pid, signal.SIGSTOP)
-            helper = _start_manual_worker(ex.connection_file())
+            helper = start_worker(ex.connection_file())
             try:
                 # detected by heartbeat, finished elsewhere
                 assert fut.result(timeout=60) == helper.pid
@@ -195,7 +190,7 @@ def test_busy_worker_sends_no_heartbeats_and_is_never_declared_lost():
 
 def test_workers_exit_when_broker_is_gone():
     ex = ClusterExecutor(None, **FAST)
-    worker = _start_manual_worker(ex.connection_file())
+    worker = start_worker(ex.connection_file())
     try:
         wait_until(lambda: ex.statistics().workers >= 1, 30, "the worker to join")
         assert ex.statistics().workers == 1
@@ -215,7 +210,7 @@ def test_late_joiner_gets_queued_work():
         futs = [ex.submit(ft.double, i) for i in range(50)]
         time.sleep(0.2)
         assert not any(f.done() for f in futs)
-        worker = _start_manual_worker(ex.connection_file())
+        worker = start_worker(ex.connection_file())
         try:
             assert [f.result(timeout=60) for f in futs] == [2 * i for i in range(50)]
         finally:

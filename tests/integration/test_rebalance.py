@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import fault_tasks as ft
 from impexec import ClusterExecutor
+from processes import start_worker
 from waiting import wait_until
 
-TESTS_DIR = str(Path(__file__).resolve().parents[1])
 FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 2.0}
-
-
-def _worker(conn_file: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "impexec", "worker", "--connect", conn_file], env=env)
 
 
 def test_late_joiner_takes_tasks_prefetched_by_a_busy_worker():
     with ClusterExecutor(None, prefetch=5, **FAST) as ex:
-        first = _worker(ex.connection_file())
+        first = start_worker(ex.connection_file())
         second = None
         try:
             wait_until(lambda: ex.statistics().workers == 1, 30, "the first worker to join")
@@ -33,7 +23,7 @@ def test_late_joiner_takes_tasks_prefetched_by_a_busy_worker():
                 "all six tasks on the only worker (1 running + 5 prefetched)",
             )
             assert ex.statistics().queued == 0
-            second = _worker(ex.connection_file())
+            second = start_worker(ex.connection_file())
             pids = [f.result(timeout=60) for f in futs]
             stats = ex.statistics()
         finally:

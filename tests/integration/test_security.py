@@ -29,6 +29,7 @@ from impexec._protocol import HEADER, RECORD_FIXED, SIG_SIZE, ZERO_COPY_THRESHOL
 from impexec._security import MAX_MESSAGE_SIZE_ENV, parse_size
 from impexec._serialize import get_serializer
 from impexec._worker import EXIT_NO_BROKER, Worker
+from processes import start_worker
 from security_tasks import (
     HB_SUFFIX,
     FakeWorker,
@@ -513,10 +514,8 @@ def test_worker_with_right_connection_file_works_encrypted(make_executor: Any, t
     ex = make_executor(1, encrypt=True)
     path = ex.connection_file(tmp_path / "conn.json")
     assert os.stat(path).st_mode & 0o777 == 0o600
-    joiner = subprocess.Popen(
-        [sys.executable, "-m", "impexec", "worker", "--connect", str(path), "--connect-timeout", "30"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    joiner = start_worker(
+        path, "--connect-timeout", "30", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         assert wait_for(lambda: ex.statistics().workers == 2, 60), "the joining worker never joined"
