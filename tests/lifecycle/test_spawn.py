@@ -20,6 +20,8 @@ import pytest
 from impexec import LocalWorkers, SGEWorkers, SlurmWorkers, SSHWorkers
 from impexec._connection import ConnectionInfo
 from impexec.launchers import local
+from processes import start_worker
+from waiting import wait_until
 
 #: ``ssh`` that ignores its arguments and lives until its stdin closes (like a session).
 FAKE_SSH = (sys.executable, "-c", "import sys\nwhile sys.stdin.buffer.read(65536): pass")
@@ -51,13 +53,6 @@ class Host:
         self.exited.append((tag, why))
 
 
-def _wait(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("kind", ["local", "ssh"])
 def test_a_respawned_worker_declared_lost_gets_its_grace_period(tmp_path, kind):
     if kind == "ssh":
@@ -78,7 +73,11 @@ def test_a_respawned_worker_declared_lost_gets_its_grace_period(tmp_path, kind):
         assert first.poll() is None  # within its grace period
         first.kill()  # it died meanwhile; the launcher replaces it
         first.wait(10)
-        _wait(lambda: (launcher.poll(), slot.proc is not None and slot.proc is not first)[1])
+        wait_until(
+            lambda: (launcher.poll(), slot.proc is not None and slot.proc is not first)[1],
+            10,
+            "the launcher to replace the killed worker",
+        )
         second = slot.proc
         time.sleep(local.DISMISS_GRACE_S + 0.3)  # the first dismissal is long past
         host.connect(slot.tag)
@@ -124,22 +123,9 @@ def test_a_supervisor_obeys_sigterm_while_a_replacement_waits_its_backoff(shutdo
     ex = ClusterExecutor(None, heartbeat_interval=0.1, heartbeat_timeout=2.0)
     log = tmp_path / "supervisor.log"
     with open(log, "wb") as err:
-        sup = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "impexec",
-                "worker",
-                "--connect",
-                ex.connection_file(),
-                "--processes",
-                "2",
-            ],
-            stdin=subprocess.DEVNULL,
-            stderr=err,
-        )
+        sup = start_worker(ex.connection_file(), "--processes", "2", stdin=subprocess.DEVNULL, stderr=err)
     try:
-        _wait(lambda: ex.statistics().workers == 2, 60)
+        wait_until(lambda: ex.statistics().workers == 2, 60, "the supervisor's 2 workers")
 
         def slot0() -> psutil.Process:  # the child of slot 0: its tag ends in -0-<generation>
             kids = psutil.Process(sup.pid).children()
@@ -152,11 +138,16 @@ def test_a_supervisor_obeys_sigterm_while_a_replacement_waits_its_backoff(shutdo
             kid.kill()
             kid.wait(10)
             try:
-                _wait(lambda: len(psutil.Process(sup.pid).children()) == 2, 30)
+                wait_until(lambda: len(psutil.Process(sup.pid).children()) == 2, 30, "a replacement")
             except AssertionError:
                 raise AssertionError(f"no replacement; the supervisor said:\n{log.read_text()}") from None
         slot0().kill()  # its next replacement waits the longest backoff yet (seconds)
-        time.sleep(0.5)
+        # the supervisor has seen that fifth death and is waiting out the backoff
+        wait_until(
+            lambda: log.read_text().count("worker process 0 exited") == 5,
+            30,
+            "the fifth replacement to be due",
+        )
         t = time.monotonic()
         sup.send_signal(signal.SIGTERM)
         assert sup.wait(timeout=20) == 0
