@@ -68,6 +68,11 @@ class Lines:
         finally:
             self._queue.put(None)
 
+    @property
+    def ended(self) -> bool:
+        """Whether a read has met the end of the stream."""
+        return self._ended
+
     def _get(self, timeout: float) -> Any:
         """The next line, or None at the end of the stream; raises queue.Empty."""
         if self._ended:

@@ -24,11 +24,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,7 @@ import psutil
 import pytest
 
 from cluster.conftest import qstat_jobs, squeue_jobs, wait_no_jobs
+from processes import Lines, end_process, start_worker
 
 CLIENT = Path(__file__).with_name("client.py")
 HEARTBEAT_TIMEOUT = 1.5  # client.py's
@@ -67,8 +66,7 @@ class Run:
     info: dict[str, Any] = field(default_factory=dict)
     tracked: dict[int, float] = field(default_factory=dict)  # pid -> create time
     extra: list[subprocess.Popen[bytes]] = field(default_factory=list)  # impexec-worker
-    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
-    pump: threading.Thread | None = None
+    out: Lines | None = None  # the client's stdout
 
     def track(self, pid: int | None, *, tree: bool = True) -> None:
         if not pid:
@@ -105,32 +103,21 @@ class Run:
                 p.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(10)
-        if self.pump is not None:
-            self.pump.join(10)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
         for p in self.extra:
-            if p.stderr is not None:
-                p.stderr.close()
+            end_process(p)
+        end_process(self.proc, *([self.out] if self.out else []))
 
 
 def _readline(run: Run, timeout: float) -> str:
-    """The client's next line of stdout (read by a thread: a line never waits in a buffer)."""
+    """The client's next line of stdout; if it exited instead, what it said on stderr."""
+    assert run.out is not None
     try:
-        line = run.lines.get(timeout=timeout)
-    except queue.Empty:
-        raise TimeoutError(f"the client printed nothing within {timeout:g} s") from None
-    if line is None:
+        return str(run.out.next(timeout)).strip()
+    except AssertionError as exc:
+        if not run.out.ended:
+            raise
         err = run.proc.stderr.read() if run.proc.stderr else ""
-        raise RuntimeError(f"the client exited ({run.proc.wait(10)}) early:\n{err[-3000:]}")
-    return line.strip()
-
-
-def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
+        raise RuntimeError(f"the client exited ({run.proc.wait(10)}) early:\n{err[-3000:]}") from exc
 
 
 def _start_cli_workers(run: Run) -> None:
@@ -138,9 +125,9 @@ def _start_cli_workers(run: Run) -> None:
     supervising two children (``--processes 2``), and one plain worker."""
     conn = run.info["connection_file"]
     for extra in (["--processes", "2"], []):
-        cmd = [sys.executable, "-m", "impexec", "worker", "--connect", conn, *extra]
-        p = subprocess.Popen(
-            cmd,
+        p = start_worker(
+            conn,
+            *extra,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -224,10 +211,7 @@ def end_client(
         start_new_session=True,
     )
     run = Run(proc, markers)
-    run.pump = threading.Thread(
-        target=_pump, args=(proc.stdout, run.lines), name="test-client-stdout", daemon=True
-    )
-    run.pump.start()
+    run.out = Lines(proc.stdout, "client's output")
     try:
         run.info = json.loads(_readline(run, START_TIMEOUT))
         run.track(proc.pid)
