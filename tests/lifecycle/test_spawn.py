@@ -144,7 +144,7 @@ def test_a_supervisor_obeys_sigterm_while_a_replacement_waits_its_backoff(shutdo
         slot0().kill()  # its next replacement waits the longest backoff yet (seconds)
         # the supervisor has seen that fifth death and is waiting out the backoff
         wait_until(
-            lambda: log.read_text().count("worker process 0 exited") == 5,
+            lambda: log.read_text().count("worker process 0 exited") >= 5,
             30,
             "the fifth replacement to be due",
         )
