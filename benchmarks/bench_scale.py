@@ -7,7 +7,7 @@
 
 Each repetition of each W runs on a fresh ``ClusterExecutor(None,
 heartbeat_interval=1.0, heartbeat_timeout=10.0)`` with W lightweight workers
-(``_light_workers.py``: up to --procs processes, 2 by default so that every W loads the
+(``impexec._light_workers``: up to --procs processes, 2 by default so that every W loads the
 machine with the same processes; every identity has its own two sockets, keys,
 READY/WELCOME handshake, numbered and acknowledged main link and heartbeats, exactly like
 a real worker on the wire: the wire code is the real worker's). Repetitions go round
@@ -41,15 +41,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # _light_workers, when run as a script or with -m
+import psutil
+import zmq
 
-import _light_workers as light  # noqa: E402
-import psutil  # noqa: E402
-import zmq  # noqa: E402
-
-import impexec  # noqa: E402
-from impexec import _broker  # noqa: E402
+import impexec
+from impexec import _broker
+from impexec import _light_workers as light
 
 JOIN_TIMEOUT_S = 120.0
 RESULT_TIMEOUT_S = 120.0

@@ -251,11 +251,8 @@ class Worker(TaskRunner):
         )
         self._hb_thread.start()
         if welcome.flags & Flag.HAS_SETUP:
-            try:
-                fn, args = get_serializer(welcome.serializer).loads(welcome.frames[1:])
-                fn(*args)
-            except BaseException as exc:
-                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            text = self._initialize(welcome)
+            if text is not None:
                 say(f"impexec worker: the initializer raised:\n{text}")
                 _send(sock, self._encode(Kind.START_FAILED, frames=[json.dumps({"error": text}).encode()]))
                 return EXIT_INIT_FAILED
@@ -275,33 +272,49 @@ class Worker(TaskRunner):
                     _send(sock, ready)
                     again = time.monotonic() + READY_RESEND_S
                 continue
-            frames = sock.recv_multipart(copy=False)
-            try:
-                msgs = list(decode(self._rx_key, frames, None, self._local))
-            except ProtocolError as exc:
-                self._drop_log("the broker's socket", f"{exc} (while connecting)")
+            welcome = self._welcome_in(sock.recv_multipart(copy=False))
+            if welcome is not None:
+                return welcome
+        return None
+
+    def _welcome_in(self, frames: list[Any]) -> Message | None:
+        """Our WELCOME among the messages of one receive, its settings taken; else None."""
+        try:
+            msgs = list(decode(self._rx_key, frames, None, self._local))
+        except ProtocolError as exc:
+            self._drop_log("the broker's socket", f"{exc} (while connecting)")
+            return None
+        for msg in msgs:
+            if msg.kind != Kind.WELCOME:
                 continue
-            for msg in msgs:
-                if msg.kind != Kind.WELCOME:
-                    continue
-                try:
-                    data = msg.json()
-                except ProtocolError as exc:
-                    self._drop_log("the broker's socket", str(exc))
-                    continue
-                if data.get("worker") != self.wid.hex():
-                    self._drop_log("the broker's socket", "a WELCOME meant for another worker (replay?)")
-                    continue
-                self._session = bytes.fromhex(data["session"])
-                with self._lock:
-                    self._chan.on_ack(msg.ack)
-                    self._inorder.push(msg.seq, msg)
-                self.hb_interval = float(data.get("heartbeat_interval", 1.0))
-                self.hb_timeout = float(data.get("heartbeat_timeout", 10.0))
-                self._setups = _SetupCache(int(data.get("max_contexts", 8)))
-                self._max_frame = int(data.get("max_message_size", 0))
-                self._hb_floor = int(data.get("hb_floor", 0))
-                return msg
+            try:
+                data = msg.json()
+            except ProtocolError as exc:
+                self._drop_log("the broker's socket", str(exc))
+                continue
+            if data.get("worker") != self.wid.hex():
+                self._drop_log("the broker's socket", "a WELCOME meant for another worker (replay?)")
+                continue
+            self._session = bytes.fromhex(data["session"])
+            with self._lock:
+                self._chan.on_ack(msg.ack)
+                self._inorder.push(msg.seq, msg)
+            self.hb_interval = float(data.get("heartbeat_interval", 1.0))
+            self.hb_timeout = float(data.get("heartbeat_timeout", 10.0))
+            self._setups = _SetupCache(int(data.get("max_contexts", 8)))
+            self._max_frame = int(data.get("max_message_size", 0))
+            self._hb_floor = int(data.get("hb_floor", 0))
+            return msg
+        return None
+
+    @staticmethod
+    def _initialize(welcome: Message) -> str | None:
+        """Run the executor's initializer that came with WELCOME; its traceback if it raised."""
+        try:
+            fn, args = get_serializer(welcome.serializer).loads(welcome.frames[1:])
+            fn(*args)
+        except BaseException as exc:
+            return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return None
 
     def _serve(self, sock: zmq.Socket[Any]) -> int:

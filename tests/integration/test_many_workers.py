@@ -1,39 +1,26 @@
 """Hundreds of workers on one broker: they join, share the work, leave at shutdown.
 
-The workers are lightweight (``benchmarks/_light_workers.py``: many worker identities
+The workers are lightweight (``impexec._light_workers``: many worker identities
 per process, each with its own sockets, handshake and heartbeats), so 200 of them fit
 on a 2-core machine. No timing here: speed is ``benchmarks/bench_scale.py``'s job.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from impexec import ClusterExecutor
+from impexec import _light_workers as light
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
 N_WORKERS = 200
 N_HOSTS = 2
 # slow heartbeats: 200 workers on a busy 2-core machine must not be declared lost
 OPTIONS = {"heartbeat_interval": 0.5, "heartbeat_timeout": 15.0}
-
-
-def _load_light() -> Any:
-    spec = importlib.util.spec_from_file_location("_light_workers", ROOT / "benchmarks" / "_light_workers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-light = _load_light()
 
 
 @pytest.fixture

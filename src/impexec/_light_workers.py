@@ -1,9 +1,10 @@
-#!/usr/bin/env python
 """Many lightweight workers in one process: K worker identities served by one poller.
 
 Used by ``benchmarks/bench_scale.py`` and ``tests/integration/test_many_workers.py`` to
 connect hundreds or thousands of workers to one broker on a 2-core machine, where as
-many real worker processes (~30 MB and one interpreter each) would not fit.
+many real worker processes (~30 MB and one interpreter each) would not fit. It is not
+part of the public API: it lives in the package so that both import it as
+``impexec._light_workers`` and its host processes start wherever impexec imports.
 
 Seen from the broker, each identity is a real worker (``src/impexec/_worker.py``)::
 
@@ -29,7 +30,7 @@ worker's. Only the sockets and the waiting differ, and that does not matter to t
 - Broker silence is judged for the whole process: nothing heard on any socket for the
   heartbeat timeout (or the parent process gone) ends the process.
 
-Run: ``python benchmarks/_light_workers.py CONNECTION_FILE -n K``; exits 0 when every
+Run: ``python -m impexec._light_workers CONNECTION_FILE -n K``; exits 0 when every
 identity got SHUTDOWN, 3 with no WELCOME in time, 5 when the broker went silent.
 """
 
@@ -44,18 +45,15 @@ import socket
 import subprocess
 import sys
 import time
-import traceback
-from pathlib import Path
 from typing import Any
 
 import zmq
 
-from impexec import __version__
-from impexec._connection import ConnectionInfo
-from impexec._errors import ProtocolError
-from impexec._protocol import Flag, Kind, decode, encode, join, recv_frames, send_frames
-from impexec._serialize import get_serializer
-from impexec._worker import READY_RESEND_S, Worker, _SetupCache
+from ._connection import ConnectionInfo
+from ._errors import ProtocolError
+from ._protocol import Flag, Kind, decode, encode, join, recv_frames, send_frames
+from ._version import __version__
+from ._worker import READY_RESEND_S, Worker
 
 EXIT_OK, EXIT_NO_BROKER, EXIT_BROKER_GONE = 0, 3, 5
 #: Seconds between heartbeat ticks; each tick serves 1/SLICES of the identities.
@@ -114,23 +112,9 @@ class LightWorkerHost:
         self._by_sock: dict[zmq.Socket[Any], _Identity] = {}
         self._by_fd: dict[int, _Identity] = {}
         self._epoll: select.epoll | None = None
+        self._last_heard = 0.0  # when any socket last brought word from the broker
+        self._ticks = 0
         self.tasks_run = 0
-
-    # -- sockets ----------------------------------------------------------------------
-    def _socket(self, zctx: zmq.Context[Any], ident: bytes) -> zmq.Socket[Any]:
-        # the same options as the real worker's sockets
-        s = zctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.ROUTING_ID, ident)
-        s.setsockopt(zmq.LINGER, 1000)
-        s.setsockopt(zmq.SNDHWM, 0)
-        s.setsockopt(zmq.RCVHWM, 0)
-        s.setsockopt(zmq.TCP_KEEPALIVE, 1)
-        if self.conn.server_key:
-            s.setsockopt(zmq.CURVE_SERVERKEY, self.conn.server_key.encode())
-            s.setsockopt(zmq.CURVE_PUBLICKEY, (self.conn.client_public or "").encode())
-            s.setsockopt(zmq.CURVE_SECRETKEY, (self.conn.client_secret or "").encode())
-        s.connect(self.conn.address)
-        return s
 
     # -- main loop --------------------------------------------------------------------
     def run(self) -> int:
@@ -161,112 +145,97 @@ class LightWorkerHost:
             "light": True,
         }
         for _ in range(self.n):
-            worker = Worker(self.conn, tag=self.tag)
-            # tasks run as they arrive: between reads nothing waits here (HB_IDLE)
-            worker._idle = True
-            idn = _Identity(worker, self._socket(zctx, worker.wid))
-            self._by_sock[idn.main] = idn
-            # ZMQ_FD is readable when the socket has commands to process, not exactly
-            # when a message waits: level-triggered epoll, and a socket is always read
-            # to EAGAIN after a wake-up (or after sending on it), so nothing is missed
-            fd = idn.main.getsockopt(zmq.FD)
-            self._by_fd[fd] = idn
-            epoll.register(fd, select.EPOLLIN)
-            # READY: main-link number 1, with a zero session (WELCOME tells it)
-            ready = json.dumps({**info, "worker": worker.wid.hex(), "local": worker._local})
-            idn.ready = worker._encode(Kind.READY, frames=[ready.encode()])
-            idn.ready_at = time.monotonic()
-            _send(idn.main, idn.ready)
-            self._serve(zctx, idn)  # read to EAGAIN (see above) before epoll waits
+            self._join(zctx, epoll, info)
         parent = os.getppid()
-        started = time.monotonic()
-        last_heard = started
+        started = self._last_heard = time.monotonic()
         next_tick = started + TICK_S
-        tick = 0
         while self._by_sock:
             now = time.monotonic()
             for fd, _ in epoll.poll(max(0.0, next_tick - now)):
-                idn = self._by_fd.get(fd)
-                if idn is not None and self._serve(zctx, idn):
-                    last_heard = time.monotonic()
+                ready = self._by_fd.get(fd)
+                if ready is not None and self._serve(zctx, ready):
+                    self._last_heard = time.monotonic()
             now = time.monotonic()
             if now < next_tick:
                 continue
             next_tick = now + TICK_S
-            welcomed = [i for i in self._by_sock.values() if i.welcomed]
-            waiting = len(self._by_sock) - len(welcomed)
-            if waiting:
-                if now - started > self.connect_timeout:
-                    sys.stderr.write(
-                        f"light workers: {waiting} of {self.n} got no WELCOME from {self.conn.address}\n"
-                    )
-                    return EXIT_NO_BROKER
-                for idn in list(self._by_sock.values()):
-                    if not idn.welcomed and now - idn.ready_at >= READY_RESEND_S:
-                        # lost on a reset link? the broker takes it once
-                        idn.ready_at = now
-                        _send(idn.main, idn.ready)
-            slices = max(1, round(self.hb_interval / TICK_S))
-            tick += 1
-            for idn in welcomed[tick % slices :: slices]:
-                if self._heartbeat(idn, now):
-                    last_heard = now
-                if now - idn.active < self.hb_interval:
-                    last_heard = max(last_heard, idn.active)
-            if not waiting and now - last_heard > self.hb_timeout:
-                sys.stderr.write(f"light workers: no word from the broker in {self.hb_timeout:g} s\n")
-                return EXIT_BROKER_GONE
+            code = self._tick(now, started)
+            if code is not None:
+                return code
             if os.getppid() != parent:
                 return EXIT_BROKER_GONE  # orphaned: our parent (the benchmark) is gone
         return EXIT_OK
+
+    def _join(self, zctx: zmq.Context[Any], epoll: select.epoll, info: dict[str, Any]) -> None:
+        """One more identity: its Worker, its main socket, watched by *epoll*; READY sent."""
+        worker = Worker(self.conn, tag=self.tag)
+        # tasks run as they arrive: between reads nothing waits here (HB_IDLE)
+        worker._idle = True
+        idn = _Identity(worker, worker._socket(zctx, worker.wid))  # the real worker's options
+        self._by_sock[idn.main] = idn
+        # ZMQ_FD is readable when the socket has commands to process, not exactly
+        # when a message waits: level-triggered epoll, and a socket is always read
+        # to EAGAIN after a wake-up (or after sending on it), so nothing is missed
+        fd = idn.main.fileno()
+        self._by_fd[fd] = idn
+        epoll.register(fd, select.EPOLLIN)
+        # READY: main-link number 1, with a zero session (WELCOME tells it)
+        ready = json.dumps({**info, "worker": worker.wid.hex(), "local": worker._local})
+        idn.ready = worker._encode(Kind.READY, frames=[ready.encode()])
+        idn.ready_at = time.monotonic()
+        _send(idn.main, idn.ready)
+        self._serve(zctx, idn)  # read to EAGAIN (see above) before epoll waits
+
+    def _tick(self, now: float, started: float) -> int | None:
+        """Every TICK_S: READY again where no WELCOME came, a slice of the heartbeats, and
+        the checks that end the process (an exit status then)."""
+        welcomed = [i for i in self._by_sock.values() if i.welcomed]
+        waiting = len(self._by_sock) - len(welcomed)
+        if waiting:
+            if now - started > self.connect_timeout:
+                sys.stderr.write(
+                    f"light workers: {waiting} of {self.n} got no WELCOME from {self.conn.address}\n"
+                )
+                return EXIT_NO_BROKER
+            for idn in list(self._by_sock.values()):
+                if not idn.welcomed and now - idn.ready_at >= READY_RESEND_S:
+                    # lost on a reset link? the broker takes it once
+                    idn.ready_at = now
+                    _send(idn.main, idn.ready)
+        slices = max(1, round(self.hb_interval / TICK_S))
+        self._ticks += 1
+        for idn in welcomed[self._ticks % slices :: slices]:
+            if self._heartbeat(idn, now):
+                self._last_heard = now
+            if now - idn.active < self.hb_interval:
+                self._last_heard = max(self._last_heard, idn.active)
+        if not waiting and now - self._last_heard > self.hb_timeout:
+            sys.stderr.write(f"light workers: no word from the broker in {self.hb_timeout:g} s\n")
+            return EXIT_BROKER_GONE
+        return None
 
     def _welcome(self, zctx: zmq.Context[Any], idn: _Identity, frames: list[Any]) -> bool:
         """Before WELCOME: look for ours in *frames* and take its settings (as the real
         worker's ``_wait_welcome``). True once welcomed."""
         w = idn.worker
-        try:
-            msgs = list(decode(w._rx_key, frames, None, w._local))
-        except ProtocolError as exc:
-            w._drop_log("the broker's socket", f"{exc} (while connecting)")
+        msg = w._welcome_in(frames)
+        if msg is None:
             return False
-        for msg in msgs:
-            if msg.kind != Kind.WELCOME:
-                continue
-            try:
-                data = msg.json()
-            except ProtocolError as exc:
-                w._drop_log("the broker's socket", str(exc))
-                continue
-            if data.get("worker") != w.wid.hex():
-                w._drop_log("the broker's socket", "a WELCOME meant for another worker")
-                continue
-            w._session = bytes.fromhex(data["session"])
-            w._chan.on_ack(msg.ack)
-            w._inorder.push(msg.seq, msg)
-            self.hb_interval = w.hb_interval = float(data.get("heartbeat_interval", 1.0))
-            self.hb_timeout = w.hb_timeout = float(data.get("heartbeat_timeout", 10.0))
-            w._setups = _SetupCache(int(data.get("max_contexts", 8)))
-            w._max_frame = int(data.get("max_message_size", 0))
-            w._hb_floor = idn.hb_broker_seq = int(data.get("hb_floor", 0))
-            idn.welcomed = True
-            idn.hb = self._socket(zctx, w.wid + HB_SUFFIX)
-            self._heartbeat(idn, time.monotonic())
-            if msg.flags & Flag.HAS_SETUP:
-                # the executor's initializer, once per identity as per process; STARTED
-                # then tells the broker it succeeded
-                try:
-                    fn, args = get_serializer(msg.serializer).loads(msg.frames[1:])
-                    fn(*args)
-                except BaseException as exc:
-                    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                    _send(
-                        idn.main, w._encode(Kind.START_FAILED, frames=[json.dumps({"error": text}).encode()])
-                    )
-                    self._close(idn)
-                    return True
-                _send(idn.main, w._encode(Kind.STARTED))
-            return True
-        return False
+        self.hb_interval, self.hb_timeout = w.hb_interval, w.hb_timeout
+        idn.hb_broker_seq = w._hb_floor
+        idn.welcomed = True
+        idn.hb = w._socket(zctx, w.wid + HB_SUFFIX)
+        self._heartbeat(idn, time.monotonic())
+        if msg.flags & Flag.HAS_SETUP:
+            # the executor's initializer, once per identity as per process; STARTED
+            # then tells the broker it succeeded
+            text = w._initialize(msg)
+            if text is not None:
+                _send(idn.main, w._encode(Kind.START_FAILED, frames=[json.dumps({"error": text}).encode()]))
+                self._close(idn)
+                return True
+            _send(idn.main, w._encode(Kind.STARTED))
+        return True
 
     def _serve(self, zctx: zmq.Context[Any], idn: _Identity) -> bool:
         """Handle everything waiting on one main socket; True if anything came."""
@@ -347,7 +316,7 @@ class LightWorkerHost:
     def _close(self, idn: _Identity) -> None:
         if self._by_sock.pop(idn.main, None) is None:
             return
-        fd = idn.main.getsockopt(zmq.FD)
+        fd = idn.main.fileno()
         self._by_fd.pop(fd, None)
         if self._epoll is not None:
             self._epoll.unregister(fd)
@@ -383,10 +352,9 @@ def spawn(
 ) -> list[subprocess.Popen[bytes]]:
     """Start *total* identities in up to *procs* host processes (our children)."""
     raise_fd_limit()  # children inherit the raised soft limit
-    script = str(Path(__file__).resolve())
     return [
         subprocess.Popen(
-            [sys.executable, script, str(connection_file), "-n", str(k)],
+            [sys.executable, "-m", "impexec._light_workers", str(connection_file), "-n", str(k)],
             env=env,
             stdin=subprocess.DEVNULL,
         )
