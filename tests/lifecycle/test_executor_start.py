@@ -30,26 +30,18 @@ def private_tmp(tmp_path, monkeypatch):
     return root
 
 
-def _free_address() -> str:
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.ROUTER)
-    try:
-        port = s.bind_to_random_port("tcp://127.0.0.1")
-    finally:
-        s.close(linger=0)
-        ctx.term()
+def _free_address(raw_socket) -> str:
+    s = raw_socket(zmq.ROUTER)
+    port = s.bind_to_random_port("tcp://127.0.0.1")
+    s.close(linger=0)
     return f"tcp://127.0.0.1:{port}"
 
 
-def _assert_released(address: str) -> None:
+def _assert_released(raw_socket, address: str) -> None:
     """The broker's port can be bound again: its socket was closed."""
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.ROUTER)
-    try:
-        s.bind(address)
-    finally:
-        s.close(linger=0)
-        ctx.term()
+    s = raw_socket(zmq.ROUTER)
+    s.bind(address)
+    s.close(linger=0)
 
 
 class _FailsAfterStarting(LocalWorkers):
@@ -60,39 +52,33 @@ class _FailsAfterStarting(LocalWorkers):
         raise RuntimeError("the launcher broke after starting its workers")
 
 
-def test_a_launcher_that_cannot_start_leaves_nothing(tmp_path, private_tmp):
+def test_a_launcher_that_cannot_start_leaves_nothing(tmp_path, private_tmp, raw_socket):
     # SlurmWorkers cannot make its output directory: start() raises before any sbatch
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    address = _free_address()
+    address = _free_address(raw_socket)
     with pytest.raises(OSError):
         ClusterExecutor(
             [LocalWorkers(1), SlurmWorkers(2, output_dir=blocker / "jobs")], address=address, **FAST
         )
-    _assert_released(address)
+    _assert_released(raw_socket, address)
     assert list(private_tmp.iterdir()) == []  # socket and connection files removed
 
 
-def test_a_launcher_failing_after_it_started_workers_leaves_nothing(private_tmp):
-    address = _free_address()
+def test_a_launcher_failing_after_it_started_workers_leaves_nothing(private_tmp, raw_socket):
+    address = _free_address(raw_socket)
     with pytest.raises(RuntimeError, match="broke after starting"):
         ClusterExecutor(_FailsAfterStarting(2), address=address, **FAST)
-    _assert_released(address)
+    _assert_released(raw_socket, address)
     assert list(private_tmp.iterdir()) == []
     # no_leaks: the two worker processes were stopped
 
 
-def test_an_address_in_use_leaves_nothing(private_tmp):
-    address = _free_address()
-    ctx = zmq.Context()
-    taken = ctx.socket(zmq.ROUTER)
-    taken.bind(address)
-    try:
-        with pytest.raises(zmq.ZMQError):
-            ClusterExecutor(LocalWorkers(1), address=address, **FAST)
-    finally:
-        taken.close(linger=0)
-        ctx.term()
+def test_an_address_in_use_leaves_nothing(private_tmp, raw_socket):
+    address = _free_address(raw_socket)
+    raw_socket(zmq.ROUTER).bind(address)  # taken
+    with pytest.raises(zmq.ZMQError):
+        ClusterExecutor(LocalWorkers(1), address=address, **FAST)
     assert list(private_tmp.iterdir()) == []
 
 
