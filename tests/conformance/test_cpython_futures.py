@@ -53,6 +53,7 @@ from cpython_adapter import DIFFERENCES, SKIPS, ClusterPoolExecutor  # noqa: E40
 
 from impexec import SerializationError, WorkerLostError, WorkerStartError  # noqa: E402
 from impexec._serialize import RemoteTraceback  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 TIMEOUT = 60  # seconds for any one wait in a replacement test (the machine is shared)
 
@@ -137,7 +138,7 @@ def _killed_child(original: Test) -> Test:
     # later submit; here the task is run again and the executor goes on
     def test(self: Any) -> None:
         fut = self.executor.submit(time.sleep, 1)
-        _until(fut.running, "the task was never sent to a worker")
+        wait_until(fut.running, TIMEOUT, "the task to be sent to a worker")
         for proc in self.executor.launchers[0].processes():
             proc.kill()
         self.assertIsNone(fut.result(TIMEOUT))
@@ -196,18 +197,12 @@ def _failing_initializer(original: Test) -> Test:
 
 def _after_workers_connected(original: Test) -> Test:
     def test(self: Any) -> None:
-        _until(lambda: self.executor.statistics().workers == self.worker_count, "the workers did not connect")
+        wait_until(
+            lambda: self.executor.statistics().workers == self.worker_count, TIMEOUT, "the workers to connect"
+        )
         original(self)
 
     return test
-
-
-def _until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {TIMEOUT} s")
-        time.sleep(0.02)
 
 
 _lost = _mapped(test_deadlock, BrokenProcessPool=WorkerLostError)

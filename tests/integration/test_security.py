@@ -38,8 +38,8 @@ from security_tasks import (
     drop_count,
     marker_path,
     sentinel_pickle,
-    wait_for,
 )
+from waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE support")
 
@@ -98,7 +98,9 @@ def fake_worker(raw_socket: Any, conn: ConnectionInfo, *, hb: bool = False) -> F
 
 
 def assert_logged(caplog: pytest.LogCaptureFixture, text: str, *secrets: bytes | str | None) -> None:
-    assert wait_for(lambda: text in caplog.text, 10), f"no WARNING containing {text!r}:\n{caplog.text}"
+    wait_until(
+        lambda: text in caplog.text, 10, f"a WARNING containing {text!r} (the log is under Captured log)"
+    )
     for secret in secrets:
         if secret:
             s = secret.hex() if isinstance(secret, bytes) else secret
@@ -166,7 +168,7 @@ def test_wrong_session_refused(
         )
     )
     fake.hb.send_multipart(fake.encode_hb(session=other))
-    assert wait_for(lambda: drop_count(ex) >= before + 2)
+    wait_until(lambda: drop_count(ex) >= before + 2, 10, "2 more dropped messages")
     assert Kind.HEARTBEAT not in [m.kind for m in fake.recv(0.5, fake.hb)]
     # the same heartbeat in this session is answered: the session alone was refused
     fake.hb.send_multipart(fake.encode_hb())
@@ -330,7 +332,7 @@ def test_replayed_frames_refused(
     again.send_multipart(fake.ready)
     # barrier: a refusable message right behind it on the same connection is counted
     again.send_multipart(fake.encode(Kind.GOODBYE, session=bytes(8), seq=fake.seq + 1))
-    assert wait_for(lambda: drop_count(ex) == 2)
+    wait_until(lambda: drop_count(ex) == 2, 10, "2 dropped messages")
     assert_logged(warnings_log, "another session", conn.key)
     assert ex.statistics().workers_joined == 1
     # 3. the RESULT and the heartbeat replayed under a routing id that never said READY:
@@ -341,7 +343,7 @@ def test_replayed_frames_refused(
     before = drop_count(ex)
     main.send_multipart(answer)
     hb.send_multipart(heartbeat)
-    assert wait_for(lambda: drop_count(ex) >= before + 2)
+    wait_until(lambda: drop_count(ex) >= before + 2, 10, "2 more dropped messages")
     assert_logged(warnings_log, "bad signature", conn.key)
     #    and a key holder's RESULT (carrying a pickle) signed for that routing id: refused
     #    before the payload is looked at
@@ -356,7 +358,7 @@ def test_replayed_frames_refused(
             frames=[sentinel],
         )
     )
-    assert wait_for(lambda: drop_count(ex) >= before + 3)
+    wait_until(lambda: drop_count(ex) >= before + 3, 10, "3 more dropped messages")
     assert_logged(warnings_log, "never sent READY", conn.key)
     assert results == unpickled == [task.task_id]
 
@@ -410,7 +412,7 @@ def test_reflected_heartbeat_replies_do_not_keep_a_cut_off_worker(
     assert (stats.workers_lost, stats.workers, stats.resubmitted) == (1, 0, 1)
     assert echoed >= 10  # the echo went on past the heartbeat timeout
     assert_logged(warnings_log, "bad signature", conn.key)
-    assert wait_for(lambda: drop_count(ex) - before == echoed), "an echoed frame was not refused"
+    wait_until(lambda: drop_count(ex) - before == echoed, 10, "every echoed frame to be refused")
     assert (stats.queued, stats.running) == (1, 0)  # the task is back in the queue
     # ... and runs on the next worker: its second attempt
     other = fake_worker(raw_socket, conn)
@@ -518,7 +520,7 @@ def test_worker_with_right_connection_file_works_encrypted(make_executor: Any, t
         path, "--connect-timeout", "30", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        assert wait_for(lambda: ex.statistics().workers == 2, 60), "the joining worker never joined"
+        wait_until(lambda: ex.statistics().workers == 2, 60, "the joining worker to join")
         assert list(ex.map(pow, range(50), [3] * 50, timeout=60)) == [i**3 for i in range(50)]
         done = ex.statistics()
         assert done.failed == 0
