@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-pyabc = pytest.importorskip("pyabc", reason="needs pyabc (pip install impexec[integrations])")
+pyabc = pytest.importorskip("pyabc", reason="needs pyabc (pip install -e '.[integrations]' from a clone)")
 
 from impexec import ClusterExecutor  # noqa: E402
 
