@@ -12,7 +12,7 @@ asked for and prints ``READY`` once it is there:
 * ``map``: in the middle of a ``map`` over tasks that take a while;
 * ``context``: a context's setup is running on a worker (it takes minutes);
 * ``shutdown``: inside ``shutdown(wait=True)`` while workers run long tasks (``READY`` is
-  printed just before the call; the test waits a moment before it signals).
+  printed by a thread once the call has begun).
 
 Tasks and setups write a file into ``--markers`` when they start, which is how the
 client knows a worker is busy. Functions defined here travel by value (cloudpickle).
@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +67,17 @@ def wait_for_marker(markers: str, prefix: str, timeout: float = 120.0) -> None:
         if time.monotonic() > deadline:
             sys.exit(f"client: no {prefix} marker within {timeout:g} s")
         time.sleep(0.02)
+
+
+def ready_once_shutting_down(ex: ClusterExecutor, timeout: float = 60.0) -> None:
+    """Print READY once the main thread is inside ``shutdown()`` (the executor says so)."""
+    deadline = time.monotonic() + timeout
+    while not ex._shutdown:
+        if time.monotonic() > deadline:
+            print(f"client: shutdown() not called within {timeout:g} s", file=sys.stderr, flush=True)
+            return
+        time.sleep(0.005)
+    print("READY", flush=True)
 
 
 def main() -> None:
@@ -134,7 +146,7 @@ def main() -> None:
     else:
         futs = [ex.submit(long_task, args.markers, i) for i in range(args.n)]
         wait_for_marker(args.markers, "task")
-        print("READY", flush=True)
+        threading.Thread(target=ready_once_shutting_down, args=(ex,), daemon=True).start()
         ex.shutdown(wait=True)
         del futs
     print("client: the moment ended before a signal came", file=sys.stderr, flush=True)

@@ -221,8 +221,6 @@ def end_client(
         for pid in run.info["worker_pids"]:
             run.track(pid, tree=False)
         assert _readline(run, START_TIMEOUT) == "READY"
-        if moment == "shutdown":
-            time.sleep(0.3)  # READY comes just before shutdown(wait=True) is called
         run.track(proc.pid)  # replacements and helpers started meanwhile
         for p in run.extra:
             run.track(p.pid)
