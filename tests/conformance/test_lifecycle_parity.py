@@ -54,28 +54,25 @@ def run_script(body: str, kind: str, timeout: float = TIMEOUT) -> subprocess.Com
     )
 
 
-PRELUDE = """
+#: A script that hands one task over and does not wait for it (the tests add the rest).
+SUBMIT_ONE = """
 import sys, time
 
 def sleep_and_print(t, msg):
     time.sleep(t)
     print(msg)
     sys.stdout.flush()
+
+if __name__ == "__main__":
+    ex = Executor(2)
+    ex.submit(sleep_and_print, 1.0, "apple")
 """
 
 
 @pytest.mark.parametrize("kind", list(EXECUTORS))
 def test_interpreter_exit_runs_a_pending_future(kind: str) -> None:
     # no shutdown(): the exit hook must let the work finish, not cancel it
-    res = run_script(
-        PRELUDE
-        + """
-if __name__ == "__main__":
-    ex = Executor(2)
-    ex.submit(sleep_and_print, 1.0, "apple")
-""",
-        kind,
-    )
+    res = run_script(SUBMIT_ONE, kind)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "apple", res.stderr
 
@@ -85,17 +82,7 @@ def test_shutdown_without_wait_then_exit_runs_the_task_and_lets_go(kind: str) ->
     if kind == "ProcessPoolExecutor":
         pytest.skip("ProcessPoolExecutor hangs here (CPython issue 83386; its own test skips)")
     t0 = time.monotonic()
-    res = run_script(
-        PRELUDE
-        + """
-if __name__ == "__main__":
-    ex = Executor(2)
-    ex.submit(sleep_and_print, 1.0, "apple")
-    ex.shutdown(wait=False)
-""",
-        kind,
-        timeout=30,
-    )
+    res = run_script(SUBMIT_ONE + "    ex.shutdown(wait=False)\n", kind, timeout=30)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "apple", res.stderr
     # measured, printed (-s): the workers let go of stdout when the client exits
