@@ -127,10 +127,22 @@ def test_a_supervisor_obeys_sigterm_while_a_replacement_waits_its_backoff(shutdo
     try:
         wait_until(lambda: ex.statistics().workers == 2, 60, "the supervisor's 2 workers")
 
-        def slot0() -> psutil.Process:  # the child of slot 0: its tag ends in -0-<generation>
-            kids = psutil.Process(sup.pid).children()
-            assert len(kids) == 2
-            [kid] = [k for k in kids if k.cmdline()[-1].split("-")[-2] == "0"]
+        def slot_of(kid: psutil.Process) -> str | None:
+            # a worker's tag ends in -<slot>-<generation>; a child just forked still
+            # shows the supervisor's command line until it has exec'd
+            try:
+                parts = kid.cmdline()[-1].split("-")
+            except (psutil.Error, IndexError):
+                return None
+            return parts[-2] if len(parts) >= 3 else None
+
+        def slot0() -> psutil.Process:  # the child of slot 0, once both children run
+            def find() -> psutil.Process | None:
+                kids = psutil.Process(sup.pid).children()
+                found = [k for k in kids if slot_of(k) == "0"]
+                return found[0] if len(kids) == 2 and len(found) == 1 else None
+
+            kid: psutil.Process = wait_until(find, 30, "slot 0's worker process")
             return kid
 
         for _ in range(4):  # crash slot 0 again and again: its backoff grows each time
@@ -159,3 +171,23 @@ def test_a_supervisor_obeys_sigterm_while_a_replacement_waits_its_backoff(shutdo
             sup.kill()
         sup.wait(10)
         shutdown_with_deadline(ex)
+
+
+def test_a_child_that_dies_before_taking_its_connection_is_an_exited_child(tmp_path):
+    # handing the connection over raised BrokenPipeError when the child was already gone
+    # (killed right after its start, or an interpreter that fails at once): it took the
+    # whole ``impexec worker --processes`` supervisor down instead of being a child that
+    # exited, replaced after its backoff like any other
+    from impexec.launchers._process import WorkerProcess
+
+    # more than a pipe holds: the write blocks until the child exits without reading it
+    proc = WorkerProcess(
+        [sys.executable, "-c", "import sys; sys.stderr.write('gone early\\n'); sys.exit(3)"],
+        stdin=b"x" * (4 << 20),
+    )
+    try:
+        assert proc.wait(timeout=30) == 3
+        proc.join_reader(5)
+        assert "gone early" in proc.output()
+    finally:
+        proc.close_stdin()

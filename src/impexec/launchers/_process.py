@@ -54,7 +54,9 @@ def worker_argv(
 class WorkerProcess:
     """One started worker process (or the ``ssh`` session that runs one).
 
-    Raises OSError when the command cannot be run (nothing is left running then).
+    Raises OSError when the command cannot be run (nothing is left running then). A
+    process that exits before it has read *stdin* is no error: it is a process that
+    exited (``poll`` says how; its stderr is read as usual).
 
     Args:
         argv: the command.
@@ -96,13 +98,15 @@ class WorkerProcess:
             try:
                 self.proc.stdin.write(stdin)
                 self.proc.stdin.flush()  # stays open: closing it ends the worker
-            except OSError:
-                self.kill()
-                self.proc.wait(5)
+            except OSError as exc:
+                # it is gone (or closed its stdin) before taking its connection: killed
+                # right after its start, or an interpreter that failed at once. That is a
+                # process that exited, for the caller's usual path (its exit status and
+                # stderr reported, replaced after a backoff), not an error of the caller
+                logger.debug("worker process %d did not take its connection: %s", self.proc.pid, exc)
+                if self.proc.poll() is None:
+                    self.kill()
                 self.close_stdin()
-                if self.proc.stderr is not None:
-                    self.proc.stderr.close()
-                raise
         if capture_stderr:
             self._reader = threading.Thread(
                 target=self._read, args=(self.proc.stderr,), name=name, daemon=True
