@@ -7,11 +7,14 @@ leaves an impexec thread or a child process behind.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -30,18 +33,29 @@ def private_tmp(tmp_path, monkeypatch):
     return root
 
 
-def _free_address(raw_socket) -> str:
-    s = raw_socket(zmq.ROUTER)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    s.close(linger=0)
-    return f"tcp://127.0.0.1:{port}"
+@contextlib.contextmanager
+def _router() -> Iterator[zmq.Socket[Any]]:
+    """A ROUTER in a context of its own, closed and *terminated* on leaving: closing a
+    ZeroMQ socket is asynchronous, and only the context's end waits until its port is
+    free again (a shared context's would not be done before the next bind)."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    s = ctx.socket(zmq.ROUTER)
+    try:
+        yield s
+    finally:
+        s.close(linger=0)
+        ctx.term()
 
 
-def _assert_released(raw_socket, address: str) -> None:
+def _free_address() -> str:
+    with _router() as s:
+        return f"tcp://127.0.0.1:{s.bind_to_random_port('tcp://127.0.0.1')}"
+
+
+def _assert_released(address: str) -> None:
     """The broker's port can be bound again: its socket was closed."""
-    s = raw_socket(zmq.ROUTER)
-    s.bind(address)
-    s.close(linger=0)
+    with _router() as s:
+        s.bind(address)
 
 
 class _FailsAfterStarting(LocalWorkers):
@@ -52,30 +66,30 @@ class _FailsAfterStarting(LocalWorkers):
         raise RuntimeError("the launcher broke after starting its workers")
 
 
-def test_a_launcher_that_cannot_start_leaves_nothing(tmp_path, private_tmp, raw_socket):
+def test_a_launcher_that_cannot_start_leaves_nothing(tmp_path, private_tmp):
     # SlurmWorkers cannot make its output directory: start() raises before any sbatch
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    address = _free_address(raw_socket)
+    address = _free_address()
     with pytest.raises(OSError):
         ClusterExecutor(
             [LocalWorkers(1), SlurmWorkers(2, output_dir=blocker / "jobs")], address=address, **FAST
         )
-    _assert_released(raw_socket, address)
+    _assert_released(address)
     assert list(private_tmp.iterdir()) == []  # socket and connection files removed
 
 
-def test_a_launcher_failing_after_it_started_workers_leaves_nothing(private_tmp, raw_socket):
-    address = _free_address(raw_socket)
+def test_a_launcher_failing_after_it_started_workers_leaves_nothing(private_tmp):
+    address = _free_address()
     with pytest.raises(RuntimeError, match="broke after starting"):
         ClusterExecutor(_FailsAfterStarting(2), address=address, **FAST)
-    _assert_released(raw_socket, address)
+    _assert_released(address)
     assert list(private_tmp.iterdir()) == []
     # no_leaks: the two worker processes were stopped
 
 
 def test_an_address_in_use_leaves_nothing(private_tmp, raw_socket):
-    address = _free_address(raw_socket)
+    address = _free_address()
     raw_socket(zmq.ROUTER).bind(address)  # taken
     with pytest.raises(zmq.ZMQError):
         ClusterExecutor(LocalWorkers(1), address=address, **FAST)
