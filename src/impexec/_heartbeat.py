@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ._errors import ProtocolError
-from ._protocol import Kind, Message, decode, encode, join
+from ._protocol import Kind, Message, decode, join
 from ._security import DropLog
 
 if TYPE_CHECKING:
@@ -91,20 +91,7 @@ class Heartbeat:
             self.last_heard = max(self.last_heard, w._main_rx)
         else:
             self.seq += 1
-            # task_id echoes the last heartbeat-link number heard: the broker dates from it
-            # when we last heard it (a half-open link is noticed both ways)
-            self.send(
-                self.sock,
-                encode(
-                    w._tx_key,
-                    Kind.HEARTBEAT,
-                    w._session,
-                    self.seq,
-                    ack=w._chan.upto,
-                    aux=w._beat_flags(),
-                    task_id=self.broker_seq,
-                ),
-            )
+            self.send(self.sock, w._beat(self.seq, self.broker_seq))
         with w._lock:  # what the broker has not acknowledged for a while: again
             due = w._chan.due(now, self.rto, self.max_rto)
         if due:

@@ -51,7 +51,7 @@ import zmq
 
 from ._connection import ConnectionInfo
 from ._errors import ProtocolError
-from ._protocol import Flag, Kind, decode, encode, join, recv_frames, send_frames
+from ._protocol import Flag, Kind, decode, join, recv_frames, send_frames
 from ._version import __version__
 from ._worker import READY_RESEND_S, Worker
 
@@ -302,12 +302,7 @@ class LightWorkerHost:
         if now - idn.active >= self.hb_interval:
             # like impexec-worker: no beat while tasks and results flow on main
             idn.hb_seq += 1
-            _send(
-                hb,
-                encode(
-                    w._tx_key, Kind.HEARTBEAT, w._session, idn.hb_seq, ack=w._chan.upto, aux=w._beat_flags()
-                ),
-            )
+            _send(hb, w._beat(idn.hb_seq, idn.hb_broker_seq))  # the real worker's beat
         due = w._chan.due(now, max(2 * self.hb_interval, 0.2), self.hb_timeout)
         if due:
             _send(hb, join(due))

@@ -421,6 +421,21 @@ class Worker(TaskRunner):
         ]
 
     # -- heartbeat thread ----------------------------------------------------------------
+    def _beat(self, seq: int, heard: int) -> list[Any]:
+        """HEARTBEAT number *seq* of the heartbeat link. It echoes *heard*, the last
+        heartbeat-link number received from the broker, which dates from then when we
+        last heard it: a worker that talks but does not hear (a half-open link) is lost
+        for the broker, and without the echo so is one that merely has no task."""
+        return encode(
+            self._tx_key,
+            Kind.HEARTBEAT,
+            self._session,
+            seq,
+            ack=self._chan.upto,
+            aux=self._beat_flags(),
+            task_id=heard,
+        )
+
     def _beat_flags(self) -> int:
         flags = HB_IDLE if self._idle and not self._queue else 0
         if self._inorder.gap:

@@ -92,3 +92,23 @@ def test_light_worker_exceptions_travel_back(
     with pytest.raises(ZeroDivisionError):
         ex.submit(divmod, 1, 0).result(timeout=TIMEOUT)
     assert ex.submit(divmod, 7, 2).result(timeout=TIMEOUT) == (3, 1)
+
+
+def test_idle_light_workers_stay_alive_past_the_heartbeat_timeout(
+    shutdown_with_deadline: Callable[..., None],
+) -> None:
+    # The light workers' heartbeat did not echo the broker's last heartbeat-link number,
+    # as the real worker's does, so an identity that got no task for heartbeat_timeout
+    # could not prove it heard the broker and was declared lost: at 1,000 workers the
+    # scale benchmark lost dozens mid-run (a task each went back after a 10 s stall).
+    ex = ClusterExecutor(None, heartbeat_interval=0.1, heartbeat_timeout=1.0)
+    hosts = light.spawn(ex.connection_file(), 8, 1)
+    try:
+        _wait_workers(ex, hosts, 8)
+        time.sleep(3.0)  # idle for three heartbeat timeouts: the window under test
+        stats = ex.statistics()
+        assert (stats.workers, stats.workers_lost) == (8, 0)
+        assert list(ex.map(abs, range(-40, 0), timeout=TIMEOUT)) == list(range(40, 0, -1))
+    finally:
+        shutdown_with_deadline(ex)
+        light.reap(hosts, timeout=TIMEOUT)
