@@ -159,7 +159,7 @@ class LightWorkerHost:
             if now < next_tick:
                 continue
             next_tick = now + TICK_S
-            code = self._tick(now, started)
+            code = self._tick(zctx, now, started)
             if code is not None:
                 return code
             if os.getppid() != parent:
@@ -186,7 +186,7 @@ class LightWorkerHost:
         _send(idn.main, idn.ready)
         self._serve(zctx, idn)  # read to EAGAIN (see above) before epoll waits
 
-    def _tick(self, now: float, started: float) -> int | None:
+    def _tick(self, zctx: zmq.Context[Any], now: float, started: float) -> int | None:
         """Every TICK_S: READY again where no WELCOME came, a slice of the heartbeats, and
         the checks that end the process (an exit status then)."""
         welcomed = [i for i in self._by_sock.values() if i.welcomed]
@@ -202,6 +202,9 @@ class LightWorkerHost:
                     # lost on a reset link? the broker takes it once
                     idn.ready_at = now
                     _send(idn.main, idn.ready)
+                    # the send may have taken the socket's wake-up for a WELCOME that
+                    # came meanwhile: read to EAGAIN, or epoll never wakes for it again
+                    self._serve(zctx, idn)
         slices = max(1, round(self.hb_interval / TICK_S))
         self._ticks += 1
         for idn in welcomed[self._ticks % slices :: slices]:

@@ -7,6 +7,8 @@ on a 2-core machine. No timing here: speed is ``benchmarks/bench_scale.py``'s jo
 
 from __future__ import annotations
 
+import select
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,6 +17,8 @@ import pytest
 
 from impexec import ClusterExecutor
 from impexec import _light_workers as light
+from impexec._connection import ConnectionInfo
+from waiting import wait_until
 
 TIMEOUT = 60
 N_WORKERS = 200
@@ -112,3 +116,57 @@ def test_idle_light_workers_stay_alive_past_the_heartbeat_timeout(
     finally:
         shutdown_with_deadline(ex)
         light.reap(hosts, timeout=TIMEOUT)
+
+
+class _BlindEpoll:
+    """select's module as the light host sees it, with an epoll that reports nothing
+    while *blind* is set (it sleeps the timeout instead), as a host busy elsewhere."""
+
+    EPOLLIN = select.EPOLLIN
+
+    def __init__(self, blind: threading.Event):
+        self.blind = blind
+
+    def epoll(self) -> Any:
+        real = select.epoll()
+        blind = self.blind
+
+        class Epoll:
+            register = real.register
+            unregister = real.unregister
+            close = real.close
+
+            @staticmethod
+            def poll(timeout: float = -1) -> list[tuple[int, int]]:
+                if blind.is_set():
+                    time.sleep(max(0.0, timeout))
+                    return []
+                return real.poll(timeout)
+
+        return Epoll()
+
+
+def test_a_welcome_that_arrives_before_ready_is_sent_again_is_read(
+    monkeypatch: pytest.MonkeyPatch, shutdown_with_deadline: Callable[..., None]
+) -> None:
+    # Sending READY again took the main socket's wake-up (ZeroMQ's FD signals commands,
+    # not messages) for a WELCOME that had arrived meanwhile, and the light host never
+    # read that socket again: the identity counted as a worker, got tasks, never answered,
+    # and was declared lost after heartbeat_timeout (the 1,000-worker benchmark's stalls)
+    blind = threading.Event()
+    blind.set()
+    monkeypatch.setattr(light, "select", _BlindEpoll(blind))
+    monkeypatch.setattr(light, "READY_RESEND_S", 0.3)
+    ex = ClusterExecutor(None, heartbeat_interval=0.2, heartbeat_timeout=30.0)
+    host = light.LightWorkerHost(ConnectionInfo.read(ex.connection_file()), 1)
+    thread = threading.Thread(target=host.run, name="light-host", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: ex.statistics().workers == 1, TIMEOUT, "READY (the WELCOME is on its way)")
+        time.sleep(0.8)  # blind: the WELCOME waits unread while READY goes again
+        blind.clear()
+        assert ex.submit(abs, -3).result(timeout=10) == 3
+    finally:
+        shutdown_with_deadline(ex)
+        thread.join(TIMEOUT)
+    assert not thread.is_alive()
