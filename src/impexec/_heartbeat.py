@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ._errors import ProtocolError
-from ._protocol import Kind, Message, decode, join
+from ._peers import HB_GAP, HB_IDLE
+from ._protocol import Kind, Message, decode, encode, join
 from ._security import DropLog
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class Heartbeat:
             self.last_heard = max(self.last_heard, w._main_rx)
         else:
             self.seq += 1
-            self.send(self.sock, w._beat(self.seq, self.broker_seq))
+            self.send(self.sock, beat(w, self.seq, self.broker_seq))
         with w._lock:  # what the broker has not acknowledged for a while: again
             due = w._chan.due(now, self.rto, self.max_rto)
         if due:
@@ -138,3 +139,14 @@ class Heartbeat:
             logger.info("the broker no longer wants this worker: leaving")
             w._dismissed = True
             self.dismissed_at = time.monotonic()
+
+
+def beat(w: Worker, seq: int, heard: int) -> list[Any]:
+    """HEARTBEAT number *seq* of *w*'s heartbeat link: idle? a gap? It echoes *heard*, the
+    last heartbeat-link number received from the broker, which dates from then when we
+    last heard it: a worker that talks but does not hear (a half-open link) is lost for
+    the broker, and without the echo so is one that merely has no task."""
+    flags = HB_IDLE if w._idle and not w._queue else 0
+    if w._inorder.gap:
+        flags |= HB_GAP
+    return encode(w._tx_key, Kind.HEARTBEAT, w._session, seq, ack=w._chan.upto, aux=flags, task_id=heard)

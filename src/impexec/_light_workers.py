@@ -51,6 +51,7 @@ import zmq
 
 from ._connection import ConnectionInfo
 from ._errors import ProtocolError
+from ._heartbeat import beat
 from ._protocol import Flag, Kind, decode, join, recv_frames, send_frames
 from ._version import __version__
 from ._worker import READY_RESEND_S, Worker
@@ -305,7 +306,7 @@ class LightWorkerHost:
         if now - idn.active >= self.hb_interval:
             # like impexec-worker: no beat while tasks and results flow on main
             idn.hb_seq += 1
-            _send(hb, w._beat(idn.hb_seq, idn.hb_broker_seq))  # the real worker's beat
+            _send(hb, beat(w, idn.hb_seq, idn.hb_broker_seq))  # the real worker's beat
         due = w._chan.due(now, max(2 * self.hb_interval, 0.2), self.hb_timeout)
         if due:
             _send(hb, join(due))

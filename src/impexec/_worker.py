@@ -35,7 +35,7 @@ import zmq
 from ._connection import ConnectionInfo, remove_orphaned_private_dir
 from ._errors import ProtocolError
 from ._heartbeat import Heartbeat
-from ._peers import HB_GAP, HB_IDLE, Channel, InOrder, LinkBroken
+from ._peers import Channel, InOrder, LinkBroken
 from ._protocol import Flag, Kind, Message, decode, encode, recv_frames, send_frames, worker_keys
 from ._running import TaskRunner, _SetupCache
 from ._scheduler import MAX_BLOBS
@@ -421,27 +421,6 @@ class Worker(TaskRunner):
         ]
 
     # -- heartbeat thread ----------------------------------------------------------------
-    def _beat(self, seq: int, heard: int) -> list[Any]:
-        """HEARTBEAT number *seq* of the heartbeat link. It echoes *heard*, the last
-        heartbeat-link number received from the broker, which dates from then when we
-        last heard it: a worker that talks but does not hear (a half-open link) is lost
-        for the broker, and without the echo so is one that merely has no task."""
-        return encode(
-            self._tx_key,
-            Kind.HEARTBEAT,
-            self._session,
-            seq,
-            ack=self._chan.upto,
-            aux=self._beat_flags(),
-            task_id=heard,
-        )
-
-    def _beat_flags(self) -> int:
-        flags = HB_IDLE if self._idle and not self._queue else 0
-        if self._inorder.gap:
-            flags |= HB_GAP
-        return flags
-
     def _heartbeat(self, zctx: zmq.Context[Any]) -> None:
         Heartbeat(self, zctx).run()
 

@@ -22,7 +22,7 @@ Modelled (a few lines each, mirroring the named code; what is left out is listed
   ``READY_RESEND_S`` until a WELCOME; other messages before it are not taken), ``_serve``
   (read the main socket between tasks, the ``_idle`` flag, control, dismissal, one task at a
   time, the result sent at once), ``_encode``/``_take``/``_release`` and the
-  heartbeat thread ``_heartbeat``/``_read_main_socket``/``_beat_flags`` (beats skipped while
+  heartbeat thread ``_heartbeat``/``_read_main_socket``/``beat`` (beats skipped while
   main traffic flows both ways, resends of what is unacknowledged through the heartbeat
   socket, RECALL answered while a task runs, SHUTDOWN, exit when the broker is silent for
   ``heartbeat_timeout``, the stall rule after a stop).
