@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Scale benchmark: task rate and broker cost as the number of workers grows (issue 8).
+"""Scale benchmark: task rate and broker cost as the number of workers grows.
 
     python benchmarks/bench_scale.py                          # W = 2, 10, 100, 1000
     python benchmarks/bench_scale.py --workers 2,1000 --tasks 20000 --procs 4
@@ -22,7 +22,7 @@ warm-up:
   which includes ZeroMQ's I/O thread) over --idle seconds of heartbeats only.
 
 The figure that matters is the ratio of each rate to the rate with the smallest W (the
-issue asks ≥ 0.8 at 1,000 workers vs 2). The machine's load average is printed with the
+target: ≥ 0.8 at 1,000 workers vs 2). The machine's load average is printed with the
 results: on a shared 2-core machine, the figures move with what else runs.
 """
 
