@@ -22,6 +22,7 @@ receive, dispatch, housekeeping (liveness), rebalance, stop when idle and asked 
 from __future__ import annotations
 
 import logging
+import math
 import select
 import socket
 import threading
@@ -61,7 +62,7 @@ class Broker(WorkerEvents):
 
     ``_lock`` guards the scheduler, the socket and the peer table. Caller threads take it
     to dispatch their own tasks (no hop through this thread); this thread holds it except
-    while it sleeps in select(). Futures are resolved outside it.
+    while it sleeps in poll(). Futures are resolved outside it.
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class Broker(WorkerEvents):
         self._closed = False
         self._next_house = 0.0
         self._next_rebalance = 0.0
+        self._polled: list[tuple[int, int]] = []  # the last poll's events, pipes among them
 
     # -- called from other threads -----------------------------------------------------
     def enqueue(self, item: Any) -> None:
@@ -151,7 +153,8 @@ class Broker(WorkerEvents):
                 return
             self.scheduler.submit(task)
             self._dispatch()
-            readable = self._link.sock.getsockopt(_EVENTS) & _POLLIN
+            # (and output a pipe kept: only this thread asks the poll for POLLOUT)
+            readable = self._link.sock.getsockopt(_EVENTS) & _POLLIN or self._link.pipes.dirty
         finally:
             self._lock.release()
         if self._later:
@@ -202,6 +205,17 @@ class Broker(WorkerEvents):
     def statistics(self, timeout: float = 10.0) -> Statistics:
         return self.call(self.scheduler.statistics, timeout)  # type: ignore[no-any-return]
 
+    def attach_pipe(self, sock: socket.socket) -> None:
+        """Take the broker's end of a local worker's pipe (:mod:`._pipe`); any thread."""
+
+        def add() -> None:
+            if self._closed:
+                sock.close()
+            else:
+                self._link.add_pipe(sock)
+
+        self.enqueue(add)
+
     def register_context(self, ctx_id: int, frames: list[Any], ser: int) -> None:
         # set at once, not through the inbox: a task of this context may be dispatched
         # from the caller's thread (submit_now) before the inbox is drained; one dict
@@ -233,7 +247,10 @@ class Broker(WorkerEvents):
 
     def _loop(self) -> None:
         self._next_house = time.monotonic() + self._hb_interval
-        fds = [self._link.sock.getsockopt(zmq.FD), self._wake_r.fileno()]
+        pipes = self._link.pipes
+        poller, wake_fd = pipes.poller, self._wake_r.fileno()
+        poller.register(self._link.sock.getsockopt(zmq.FD), select.POLLIN)
+        poller.register(wake_fd, select.POLLIN)
         while True:
             with self._lock:
                 state = self._turn()
@@ -241,6 +258,7 @@ class Broker(WorkerEvents):
                     self._closed = True
                     return
                 more, wake_at = state
+                pipes.sync()
                 self._sleeping = True
             if self._later:
                 self._flush()
@@ -248,14 +266,17 @@ class Broker(WorkerEvents):
                 self._sleeping = False
                 continue
             timeout = max(0.0, wake_at - time.monotonic())
-            readable, _, _ = select.select(fds, [], [], timeout)
+            events = poller.poll(math.ceil(timeout * 1000))
             self._sleeping = False
-            if self._wake_r.fileno() in readable:
-                try:
-                    while self._wake_r.recv(4096):
+            for fd, _ in events:
+                if fd == wake_fd:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except BlockingIOError:
                         pass
-                except BlockingIOError:
-                    pass
+                elif pipes.owns(fd):
+                    self._polled = events  # the pipes' part is read under the lock
 
     def _turn(self) -> tuple[bool, float] | None:
         """One round of the loop's steps, under the lock.
@@ -265,7 +286,14 @@ class Broker(WorkerEvents):
         sched = self.scheduler
         if self._inbox:
             self._drain_inbox()
+        if self._polled:
+            polled, self._polled = self._polled, []
+            pipes = self._link.pipes
+            for fd, events in polled:
+                if pipes.owns(fd):
+                    pipes.polled(fd, events)
         more = self._link.receive(self._on_message, RECV_BATCH)
+        more = self._link.receive_pipes(self._on_message, RECV_BATCH) or more
         if sched.n_pending:
             self._dispatch()
         now = time.monotonic()

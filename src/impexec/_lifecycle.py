@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import weakref
@@ -257,6 +258,10 @@ class Host:
 
     def ever_connected(self, tag: str) -> bool:
         return tag in self._broker.ever_connected_tags
+
+    def attach_pipe(self, sock: socket.socket) -> None:
+        """The client's end of a local worker's pipe: its main link (:mod:`._pipe`)."""
+        self._broker.attach_pipe(sock)
 
     def worker_exited(self, tag: str, why: str) -> None:
         broker = self._broker

@@ -12,6 +12,8 @@ Only the thread holding the broker's lock touches the socket.
 from __future__ import annotations
 
 import logging
+import select
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +22,7 @@ import zmq
 
 from ._errors import ProtocolError
 from ._peers import DUPLICATE, LinkBroken, Peer, PeerTable
+from ._pipe import PipeSet
 from ._protocol import Kind, Message, client_keys, decode, encode, join, recv_frames, send_frames
 from ._security import DropLog, RouterGuard
 
@@ -57,6 +60,8 @@ class RouterLink:
         self.client_rx, self.client_tx = client_keys(key)
         self.drop_log = DropLog(logger, "a message")  # rate-limited, bounded memory
         self._hb_seq = 0  # numbers of heartbeat-link and status messages (not kept)
+        # local workers' main links (_pipe), in the poll the broker thread waits in
+        self.pipes = PipeSet(select.poll())
         # a context of its own: closing the link ends its I/O thread too, and nothing
         # else in the process shares its fate
         zctx: zmq.Context[Any] = zmq.Context()
@@ -98,6 +103,8 @@ class RouterLink:
 
     # -- sending -------------------------------------------------------------------------
     def send(self, ident: bytes, frames: list[Any]) -> bool:
+        if self.pipes.by_ident and self.pipes.send(ident, frames):
+            return True
         try:
             send_frames(self.sock, [ident, *frames])
             return True
@@ -151,7 +158,7 @@ class RouterLink:
     # -- receiving -----------------------------------------------------------------------
     def receive(self, handle: Handler, limit: int) -> bool:
         """Verify and hand on what has arrived; True if *limit* left messages unread."""
-        sock, peers = self.sock, self.peers
+        sock = self.sock
         for _ in range(limit):
             # read until empty (the FD is edge-triggered): one zmq.Again per wake-up is
             # cheaper than asking ZMQ_EVENTS before every message
@@ -159,28 +166,47 @@ class RouterLink:
                 frames = recv_frames(sock, _NOBLOCK)
             except zmq.Again:
                 return False
-            ident = frames[0].bytes
-            n = len(ident)
-            is_hb = n == WORKER_ID_SIZE + 1 and ident[WORKER_ID_SIZE:] == HB_SUFFIX
-            peer: Peer | None = None
-            if n == WORKER_ID_SIZE or is_hb:
-                wid = ident[:WORKER_ID_SIZE]
-                peer = peers.get(wid)
-                rx = peer.rx_key if peer is not None else peers.keys_for(wid)[0]
-                local = peer is not None and peer.local
-            else:
-                rx, local = self.client_rx, False
-            try:
-                for msg in decode(rx, frames[1:], None, local):
-                    if self._fresh(ident, peer, is_hb, msg):
-                        handle(ident, peer, is_hb, msg)
-            except ProtocolError as exc:
-                self.drop_log(f"peer {ident.hex()[:12]}", str(exc))
-            except LinkBroken as exc:
-                self.drop_log(f"peer {ident.hex()[:12]}", f"link broken: {exc}")
-            except Exception:  # a bug handling one message must not take the broker down
-                logger.exception("error while handling a message from %s", ident.hex()[:12])
+            self._deliver(frames[0].bytes, frames, handle)
         return True
+
+    def receive_pipes(self, handle: Handler, limit: int) -> bool:
+        """Like :meth:`receive`, from the local workers' pipes the last poll found readable."""
+
+        def on_frames(ident: bytes, frames: list[Any]) -> None:
+            if len(ident) != WORKER_ID_SIZE:  # a pipe carries one worker's main link only
+                self.drop_log("a local worker's pipe", f"a message from {ident.hex()[:12]}")
+                return
+            self._deliver(ident, frames, handle)
+
+        return self.pipes.receive(on_frames, limit)
+
+    def add_pipe(self, sock: socket.socket) -> None:
+        """Take the broker's end of a local worker's pipe (see :mod:`._pipe`)."""
+        self.pipes.add(sock)
+
+    def _deliver(self, ident: bytes, frames: list[Any], handle: Handler) -> None:
+        """Verify one received message (``frames[0]`` is its sender) and hand it on."""
+        peers = self.peers
+        n = len(ident)
+        is_hb = n == WORKER_ID_SIZE + 1 and ident[WORKER_ID_SIZE:] == HB_SUFFIX
+        peer: Peer | None = None
+        if n == WORKER_ID_SIZE or is_hb:
+            wid = ident[:WORKER_ID_SIZE]
+            peer = peers.get(wid)
+            rx = peer.rx_key if peer is not None else peers.keys_for(wid)[0]
+            local = peer is not None and peer.local
+        else:
+            rx, local = self.client_rx, False
+        try:
+            for msg in decode(rx, frames[1:], None, local):
+                if self._fresh(ident, peer, is_hb, msg):
+                    handle(ident, peer, is_hb, msg)
+        except ProtocolError as exc:
+            self.drop_log(f"peer {ident.hex()[:12]}", str(exc))
+        except LinkBroken as exc:
+            self.drop_log(f"peer {ident.hex()[:12]}", f"link broken: {exc}")
+        except Exception:  # a bug handling one message must not take the broker down
+            logger.exception("error while handling a message from %s", ident.hex()[:12])
 
     def _fresh(self, ident: bytes, peer: Peer | None, is_hb: bool, msg: Message) -> bool:
         """Session, numbering and acknowledgement; False: a duplicate, dropped quietly."""
@@ -221,6 +247,7 @@ class RouterLink:
 
     def close(self) -> None:
         self.guard.close()  # ZAP and monitor threads, before the socket and the context
+        self.pipes.close(linger=0.2)  # a moment to flush the SHUTDOWNs
         self.sock.close(linger=200)  # a moment to flush the SHUTDOWNs
         self._zctx.term()
 

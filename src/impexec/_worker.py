@@ -36,7 +36,8 @@ from ._connection import ConnectionInfo, remove_orphaned_private_dir
 from ._errors import ProtocolError
 from ._heartbeat import Heartbeat
 from ._peers import Channel, InOrder, LinkBroken
-from ._protocol import Flag, Kind, Message, decode, encode, recv_frames, send_frames, worker_keys
+from ._pipe import DealerLink, MainLink, WorkerPipe, inherited
+from ._protocol import Flag, Kind, Message, decode, encode, send_frames, worker_keys
 from ._running import TaskRunner, _SetupCache
 from ._scheduler import MAX_BLOBS
 from ._security import DropLog
@@ -140,7 +141,7 @@ class Worker(TaskRunner):
         self._queue: deque[Message] = deque()  # tasks (and DROP_CONTEXTs) in order
         self._control: deque[Message] = deque()  # SHUTDOWN, DRAIN: for the main thread
         self._sock_lock = threading.Lock()  # the main socket: its user, main or heartbeat
-        self._main_sock: zmq.Socket[Any] | None = None
+        self._main_sock: MainLink | None = None  # a pipe from the client, or a DEALER
         self._leaving = False
         self._stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
@@ -218,17 +219,26 @@ class Worker(TaskRunner):
     # -- main ----------------------------------------------------------------------------
     def run(self) -> int:
         zctx = zmq.Context()
-        sock = self._main_sock = self._socket(zctx, self.wid)
+        pipe = inherited()  # a local worker's main link: a pipe from its client (_pipe)
+        link: MainLink
+        if pipe is not None:
+            link = WorkerPipe(pipe, self.wid)
+        else:
+            link = DealerLink(self._socket(zctx, self.wid))
+        self._main_sock = link
         try:
-            return self._run(zctx, sock)
+            return self._run(zctx, link)
+        except EOFError:  # the client closed its end of the pipe: it is gone
+            say("impexec worker: the client's pipe closed: exiting\n")
+            return EXIT_BROKER_GONE
         finally:
             self._stop.set()
             if self._hb_thread is not None:
                 self._hb_thread.join(2.0)
-            sock.close(linger=2000)
+            link.close()
             zctx.term()
 
-    def _run(self, zctx: zmq.Context[Any], sock: zmq.Socket[Any]) -> int:
+    def _run(self, zctx: zmq.Context[Any], sock: MainLink) -> int:
         info = {
             "worker": self.wid.hex(),
             "pid": os.getpid(),
@@ -254,25 +264,25 @@ class Worker(TaskRunner):
             text = self._initialize(welcome)
             if text is not None:
                 say(f"impexec worker: the initializer raised:\n{text}")
-                _send(sock, self._encode(Kind.START_FAILED, frames=[json.dumps({"error": text}).encode()]))
+                sock.send(self._encode(Kind.START_FAILED, frames=[json.dumps({"error": text}).encode()]))
                 return EXIT_INIT_FAILED
             # STARTED says "initialized": only now does the broker
             # count this worker as started (else a failing initializer looks like a worker
             # that connected and died, and launchers restart it forever)
-            _send(sock, self._encode(Kind.STARTED))
+            sock.send(self._encode(Kind.STARTED))
         return self._serve(sock)
 
-    def _wait_welcome(self, sock: zmq.Socket[Any], ready: list[Any]) -> Message | None:
-        _send(sock, ready)
+    def _wait_welcome(self, sock: MainLink, ready: list[Any]) -> Message | None:
+        sock.send(ready)
         deadline = time.monotonic() + self.connect_timeout
         again = time.monotonic() + READY_RESEND_S
         while (left := deadline - time.monotonic()) > 0:
             if not sock.poll(int(min(left, max(0.0, again - time.monotonic())) * 1000)):
                 if time.monotonic() >= again:  # lost on a reset link? the broker takes it once
-                    _send(sock, ready)
+                    sock.send(ready)
                     again = time.monotonic() + READY_RESEND_S
                 continue
-            welcome = self._welcome_in(sock.recv_multipart(copy=False))
+            welcome = self._welcome_in(sock.recv())
             if welcome is not None:
                 return welcome
         return None
@@ -317,11 +327,10 @@ class Worker(TaskRunner):
             return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return None
 
-    def _serve(self, sock: zmq.Socket[Any]) -> int:
+    def _serve(self, sock: MainLink) -> int:
         deadline = time.monotonic() + self.runtime if self.runtime else None
         queue, control, sock_lock = self._queue, self._control, self._sock_lock
-        poll = zmq.zmq_poll
-        items = [(sock, zmq.POLLIN)]
+        poll, recv = sock.poll, sock.recv
         spin_until = 0.0
         spin_s = _spin_seconds()
         sched_yield = getattr(os, "sched_yield", lambda: None)
@@ -331,19 +340,19 @@ class Worker(TaskRunner):
                     self._leaving = True
                     logger.info("runtime spent: finishing held tasks, then leaving")
                     bye = json.dumps({"reason": "runtime"}).encode()
-                    _send(sock, self._encode(Kind.GOODBYE, frames=[bye]))
+                    sock.send(self._encode(Kind.GOODBYE, frames=[bye]))
                 # take everything that has arrived; block only when there is nothing to do
                 timeout = 0 if queue else 200
                 if not queue and spin_until:
-                    while not poll(items, 0) and time.perf_counter() < spin_until:
+                    while not poll(0) and time.perf_counter() < spin_until:
                         sched_yield()
                     spin_until = 0.0
                 # the heartbeat thread tells the broker when we wait with nothing to do:
                 # what it sent a while ago and we never got was lost, and it sends it again
                 self._idle = not queue and not control
-                while poll(items, timeout):  # zmq_poll: Socket.poll builds a Poller per call
+                while poll(timeout):
                     self._idle = False
-                    self._take(recv_frames(sock))
+                    self._take(recv())
                     timeout = 0
                 self._idle = False
             code = self._obey_control()
@@ -362,7 +371,7 @@ class Worker(TaskRunner):
             # the next task crashes it, and the broker would blame the wrong task
             frames = self._run_task(msg)
             with sock_lock:
-                _send(sock, frames)
+                sock.send(frames)
             self._main_tx = time.monotonic()
             if spin_s:
                 spin_until = time.perf_counter() + spin_s
@@ -393,7 +402,9 @@ class Worker(TaskRunner):
             return
         try:
             while sock.poll(0):
-                self._take(recv_frames(sock))
+                self._take(sock.recv())
+        except EOFError:
+            pass  # the client is gone: the main thread reads it too, between tasks
         finally:
             self._sock_lock.release()
 

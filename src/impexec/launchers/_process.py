@@ -68,6 +68,7 @@ class WorkerProcess:
             it writes to this process's stderr directly.
         echo: copy each line of its stderr to this process's stderr.
         name: the reader thread's name.
+        pass_fds: file descriptors the process inherits (a local worker's pipe).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class WorkerProcess:
         capture_stderr: bool = True,
         echo: bool = False,
         name: str = "impexec-stderr",
+        pass_fds: Sequence[int] = (),
     ):
         self.argv = list(argv)
         self.stderr: deque[str] = deque(maxlen=STDERR_LINES)
@@ -92,6 +94,7 @@ class WorkerProcess:
             stdout=stdout,
             stderr=subprocess.PIPE if capture_stderr else None,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
         if stdin is not None:
             assert self.proc.stdin is not None
