@@ -6,7 +6,7 @@ Threading model::
                       or, when the lock is free, queue and dispatch it themselves           │
     launcher thread ─ worker exited / start failed → inbox (as a command) ─────────────────┤
                                                                                             ▼
-    broker thread:  poll(ROUTER, wake-up) → RouterLink (verify, number, acknowledge)
+    broker thread:  poll(ROUTER, pipes, wake-up) → RouterLink (verify, number, acknowledge)
                     → handler by message kind → Scheduler → RouterLink (sign, keep, send)
                     set_result / set_exception on futures, outside the lock
 
@@ -268,15 +268,13 @@ class Broker(WorkerEvents):
             timeout = max(0.0, wake_at - time.monotonic())
             events = poller.poll(math.ceil(timeout * 1000))
             self._sleeping = False
-            for fd, _ in events:
-                if fd == wake_fd:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except BlockingIOError:
+            self._polled = events  # the pipes' part is taken under the lock (_turn)
+            if any(fd == wake_fd for fd, _ in events):
+                try:
+                    while self._wake_r.recv(4096):
                         pass
-                elif pipes.owns(fd):
-                    self._polled = events  # the pipes' part is read under the lock
+                except BlockingIOError:
+                    pass
 
     def _turn(self) -> tuple[bool, float] | None:
         """One round of the loop's steps, under the lock.
@@ -430,7 +428,7 @@ class Broker(WorkerEvents):
 
 
 def _wakeup_pair() -> tuple[socket.socket, socket.socket]:
-    """A socketpair other threads poke (one byte) to wake the broker from select()."""
+    """A socketpair other threads poke (one byte) to wake the broker from poll()."""
     r, w = socket.socketpair()
     r.setblocking(False)
     w.setblocking(False)

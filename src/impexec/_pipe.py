@@ -10,9 +10,10 @@ worker, their first frame is its id, as the ROUTER would put it), so everything 
 socket is shared: :class:`._router.RouterLink` sends to a worker's pipe once it has
 heard from it there.
 
-On the wire a message is ``u32 count``, ``count × u64 length``, then the frames. A pipe
-is never reset and never drops a message; its end of file means the other process is
-gone (the worker then leaves at once, like at the end of its standard input).
+On the wire a message is ``u32 count``, ``count`` times ``u64 length``, then the
+frames. A pipe is never reset and never drops a message; its end of file means the
+other process is gone (the worker then leaves at once, like at the end of its
+standard input).
 
 - :class:`Parser`: bytes in, messages out (large frames land in a buffer of their own).
 - :class:`PipeSet`: the broker's ends, non-blocking; whatever the socket does not take
@@ -52,6 +53,8 @@ MAX_FRAMES = 1 << 20
 #: A frame this large is received into a buffer of its own, not through the chunk.
 BIG_FRAME = 1 << 16
 _CHUNK = 1 << 18
+#: A send to a peer that is gone fails with EPIPE, even where SIGPIPE is not ignored.
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 #: Buffers per sendmsg (the kernel's IOV_MAX is 1024).
 _IOV = 512
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -63,11 +66,18 @@ class PipeError(Exception):
     """The stream is corrupt: its other end is not an impexec peer (or has a bug)."""
 
 
-def pack(frames: Sequence[Any]) -> list[Any]:
-    """The buffers that carry one message: its prefix, then its frames (not copied)."""
-    n = len(frames)
-    sizes = [memoryview(f).nbytes for f in frames]
-    return [struct.pack(f"<I{n}Q", n, *sizes), *frames]
+_PREFIXES: dict[int, struct.Struct] = {}
+
+
+def pack(frames: Sequence[Any]) -> tuple[list[Any], int]:
+    """The buffers that carry one message (its prefix, then its frames, not copied), and
+    their total size."""
+    sizes = [len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames]
+    n = len(sizes)
+    st = _PREFIXES.get(n)
+    if st is None:
+        st = _PREFIXES.setdefault(n, struct.Struct(f"<I{n}Q"))
+    return [st.pack(n, *sizes), *frames], st.size + sum(sizes)
 
 
 class Parser:
@@ -151,24 +161,54 @@ class Parser:
         return True
 
 
-def _send_some(sock: socket.socket, out: deque[memoryview], flags: int) -> None:
+def _send_some(sock: socket.socket, out: deque[memoryview]) -> None:
     """Send from the front of *out*; what was sent leaves it. Raises BlockingIOError."""
     while out:
         batch = [out[i] for i in range(min(len(out), _IOV))]
-        n = sock.sendmsg(batch, (), flags)
-        while n:
-            head = out[0]
-            if n >= head.nbytes:
-                n -= head.nbytes
-                out.popleft()
-            else:
-                out[0] = head[n:]
-                n = 0
+        _consume(out, sock.sendmsg(batch, (), _NOSIGNAL))
 
 
-def _views(frames: Sequence[Any]) -> deque[memoryview]:
-    out = deque(memoryview(b).cast("B") for b in pack(frames))
-    return deque(v for v in out if v.nbytes)
+def _consume(out: deque[memoryview], n: int) -> None:
+    while n:
+        head = out[0]
+        if n >= head.nbytes:
+            n -= head.nbytes
+            out.popleft()
+        else:
+            out[0] = head[n:]
+            n = 0
+
+
+def _send_message(sock: socket.socket, frames: Sequence[Any]) -> deque[memoryview]:
+    """Send one message; what the socket did not take, as views (empty: all went).
+    Raises BlockingIOError (nothing went) and OSError."""
+    bufs, total = pack(frames)
+    sent = sock.sendmsg(bufs, (), _NOSIGNAL) if len(bufs) <= _IOV else 0
+    if sent == total:  # the usual case: one system call, no view made
+        return _EMPTY
+    rest = deque(v for v in (memoryview(b).cast("B") for b in bufs) if v.nbytes)
+    _consume(rest, sent)
+    return rest
+
+
+_EMPTY: deque[memoryview] = deque()
+
+
+#: Socket buffer asked for on each end (the kernel caps it at net.core.wmem_max): a
+#: large payload then crosses in fewer wake-ups.
+SOCKET_BUFFER = 1 << 22
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    """A pipe for a local worker: (the client's end, the worker's end)."""
+    ends = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for end in ends:
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                end.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            except OSError:  # a smaller buffer is slower, not wrong
+                pass
+    return ends
 
 
 # -- the broker's side -------------------------------------------------------------------
@@ -186,21 +226,23 @@ class BrokerPipe:
 
     def send(self, frames: Sequence[Any]) -> None:
         """Send now what the socket takes; keep the rest (in order) for :meth:`flush`."""
-        views = _views(frames)
         if self.out:
-            self.out.extend(views)
+            bufs, _ = pack(frames)
+            self.out.extend(v for v in (memoryview(b).cast("B") for b in bufs) if v.nbytes)
             return
         try:
-            _send_some(self.sock, views, 0)
+            rest = _send_message(self.sock, frames)
         except BlockingIOError:
-            pass
+            bufs, _ = pack(frames)
+            rest = deque(v for v in (memoryview(b).cast("B") for b in bufs) if v.nbytes)
         except OSError:  # the worker is gone: its end of file is read next
-            views.clear()
-        self.out = views
+            return
+        if rest:
+            self.out = rest
 
     def flush(self) -> None:
         try:
-            _send_some(self.sock, self.out, 0)
+            _send_some(self.sock, self.out)
         except BlockingIOError:
             pass
         except OSError:
@@ -386,9 +428,10 @@ class WorkerPipe:
         return self._messages.popleft()
 
     def send(self, frames: Sequence[Any]) -> bool:
-        views = _views([self.ident, *frames])
         try:
-            _send_some(self.sock, views, 0)
+            rest = _send_message(self.sock, [self.ident, *frames])
+            if rest:
+                _send_some(self.sock, rest)
         except OSError:  # the client is gone: the main thread reads end of file next
             return False
         return True

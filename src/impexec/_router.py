@@ -1,5 +1,9 @@
 """The broker's socket: a ROUTER, verified receiving and numbered, kept sending.
 
+Local workers' main links arrive on pipes instead (:mod:`._pipe`); their messages take
+the same path from :meth:`RouterLink._deliver` on, and :meth:`RouterLink.send` routes a
+worker's messages to its pipe once it has heard from it there.
+
 :class:`RouterLink` is the broker's I/O half. It turns incoming frames into verified,
 first-seen messages (signature with the sender's own key, session, link numbers,
 acknowledgements; see :mod:`._peers`) and sends messages signed for their receiver,

@@ -221,10 +221,7 @@ class Worker(TaskRunner):
         zctx = zmq.Context()
         pipe = inherited()  # a local worker's main link: a pipe from its client (_pipe)
         link: MainLink
-        if pipe is not None:
-            link = WorkerPipe(pipe, self.wid)
-        else:
-            link = DealerLink(self._socket(zctx, self.wid))
+        link = WorkerPipe(pipe, self.wid) if pipe is not None else DealerLink(self._socket(zctx, self.wid))
         self._main_sock = link
         try:
             return self._run(zctx, link)

@@ -129,7 +129,7 @@ class LocalWorkers(Launcher):
             return None
         if getattr(self.host, "attach_pipe", None) is None:
             return None
-        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return _pipe.pair()
 
     #: where the workers' stdout goes (None: this process's)
     _stdout: int | None = None

@@ -42,6 +42,7 @@ class SSHWorkers(LocalWorkers):
     """
 
     local_socket = False  # the workers dial the executor's address from other hosts
+    main_pipe = False  # nor can a pipe of this process reach them
 
     def __init__(
         self,
