@@ -38,10 +38,10 @@ class Heartbeat:
     """The state and steps of one worker's heartbeat thread (see the module docstring)."""
 
     def __init__(self, worker: Worker, zctx: zmq.Context[Any]):
-        from ._worker import _send
+        from ._mainlink import send_nowait
 
         self.w = worker
-        self.send = _send
+        self.send = send_nowait
         self.sock = worker._socket(zctx, worker.wid + HB_SUFFIX)
         self.dropped = DropLog(logger, "a message")  # this thread's own: not thread-safe
         self.seq = 0

@@ -28,16 +28,17 @@ import threading
 import time
 import traceback
 from collections import OrderedDict, deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import zmq
 
 from ._connection import ConnectionInfo, remove_orphaned_private_dir
 from ._errors import ProtocolError
 from ._heartbeat import Heartbeat
+from ._mainlink import DealerLink, MainLink, WorkerPipe, inherited
 from ._peers import Channel, InOrder, LinkBroken
-from ._pipe import DealerLink, MainLink, WorkerPipe, inherited
-from ._protocol import Flag, Kind, Message, decode, encode, send_frames, worker_keys
+from ._protocol import Flag, Kind, Message, decode, encode, worker_keys
 from ._running import TaskRunner, _SetupCache
 from ._scheduler import MAX_BLOBS
 from ._security import DropLog
@@ -64,17 +65,6 @@ _NOBLOCK = int(zmq.NOBLOCK)
 SPIN_US = 300
 
 
-def _send(sock: zmq.Socket[Any], frames: list[Any]) -> bool:
-    """Send without blocking. A DEALER whose connection ZeroMQ tore down (a handshake
-    refused, a peer gone) has no pipe, and a blocking send would wait for ever; what
-    is not sent now is kept and sent again (main link), or replaced by the next beat."""
-    try:
-        send_frames(sock, frames, _NOBLOCK)
-        return True
-    except zmq.Again:
-        return False
-
-
 def say(text: str) -> None:
     """Write to stderr if it can still be written: its reader may have died with the
     client (a broken pipe), and no way out of a worker may depend on a write."""
@@ -85,7 +75,7 @@ def say(text: str) -> None:
         pass
 
 
-def exit_now(code: int, text: str = "", connection_file: str | None = None) -> None:
+def exit_now(code: int, text: str = "", connection_file: str | None = None) -> NoReturn:
     """End the process at once, whatever the other threads do: say why (if stderr still
     takes it) and, when the broker is gone, remove its leftovers on this machine."""
     try:
@@ -225,9 +215,10 @@ class Worker(TaskRunner):
         self._main_sock = link
         try:
             return self._run(zctx, link)
-        except EOFError:  # the client closed its end of the pipe: it is gone
-            say("impexec worker: the client's pipe closed: exiting\n")
-            return EXIT_BROKER_GONE
+        except EOFError:  # the client closed its end of the pipe: as at the end of stdin,
+            # leave at once and remove what a killed client left on this machine
+            text = "impexec worker: the client's pipe closed: exiting\n"
+            exit_now(EXIT_BROKER_GONE, text, self.connection_file)
         finally:
             self._stop.set()
             if self._hb_thread is not None:
@@ -347,14 +338,13 @@ class Worker(TaskRunner):
                 # the heartbeat thread tells the broker when we wait with nothing to do:
                 # what it sent a while ago and we never got was lost, and it sends it again
                 self._idle = not queue and not control
-                while poll(timeout):
-                    self._idle = False
-                    self._take(recv())
-                    timeout = 0
+                open_ = self._take_all(poll, recv, timeout)
                 self._idle = False
-            code = self._obey_control()
+            code = self._obey_control()  # a SHUTDOWN just before the pipe closed: obeyed
             if code is not None:
                 return code
+            if not open_:
+                raise EOFError("the client closed its end of the pipe")
             if self._dismissed:
                 return EXIT_DISMISSED
             with self._lock:  # the heartbeat thread may give queued tasks back
@@ -372,6 +362,18 @@ class Worker(TaskRunner):
             self._main_tx = time.monotonic()
             if spin_s:
                 spin_until = time.perf_counter() + spin_s
+
+    def _take_all(self, poll: Callable[[float], bool], recv: Callable[[], list[Any]], timeout: float) -> bool:
+        """File what has arrived, waiting up to *timeout* ms for the first message; False
+        when the client has closed its pipe (what it sent before is filed)."""
+        while poll(timeout):
+            self._idle = False
+            try:
+                self._take(recv())
+            except EOFError:
+                return False
+            timeout = 0
+        return True
 
     def _obey_control(self) -> int | None:
         """Act on SHUTDOWN and DRAIN; an exit status when it is time to leave."""

@@ -126,3 +126,17 @@ def test_results_come_back_in_any_order_from_several_pipes(make_executor, n):
     ex = make_executor(n)
     futs = [ex.submit(tasks.sleep_then, 0.01 * (i % 5), i) for i in range(200)]
     assert sorted(f.result(timeout=60) for f in futs) == list(range(200))
+
+
+def test_workers_told_to_leave_exit_cleanly_though_the_pipe_closes_right_after(make_executor):
+    """Teardown sends SHUTDOWN and then closes the pipes: a worker reads both at once and
+    must obey the SHUTDOWN (exit 0), not treat the end of file as its client's death
+    (exit 4, and a second of trying to remove the private directory of a live client)."""
+    ex = make_executor(3)
+    # all joined: a worker still starting at shutdown is killed, by design
+    wait_until(lambda: ex.statistics().workers == 3, 60, "3 workers to join")
+    assert list(ex.map(tasks.square, range(30), timeout=30)) == [x * x for x in range(30)]
+    procs = ex.launchers[0].processes()
+    assert len(procs) == 3
+    ex.shutdown(wait=True)
+    assert [p.wait(timeout=10) for p in procs] == [0, 0, 0]

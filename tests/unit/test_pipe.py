@@ -1,5 +1,5 @@
-"""The local workers' pipe (impexec._pipe): framing, the broker's non-blocking ends, the
-worker's end, over real Unix socket pairs."""
+"""The local workers' pipe (impexec._pipe, impexec._mainlink): framing, the broker's
+non-blocking ends, the worker's end, over real Unix socket pairs."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import threading
 
 import pytest
 
-from impexec import _pipe
-from impexec._pipe import BrokerPipe, Parser, PipeError, PipeSet, WorkerPipe, pack
+from impexec import _mainlink, _pipe
+from impexec._mainlink import WorkerPipe
+from impexec._pipe import BrokerPipe, Parser, PipeError, PipeSet, pack
 
 WID = b"w" * 16
 
@@ -207,11 +208,11 @@ def test_the_worker_takes_its_pipe_only_when_the_inode_matches(ends, monkeypatch
     ino = os.fstat(fd).st_ino
     monkeypatch.setenv(_pipe.ENV, f"{fd}:{ino + 1}")
     with caplog.at_level(logging.WARNING):
-        assert _pipe.inherited() is None
+        assert _mainlink.inherited() is None
     assert "not the socket its client made" in caplog.text
     assert _pipe.ENV not in os.environ, "tasks' own subprocesses must not see the variable"
     monkeypatch.setenv(_pipe.ENV, f"{fd}:{ino}")
-    sock = _pipe.inherited()
+    sock = _mainlink.inherited()
     assert sock is not None and sock.fileno() == fd and not sock.get_inheritable()
     sock.close()
 
@@ -221,7 +222,7 @@ def test_a_variable_naming_no_open_fd_falls_back(monkeypatch):
     os.close(r)
     os.close(w)
     monkeypatch.setenv(_pipe.ENV, f"{r}:1")
-    assert _pipe.inherited() is None
+    assert _mainlink.inherited() is None
 
 
 def test_pair_asks_for_large_buffers(ends):
