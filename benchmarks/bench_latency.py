@@ -7,7 +7,10 @@ once and measures them in alternating rounds (the order rotates each round), so 
 round's ratio compares figures taken seconds apart; it reports the median ratio over the
 rounds and their spread:
 
-    python benchmarks/bench_latency.py [--rounds 15] [--n 1000] [--with loky]
+    python benchmarks/bench_latency.py [--rounds 15] [--n 1000] [--with loky] [--with zeromq]
+
+``--with zeromq`` adds impexec with its local workers' main link on ZeroMQ, as it was
+before they got a pipe from the client (``IMPEXEC_LOCAL_PIPE=0``).
 
 A round is ``n`` sequential ``submit(noop).result()`` calls per executor. The task is
 ``benchmarks.tasks.noop``, pickled by reference (the workers import it).
@@ -26,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # (importing the package also puts the root on PYTHONPATH, for the workers)
 from benchmarks.tasks import noop
-from impexec import ClusterExecutor
+from impexec import ClusterExecutor, LocalWorkers
 
 REFERENCE = "ProcessPool"
 
@@ -36,6 +39,14 @@ def _makers(extra: list[str], workers: int) -> dict[str, object]:
         REFERENCE: lambda: ProcessPoolExecutor(workers),
         "impexec": lambda: ClusterExecutor(workers=workers),
     }
+    if "zeromq" in extra:  # local workers on ZeroMQ, as before their pipes (IMPEXEC_LOCAL_PIPE=0)
+
+        def on_zeromq() -> ClusterExecutor:
+            launcher = LocalWorkers(workers)
+            launcher.main_pipe = False
+            return ClusterExecutor(launcher)
+
+        makers["impexec (ZeroMQ)"] = on_zeromq
     if "loky" in extra:
         from loky import get_reusable_executor
 
@@ -68,7 +79,7 @@ def main() -> None:
         dest="extra",
         action="append",
         default=[],
-        choices=["loky"],
+        choices=["loky", "zeromq"],
         help="also measure this executor",
     )
     args = parser.parse_args()

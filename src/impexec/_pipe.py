@@ -344,8 +344,10 @@ class PipeSet:
         """Send what is kept (for at most *linger* seconds), then close every pipe."""
         deadline = time.monotonic() + linger
         for pipe in list(self._by_fd.values()):
+            wait = select.poll()  # (select.select cannot take a descriptor above 1023)
+            wait.register(pipe.fd, _OUT)
             while pipe.out and time.monotonic() < deadline:
                 pipe.flush()
                 if pipe.out:
-                    select.select([], [pipe.fd], [], max(0.0, deadline - time.monotonic()))
+                    wait.poll(max(0.0, deadline - time.monotonic()) * 1000)
             self._drop(pipe, "")
