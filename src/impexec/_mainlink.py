@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from ._pipe import ENV, Parser, PipeError, _send_message, _send_some
+from ._pipe import ENV, Parser, PipeError, send_message, send_some
 from ._protocol import recv_frames, send_frames
 
 logger = logging.getLogger("impexec._worker")
@@ -96,9 +96,9 @@ class WorkerPipe:
 
     def send(self, frames: Sequence[Any]) -> bool:
         try:
-            rest = _send_message(self.sock, [self.ident, *frames])
+            rest = send_message(self.sock, [self.ident, *frames])
             if rest:
-                _send_some(self.sock, rest)
+                send_some(self.sock, rest)
         except OSError:  # the client is gone: the main thread reads end of file next
             return False
         return True

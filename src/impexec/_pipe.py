@@ -153,7 +153,7 @@ class Parser:
         return True
 
 
-def _send_some(sock: socket.socket, out: deque[memoryview]) -> None:
+def send_some(sock: socket.socket, out: deque[memoryview]) -> None:
     """Send from the front of *out*; what was sent leaves it. Raises BlockingIOError."""
     while out:
         batch = [out[i] for i in range(min(len(out), _IOV))]
@@ -171,7 +171,7 @@ def _consume(out: deque[memoryview], n: int) -> None:
             n = 0
 
 
-def _send_message(sock: socket.socket, frames: Sequence[Any]) -> deque[memoryview]:
+def send_message(sock: socket.socket, frames: Sequence[Any]) -> deque[memoryview]:
     """Send one message; what the socket did not take, as views (empty: all went).
     Raises BlockingIOError (nothing went) and OSError."""
     bufs, total = pack(frames)
@@ -223,7 +223,7 @@ class BrokerPipe:
             self.out.extend(v for v in (memoryview(b).cast("B") for b in bufs) if v.nbytes)
             return
         try:
-            rest = _send_message(self.sock, frames)
+            rest = send_message(self.sock, frames)
         except BlockingIOError:
             bufs, _ = pack(frames)
             rest = deque(v for v in (memoryview(b).cast("B") for b in bufs) if v.nbytes)
@@ -234,7 +234,7 @@ class BrokerPipe:
 
     def flush(self) -> None:
         try:
-            _send_some(self.sock, self.out)
+            send_some(self.sock, self.out)
         except BlockingIOError:
             pass
         except OSError:

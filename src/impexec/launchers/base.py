@@ -39,7 +39,14 @@ OUTPUT_TAIL = 4000
 
 
 class LauncherHost(Protocol):
-    """What the executor offers a launcher."""
+    """What the executor offers a launcher.
+
+    The executor's host also has ``attach_pipe(sock)``: the client's end of a socket
+    pair whose other end a worker process on this machine inherits (see
+    :class:`~impexec.launchers.LocalWorkers`). It is not part of this protocol: a
+    launcher that uses it asks for it with ``getattr``, and a host without it gets
+    workers that dial the broker's socket.
+    """
 
     connection: ConnectionInfo
 
