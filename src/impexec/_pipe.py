@@ -252,7 +252,7 @@ class PipeSet:
         self.poller = poller
         self._by_fd: dict[int, BrokerPipe] = {}
         self.by_ident: dict[bytes, BrokerPipe] = {}
-        self._ready: dict[int, BrokerPipe] = {}  # readable by the last poll
+        self.ready: dict[int, BrokerPipe] = {}  # readable by the last poll
         self.dirty: list[BrokerPipe] = []  # output kept since the last sync
 
     def add(self, sock: socket.socket) -> None:
@@ -281,7 +281,7 @@ class PipeSet:
             if not pipe.out:
                 self.dirty.append(pipe)  # registered for POLLOUT: not any more
         if events & (_IN | _TROUBLE):
-            self._ready[fd] = pipe
+            self.ready[fd] = pipe
 
     def sync(self) -> None:
         """Ask the poll for POLLOUT exactly on the pipes that keep output."""
@@ -294,15 +294,15 @@ class PipeSet:
 
     def receive(self, handle: FrameHandler, limit: int) -> bool:
         """Read the pipes the poll found readable; True if one of them may have more."""
-        if not self._ready:
+        if not self.ready:
             return False
         more = False
-        for fd, pipe in list(self._ready.items()):
+        for fd, pipe in list(self.ready.items()):
             for _ in range(limit):
                 try:
                     messages = pipe.parser.read(pipe.sock)
                 except BlockingIOError:
-                    del self._ready[fd]
+                    del self.ready[fd]
                     break
                 except (OSError, PipeError) as exc:
                     self._drop(pipe, str(exc))
@@ -330,7 +330,7 @@ class PipeSet:
         """The worker's end closed (it exited) or the stream broke: forget the pipe."""
         if why:
             logger.warning("closing the pipe of a local worker: %s", why)
-        self._ready.pop(pipe.fd, None)
+        self.ready.pop(pipe.fd, None)
         self._by_fd.pop(pipe.fd, None)
         if pipe.ident is not None and self.by_ident.get(pipe.ident) is pipe:
             del self.by_ident[pipe.ident]

@@ -175,6 +175,8 @@ class RouterLink:
 
     def receive_pipes(self, handle: Handler, limit: int) -> bool:
         """Like :meth:`receive`, from the local workers' pipes the last poll found readable."""
+        if not self.pipes.ready:
+            return False
 
         def on_frames(ident: bytes, frames: list[Any]) -> None:
             if len(ident) != WORKER_ID_SIZE:  # a pipe carries one worker's main link only
