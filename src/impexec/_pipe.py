@@ -24,6 +24,7 @@ standard input).
 from __future__ import annotations
 
 import logging
+import mmap
 import select
 import socket
 import struct
@@ -72,6 +73,23 @@ def pack(frames: Sequence[Any]) -> tuple[list[Any], int]:
     return [st.pack(n, *sizes), *frames], st.size + sum(sizes)
 
 
+#: Frames from this size on are received into memory mapped with its pages already in
+#: place (MAP_POPULATE): faulting 100 MB in page by page as the bytes arrive cost a
+#: third of a 100 MB round trip on a VM.
+POPULATE_FROM = 1 << 22
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
+def _buffer(size: int) -> Any:
+    """A writable buffer of *size* bytes for a large frame."""
+    if _POPULATE and size >= POPULATE_FROM:
+        try:
+            return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)
+        except OSError:  # out of address space or locked memory: the usual way
+            pass
+    return bytearray(size)
+
+
 class Parser:
     """Reads messages off a stream socket as they arrive (see the module docstring)."""
 
@@ -81,7 +99,7 @@ class Parser:
         self._chunk = bytearray(_CHUNK)
         self._sizes: list[int] | None = None  # the current message's frame sizes
         self._frames: list[Any] = []
-        self._big: bytearray | None = None  # a large frame being filled
+        self._big: Any = None  # a large frame being filled (bytearray or mmap)
         self._filled = 0
 
     def read(self, sock: socket.socket, flags: int = 0) -> list[list[Any]] | None:
@@ -122,7 +140,7 @@ class Parser:
                         self._frames.append(bytes(view[self._pos : self._pos + size]))
                     self._pos += size
                 elif size >= BIG_FRAME:  # the rest goes straight into its own buffer
-                    big = bytearray(size)
+                    big = _buffer(size)
                     big[:have] = buf[self._pos :]
                     self._big, self._filled = big, have
                     self._pos = len(buf)
