@@ -248,7 +248,8 @@ def test_a_frame_received_into_premapped_memory_is_whole_and_writable():
     data = _stream([[b"head", big, b"tail"]])
     rng = random.Random(3)
     cuts = sorted(rng.sample(range(1, len(data)), 25))
-    feed, parser, got = _Feed([data[i:j] for i, j in zip([0, *cuts], [*cuts, len(data)], strict=True)]), Parser(), []
+    chunks = [data[i:j] for i, j in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    feed, parser, got = _Feed(chunks), Parser(), []
     while (out := parser.read(feed)) is not None:  # type: ignore[arg-type]
         got += out
     [[head, frame, tail]] = got
