@@ -58,7 +58,6 @@ CONNECT_TIMEOUT = 60.0
 #: Seconds between READY messages while no WELCOME has come (a reset link drops them).
 READY_RESEND_S = 1.0
 
-_NOBLOCK = int(zmq.NOBLOCK)
 #: Microseconds a worker whose queue ran dry keeps polling (yielding the CPU between
 #: polls) before it blocks: a task that arrives meanwhile is taken without the wake-up
 #: of a sleeping process, a third of a short task's round trip on a VM (docs/benchmarks.md).
