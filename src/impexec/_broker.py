@@ -286,10 +286,7 @@ class Broker(WorkerEvents):
             self._drain_inbox()
         if self._polled:
             polled, self._polled = self._polled, []
-            pipes = self._link.pipes
-            for fd, events in polled:
-                if pipes.owns(fd):
-                    pipes.polled(fd, events)
+            self._link.pipes.polled(polled)
         more = self._link.receive(self._on_message, RECV_BATCH)
         more = self._link.receive_pipes(self._on_message, RECV_BATCH) or more
         if sched.n_pending:

@@ -191,14 +191,23 @@ def _consume(out: deque[memoryview], n: int) -> None:
 
 def send_message(sock: socket.socket, frames: Sequence[Any]) -> deque[memoryview]:
     """Send one message; what the socket did not take, as views (empty: all went).
-    Raises BlockingIOError (nothing went) and OSError."""
+    Raises OSError (BlockingIOError: nothing went; the caller keeps :func:`views`)."""
     bufs, total = pack(frames)
     sent = sock.sendmsg(bufs, (), _NOSIGNAL) if len(bufs) <= _IOV else 0
     if sent == total:  # the usual case: one system call, no view made
         return _EMPTY
-    rest = deque(v for v in (memoryview(b).cast("B") for b in bufs) if v.nbytes)
+    rest = _views(bufs)
     _consume(rest, sent)
     return rest
+
+
+def views(frames: Sequence[Any]) -> deque[memoryview]:
+    """One message as byte views, to send later."""
+    return _views(pack(frames)[0])
+
+
+def _views(bufs: list[Any]) -> deque[memoryview]:
+    return deque(v for v in (memoryview(b).cast("B") for b in bufs) if v.nbytes)
 
 
 _EMPTY: deque[memoryview] = deque()
@@ -237,14 +246,12 @@ class BrokerPipe:
     def send(self, frames: Sequence[Any]) -> None:
         """Send now what the socket takes; keep the rest (in order) for :meth:`flush`."""
         if self.out:
-            bufs, _ = pack(frames)
-            self.out.extend(v for v in (memoryview(b).cast("B") for b in bufs) if v.nbytes)
+            self.out.extend(views(frames))
             return
         try:
             rest = send_message(self.sock, frames)
         except BlockingIOError:
-            bufs, _ = pack(frames)
-            rest = deque(v for v in (memoryview(b).cast("B") for b in bufs) if v.nbytes)
+            rest = views(frames)
         except OSError:  # the worker is gone: its end of file is read next
             return
         if rest:
@@ -291,15 +298,18 @@ class PipeSet:
             self.dirty.append(pipe)
         return True
 
-    def polled(self, fd: int, events: int) -> None:
-        """The poll reported *events* on the pipe *fd*."""
-        pipe = self._by_fd[fd]
-        if events & _OUT:
-            pipe.flush()
-            if not pipe.out:
-                self.dirty.append(pipe)  # registered for POLLOUT: not any more
-        if events & (_IN | _TROUBLE):
-            self.ready[fd] = pipe
+    def polled(self, events: list[tuple[int, int]]) -> None:
+        """Take the poll's *events* on pipes (those on other descriptors are not ours)."""
+        for fd, ev in events:
+            pipe = self._by_fd.get(fd)
+            if pipe is None:
+                continue
+            if ev & _OUT:
+                pipe.flush()
+                if not pipe.out:
+                    self.dirty.append(pipe)  # registered for POLLOUT: not any more
+            if ev & (_IN | _TROUBLE):
+                self.ready[fd] = pipe
 
     def sync(self) -> None:
         """Ask the poll for POLLOUT exactly on the pipes that keep output."""

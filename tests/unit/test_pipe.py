@@ -133,8 +133,7 @@ def test_pipe_set_routes_by_the_id_it_heard_and_asks_for_pollout_only_while_it_k
     assert not pipes.send(WID, [b"x"]), "no route before the worker has spoken on its pipe"
     worker.send([b"ready"])
     heard: list[tuple[bytes, list]] = []
-    for fd, ev in poller.poll(5000):
-        pipes.polled(fd, ev)
+    pipes.polled(poller.poll(5000))
     pipes.receive(lambda ident, frames: heard.append((ident, frames)), 16)
     assert heard == [(WID, [WID, b"ready"])]
     assert pipes.send(WID, [b"welcome"])
@@ -147,8 +146,7 @@ def test_pipe_set_routes_by_the_id_it_heard_and_asks_for_pollout_only_while_it_k
     reader = threading.Thread(target=lambda: received.append(worker.recv()))
     reader.start()
     while pipes.by_ident[WID].out:
-        for fd, ev in poller.poll(5000):
-            pipes.polled(fd, ev)
+        pipes.polled(poller.poll(5000))
         pipes.sync()
     reader.join(10)
     assert len(bytes(received[0][0])) == 16 << 20
@@ -163,8 +161,7 @@ def test_another_id_on_a_workers_pipe_is_dropped(ends, caplog):
     WorkerPipe(b, WID).send([b"ready"])
     WorkerPipe(b, b"o" * 16).send([b"impostor"])
     heard: list[bytes] = []
-    for fd, ev in poller.poll(5000):
-        pipes.polled(fd, ev)
+    pipes.polled(poller.poll(5000))
     with caplog.at_level(logging.WARNING, logger="impexec._broker"):
         pipes.receive(lambda ident, frames: heard.append(frames[1]), 16)
     assert heard == [b"ready"]
@@ -182,8 +179,7 @@ def test_end_of_file_forgets_the_pipe_and_closes_it(ends):
     heard: list[bytes] = []
     deadline = time.monotonic() + 5
     while pipes.owns(pipe_fd) and time.monotonic() < deadline:
-        for fd, ev in poller.poll(1000):
-            pipes.polled(fd, ev)
+        pipes.polled(poller.poll(1000))
         pipes.receive(lambda ident, frames: heard.append(frames[1]), 16)
     assert heard == [b"ready"], "what it sent before it exited is still read"
     assert not pipes.by_ident and not pipes.owns(pipe_fd)
